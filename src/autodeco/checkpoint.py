@@ -1,0 +1,155 @@
+"""Reading and writing AutoDeco checkpoints (safetensors only, written atomically).
+
+Three layouts are read:
+- heads-only (ours or official): ``config.json`` (``model_type: autodeco``) and a safetensors
+  file holding only ``temp_head.*`` / ``top_p_head.*`` tensors (``model.safetensors`` or
+  ``autodeco_heads.safetensors``);
+- merged: the same, with the base model's tensors beside the heads under the prefix ``llm.``
+  (one file, or shards listed in ``model.safetensors.index.json``).
+Pickle files (``.bin``, ``.pt``) are never opened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from autodeco.config import AutoDecoConfig
+
+HEAD_PREFIXES = ("temp_head.", "top_p_head.")
+BASE_PREFIX = "llm."
+HEADS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is missing, corrupt, or does not fit the base model."""
+
+
+@dataclasses.dataclass
+class CheckpointContents:
+    """What a checkpoint folder holds."""
+
+    path: Path
+    config: AutoDecoConfig
+    head_tensors: dict[str, torch.Tensor]
+    weight_files: list[Path]
+    merged: bool
+    """True when the base model's weights are stored too (under ``llm.``)."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
+    """Read the config and head tensors of a checkpoint folder, without loading any base weights.
+
+    Raises:
+        CheckpointError: naming the file and what is wrong with it.
+    """
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise CheckpointError(f"checkpoint {str(folder)!r} does not exist")
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint {str(folder)!r} is a file; pass the folder holding config.json")
+    config = AutoDecoConfig.from_json_dict(_read_json(folder / CONFIG_FILE), source=str(folder / CONFIG_FILE))
+    weight_files = _weight_files(folder)
+    head_tensors: dict[str, torch.Tensor] = {}
+    merged = False
+    for file in weight_files:
+        try:
+            with safe_open(file, framework="pt") as handle:
+                for name in handle.keys():
+                    if name.startswith(HEAD_PREFIXES):
+                        head_tensors[name] = handle.get_tensor(name)
+                    elif name.startswith(BASE_PREFIX):
+                        merged = True
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"{str(file)!r} is not a readable safetensors file ({error}); re-save the checkpoint") from None
+    if not head_tensors:
+        raise CheckpointError(
+            f"{str(folder)!r} holds no temp_head.* or top_p_head.* tensors in {[file.name for file in weight_files]}"
+        )
+    return CheckpointContents(folder, config, head_tensors, weight_files, merged)
+
+
+def _read_json(file: Path) -> dict:
+    if not file.exists():
+        raise CheckpointError(f"{str(file)!r} is missing: an AutoDeco checkpoint folder needs its config.json")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{str(file)!r} is not valid JSON ({error})") from None
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = _read_json(index).get("weight_map", {})
+        return [folder / name for name in sorted(set(weight_map.values()))]
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        return files
+    pickles = sorted(file.name for file in folder.iterdir() if file.suffix in _PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(
+            f"{str(folder)!r} holds only pickle files {pickles}; autodeco loads safetensors only, because "
+            "unpickling can run arbitrary code. Convert them where you trust them, e.g. "
+            "`safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')`"
+        )
+    raise CheckpointError(f"{str(folder)!r} holds no .safetensors weight file")
+
+
+def write_checkpoint(
+    path: str | os.PathLike, config: AutoDecoConfig, tensors: dict[str, torch.Tensor], *, extra_files: dict | None = None
+) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into ``path`` atomically.
+
+    The folder is built beside the target and swapped in, so an interrupted save never leaves
+    a half-written checkpoint where a good one was.
+    """
+    target = Path(path).expanduser().resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        unique = _without_shared_storage(tensors)
+        save_file(unique, staging / HEADS_FILE, metadata={"format": "pt"})
+        (staging / CONFIG_FILE).write_text(json.dumps(config.to_json_dict(), indent=2, sort_keys=False) + "\n")
+        for name, content in (extra_files or {}).items():
+            (staging / name).write_text(content)
+        _swap_in(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _without_shared_storage(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keep one name per storage (tied embeddings), contiguous and on the CPU, as safetensors requires."""
+    seen: set[tuple[int, int]] = set()
+    unique = {}
+    for name, tensor in tensors.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in seen:
+            continue
+        seen.add(key)
+        unique[name] = tensor.detach().to("cpu").contiguous()
+    return unique
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    if not target.is_dir():
+        raise CheckpointError(f"cannot save into {str(target)!r}: it is a file")
+    backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    os.replace(target, backup / "checkpoint")
+    os.replace(staging, target)
+    shutil.rmtree(backup, ignore_errors=True)

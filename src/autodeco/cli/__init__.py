@@ -1,0 +1,46 @@
+"""The ``autodeco`` command: a table from subcommand to a plain function (see ``_parser``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from autodeco.cli import checkpoints, generate
+from autodeco.cli._parser import add_command
+
+COMMANDS = {
+    "generate": generate.generate,
+    "init": checkpoints.init,
+    "merge": checkpoints.merge,
+    "split": checkpoints.split,
+    "info": checkpoints.info,
+}
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed without a traceback, exit status 1."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autodeco", description="Language models that choose their own temperature and top-p, token by token."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, function in COMMANDS.items():
+        add_command(subparsers, name, function)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = vars(build_parser().parse_args(argv))
+    function = arguments.pop("_function")
+    arguments.pop("command")
+    try:
+        function(**arguments)
+    except (ValueError, FileNotFoundError, CommandError) as error:
+        print(f"autodeco: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("autodeco: interrupted", file=sys.stderr)
+        return 130
+    return 0

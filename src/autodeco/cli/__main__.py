@@ -1,0 +1,5 @@
+import sys
+
+from autodeco.cli import main
+
+sys.exit(main())

@@ -1,0 +1,107 @@
+"""``autodeco init / merge / split / info``: make, convert and inspect heads checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autodeco.base_model import EMBEDDED_MODEL
+from autodeco.checkpoint import read_checkpoint, write_checkpoint
+from autodeco.config import AutoDecoConfig
+from autodeco.modeling import AutoDecoForCausalLM
+
+
+def init(
+    out: str,
+    base: str = EMBEDDED_MODEL,
+    no_temperature_head: bool = False,
+    no_top_p_head: bool = False,
+    no_probability_features: bool = False,
+    seed: int = 0,
+    trust_remote_code: bool = False,
+):
+    """Wrap a base model with fresh heads and save the heads-only checkpoint.
+
+    Args:
+        out: folder to write (config.json + model.safetensors, a few MB).
+        base: base model: hub id, local folder or embedded:SmolLM2-135M-Instruct.
+        no_temperature_head: disable the temperature head (T = 1).
+        no_top_p_head: disable the top-p head (P = 1).
+        no_probability_features: the top-p head reads only the hidden state and T.
+        seed: seed for the heads' initial weights.
+        trust_remote_code: allow the base's own modelling code.
+    """
+    model = AutoDecoForCausalLM.from_base(
+        base, enable_temperature_head=not no_temperature_head, enable_top_p_head=not no_top_p_head,
+        use_enhanced_features=not no_probability_features, seed=seed, trust_remote_code=trust_remote_code,
+    )
+    path = model.save_pretrained(out)
+    print(f"fresh heads for {base} saved to {path} ({_size(path)}, {model.num_head_parameters():,} parameters)")
+
+
+def merge(heads: str, out: str, base: str | None = None):
+    """Write a merged checkpoint: the base model's weights (under llm.) and the heads in one folder.
+
+    Args:
+        heads: heads-only checkpoint folder.
+        out: folder to write.
+        base: base model to merge with (default: the one the heads record).
+    """
+    model = AutoDecoForCausalLM.from_pretrained(heads, base_model=base)
+    path = model.save_pretrained(out, merged=True)
+    print(f"merged checkpoint written to {path} ({_size(path)})")
+
+
+def split(merged: str, out: str, base: str | None = None):
+    """Extract the heads of a merged checkpoint into a heads-only checkpoint (no base weights are loaded).
+
+    Args:
+        merged: merged checkpoint folder.
+        out: folder to write.
+        base: base model reference to record (default: the one the merged checkpoint records).
+    """
+    contents = read_checkpoint(merged)
+    config = contents.config
+    if base is not None:
+        config.base_model_name_or_path = base
+    if not config.base_model_name_or_path:
+        raise ValueError(f"{merged!r} records no base model; pass --base so the heads know what they belong to")
+    path = write_checkpoint(out, config, contents.head_tensors)
+    print(f"heads of {merged} written to {path} ({_size(path)}), base {config.base_model_name_or_path}")
+
+
+def info(path: str):
+    """Describe what a checkpoint holds: layout, base model, heads, sizes.
+
+    Args:
+        path: checkpoint folder.
+    """
+    contents = read_checkpoint(path)
+    config: AutoDecoConfig = contents.config
+    parameters = sum(tensor.numel() for tensor in contents.head_tensors.values())
+    trained = {True: "yes", False: "no (fresh heads)", None: "unknown (not recorded)"}[config.trained]
+    origin = "autodeco" if config.trained is not None else "official AutoDeco format"
+    rows = [
+        ("layout", "merged (base weights + heads)" if contents.merged else "heads only"),
+        ("written by", origin),
+        ("base model", config.base_model_name_or_path or "(not recorded)"),
+        ("base type", config.base_model_type or "(not recorded)"),
+        ("hidden size", config.hidden_size),
+        ("vocabulary", config.vocab_size),
+        ("temperature head", "enabled" if config.enable_temperature_head else "disabled (T = 1)"),
+        ("top-p head", "enabled" if config.enable_top_p_head else "disabled (P = 1)"),
+        ("top-p features", "max prob, entropy, variance, top-5 mass" if config.use_enhanced_features else "none"),
+        ("head parameters", f"{parameters:,}"),
+        ("trained", trained),
+        ("files", ", ".join(f"{file.name} ({_size(file)})" for file in contents.weight_files)),
+    ]
+    for key, value in config.training.items():
+        rows.append((f"training.{key}", value))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+def _size(path: Path) -> str:
+    path = Path(path)
+    total = sum(file.stat().st_size for file in path.rglob("*") if file.is_file()) if path.is_dir() else path.stat().st_size
+    return f"{total / 1e6:.1f} MB" if total >= 1e5 else f"{total / 1e3:.1f} kB"

@@ -1,0 +1,86 @@
+"""``autodeco generate``: answer prompts with dynamic decoding, optionally showing each token's T and P."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from autodeco.inference import generate_traces, load_for_generation
+from autodeco.trace import format_table, write_trace
+
+
+def generate(
+    prompts: list[str],
+    file: str | None = None,
+    heads: str | None = None,
+    base: str | None = None,
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    seed: int = 0,
+    batch_size: int = 8,
+    no_chat_template: bool = False,
+    trace: bool = False,
+    trace_dir: str = "autodeco-traces",
+):
+    """Generate answers with each token's temperature and top-p chosen by the heads.
+
+    Prompts come from the arguments, from --file (one per line), or from standard input
+    (one per line) when neither is given or the prompt is "-".
+
+    Args:
+        prompts: prompt texts.
+        file: a text file with one prompt per line.
+        heads: heads checkpoint folder (default: fresh, untrained heads).
+        base: base model: hub id, local folder or embedded:SmolLM2-135M-Instruct (default: the one the heads record, else the embedded model).
+        max_new_tokens: maximum number of generated tokens per prompt.
+        temperature: multiplier on every predicted temperature (0 = greedy).
+        top_p: multiplier on every predicted top-p (capped at 1).
+        greedy: decode greedily (the heads' values are still traced).
+        seed: random seed for sampling and for fresh heads.
+        batch_size: prompts generated together.
+        no_chat_template: send prompts as raw text, without the chat template.
+        trace: print a per-token table of T and top-p and write HTML and PNG views to --trace-dir.
+        trace_dir: folder for the HTML/PNG/JSON traces.
+    """
+    texts = _collect_prompts(prompts, file)
+    loaded = load_for_generation(heads, base, seed=seed)
+    if not loaded.heads_trained:
+        print(f"note: {loaded.description}: the heads are untrained, so T and top-p are not meaningful yet "
+              "(train them with `autodeco train`)", file=sys.stderr)
+    traces = generate_traces(
+        loaded, texts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+        greedy=greedy, seed=seed, chat_template=not no_chat_template, batch_size=batch_size,
+    )
+    for index, result in enumerate(traces, start=1):
+        if len(traces) > 1:
+            print(f"=== prompt {index}: {result.prompt}")
+        print(result.text.strip())
+        if trace:
+            print()
+            print(format_table(result))
+            folder = Path(trace_dir)
+            written = [folder / f"trace-{index}{suffix}" for suffix in (".html", ".png", ".json")]
+            folder.mkdir(parents=True, exist_ok=True)
+            for path in written:
+                write_trace(result, path)
+            print(f"trace written to {', '.join(str(path) for path in written)}")
+        print()
+
+
+def _collect_prompts(prompts: list[str], file: str | None) -> list[str]:
+    texts = [prompt for prompt in prompts if prompt != "-"]
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompt file {file!r} does not exist")
+        texts += [line for line in path.read_text().splitlines() if line.strip()]
+    if "-" in prompts or (not texts and file is None and not sys.stdin.isatty()):
+        texts += [line for line in sys.stdin.read().splitlines() if line.strip()]
+    if not texts:
+        raise ValueError("no prompt given: pass a prompt, --file FILE, or pipe prompts on standard input")
+    for index, text in enumerate(texts, start=1):
+        if not text.strip():
+            raise ValueError(f"prompt {index} is empty; give some text to answer")
+    return texts

@@ -1,0 +1,136 @@
+"""The heads' configuration: what is saved in ``config.json`` next to the head weights.
+
+The file is readable by the official AutoDeco code (``model_type: autodeco``, the base
+config's fields at the top level) and ours keeps its own extras under the ``autodeco`` key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+FORMAT_VERSION = 1
+"""Version of this project's extra fields in ``config.json``."""
+
+_OWN_KEYS = {
+    "model_type",
+    "architectures",
+    "base_model_name_or_path",
+    "base_model_type",
+    "enable_temperature_head",
+    "enable_top_p_head",
+    "use_enhanced_features",
+    "temperature_hidden_size",
+    "top_p_hidden_size",
+    "autodeco",
+    "_name_or_path",
+}
+
+
+@dataclasses.dataclass
+class AutoDecoConfig:
+    """Configuration of the AutoDeco heads on one base model."""
+
+    hidden_size: int
+    """Width of the base model's final hidden state, the heads' input."""
+
+    vocab_size: int
+    """Number of logits the base model's output head produces."""
+
+    base_model_name_or_path: str | None = None
+    """Where the base model comes from: a hub id, a local path, or ``embedded:...``."""
+
+    base_model_type: str | None = None
+    """The base config's ``model_type`` (``llama``, ``qwen2``, ...), checked on load."""
+
+    enable_temperature_head: bool = True
+    """Use the temperature head; when off, every token uses temperature 1."""
+
+    enable_top_p_head: bool = True
+    """Use the top-p head; when off, every token uses top-p 1."""
+
+    use_enhanced_features: bool = True
+    """The top-p head also reads max probability, entropy, variance and top-5 mass (the paper's default)."""
+
+    trained: bool | None = False
+    """False for fresh heads, True after training; None when unknown (checkpoints from elsewhere)."""
+
+    training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Free-form record of how the heads were trained (recipe, steps, data)."""
+
+    base_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The base model's config as a dict, saved too so the file stays readable by the official code."""
+
+    def __post_init__(self):
+        for name in ("hidden_size", "vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (self.enable_temperature_head or self.enable_top_p_head):
+            raise ValueError(
+                "at least one head must be enabled (enable_temperature_head or enable_top_p_head); "
+                "with neither, the model is just the base model"
+            )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The ``config.json`` content: base fields first, then the AutoDeco fields."""
+        content = {key: value for key, value in self.base_config.items() if key not in _OWN_KEYS}
+        content.update(
+            model_type="autodeco",
+            architectures=["AutoDecoModelForCausalLM"],
+            base_model_name_or_path=self.base_model_name_or_path,
+            base_model_type=self.base_model_type,
+            enable_temperature_head=self.enable_temperature_head,
+            enable_top_p_head=self.enable_top_p_head,
+            use_enhanced_features=self.use_enhanced_features,
+            hidden_size=self.hidden_size,
+            temperature_hidden_size=self.hidden_size,
+            top_p_hidden_size=self.hidden_size,
+            autodeco={
+                "format_version": FORMAT_VERSION,
+                "vocab_size": self.vocab_size,
+                "trained": self.trained,
+                "training": self.training,
+            },
+        )
+        return content
+
+    @classmethod
+    def from_json_dict(cls, content: dict[str, Any], source: str = "config.json") -> "AutoDecoConfig":
+        """Read ours or an official AutoDeco ``config.json``.
+
+        Raises:
+            ValueError: naming the file and the missing or wrong field.
+        """
+        if content.get("model_type") != "autodeco":
+            raise ValueError(
+                f"{source} has model_type {content.get('model_type')!r}, not 'autodeco': this is not an "
+                "AutoDeco checkpoint (to wrap a plain model, use AutoDecoForCausalLM.from_base or `autodeco init`)"
+            )
+        extras = content.get("autodeco") or {}
+        hidden_size = content.get("temperature_hidden_size") or content.get("hidden_size")
+        if hidden_size is None:
+            hidden_size = _text_config(content).get("hidden_size")
+        vocab_size = extras.get("vocab_size") or content.get("vocab_size") or _text_config(content).get("vocab_size")
+        if hidden_size is None or vocab_size is None:
+            raise ValueError(f"{source} lacks hidden_size or vocab_size; the heads cannot be sized")
+        base_config = {key: value for key, value in content.items() if key not in _OWN_KEYS}
+        if content.get("base_model_type"):
+            base_config["model_type"] = content["base_model_type"]
+        return cls(
+            hidden_size=int(hidden_size),
+            vocab_size=int(vocab_size),
+            base_model_name_or_path=content.get("base_model_name_or_path") or content.get("_name_or_path") or None,
+            base_model_type=content.get("base_model_type"),
+            enable_temperature_head=bool(content.get("enable_temperature_head", True)),
+            enable_top_p_head=bool(content.get("enable_top_p_head", True)),
+            use_enhanced_features=bool(content.get("use_enhanced_features", True)),
+            trained=extras.get("trained") if "autodeco" in content else None,
+            training=dict(extras.get("training") or {}),
+            base_config=base_config,
+        )
+
+
+def _text_config(content: dict[str, Any]) -> dict[str, Any]:
+    # Multimodal configs (Gemma-3) keep the language model's fields under text_config.
+    return content.get("text_config") or {}

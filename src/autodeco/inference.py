@@ -1,0 +1,146 @@
+"""Text in, text out: prompts -> chat template -> batched dynamic generation -> per-token traces."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from autodeco.base_model import EMBEDDED_MODEL, load_tokenizer
+from autodeco.modeling import AutoDecoForCausalLM
+from autodeco.trace import GenerationTrace, TokenTrace
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model ready for text generation."""
+
+    model: AutoDecoForCausalLM
+    tokenizer: object
+    description: str
+    """e.g. ``embedded:SmolLM2-135M-Instruct + untrained heads``."""
+
+    @property
+    def heads_trained(self) -> bool:
+        return self.model.config.trained is not False
+
+
+def load_for_generation(
+    heads: str | None = None, base: str | None = None, *, seed: int = 0, trust_remote_code: bool = False
+) -> LoadedModel:
+    """Load heads (or fresh heads when ``heads`` is None) on a base model, with its tokenizer.
+
+    Args:
+        heads: a heads checkpoint folder (ours, official or merged); None for fresh heads.
+        base: base model reference; default: the one the checkpoint records, else the embedded default.
+        seed: seed of the fresh heads' initial weights.
+        trust_remote_code: allow the base's own modelling code.
+    """
+    if heads is not None:
+        model = AutoDecoForCausalLM.from_pretrained(heads, base_model=base, trust_remote_code=trust_remote_code)
+        state = {True: "trained heads", False: "untrained heads", None: "heads"}[model.config.trained]
+        description = f"{model.config.base_model_name_or_path} + {state} from {heads}"
+    else:
+        base = base or EMBEDDED_MODEL
+        model = AutoDecoForCausalLM.from_base(base, seed=seed, trust_remote_code=trust_remote_code)
+        description = f"{base} + untrained heads (seed {seed})"
+    reference = base or model.config.base_model_name_or_path
+    if heads is not None and model.config.base_model_name_or_path is None:
+        raise ValueError("cannot find a tokenizer: the checkpoint records no base model; pass --base")
+    tokenizer = load_tokenizer(_tokenizer_source(heads, reference), trust_remote_code=trust_remote_code)
+    return LoadedModel(model, tokenizer, description)
+
+
+def _tokenizer_source(heads: str | None, reference: str) -> str:
+    # A merged checkpoint may carry its own tokenizer files.
+    if heads is not None and (Path(heads) / "tokenizer_config.json").exists():
+        return heads
+    return reference
+
+
+def render_prompt(tokenizer, prompt: str, chat_template: bool = True) -> str:
+    """Wrap a user prompt in the tokenizer's chat template (when it has one and ``chat_template`` is on)."""
+    if not prompt.strip():
+        raise ValueError("the prompt is empty; give some text to answer")
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+    return prompt
+
+
+def encode_prompts(tokenizer, texts: list[str], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Tokenize rendered prompts as one left-padded batch (``input_ids``, ``attention_mask``)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not has_template)
+    return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+
+
+def generate_traces(
+    loaded: LoadedModel,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    seed: int | None = 0,
+    chat_template: bool = True,
+    batch_size: int = 8,
+    streamer=None,
+) -> list[GenerationTrace]:
+    """Generate an answer to each prompt with dynamic decoding and record each token's T and P.
+
+    Args:
+        loaded: from :func:`load_for_generation`.
+        prompts: user prompts (plain text; the chat template is applied).
+        max_new_tokens: generation length limit.
+        temperature, top_p: multipliers on the heads' predictions.
+        greedy: greedy decoding (values are still recorded).
+        seed: random seed for sampling (None leaves the global generator alone).
+        chat_template: apply the tokenizer's chat template.
+        batch_size: prompts per batch.
+        streamer: a transformers streamer (only with batch size 1).
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    rendered = [render_prompt(tokenizer, prompt, chat_template) for prompt in prompts]
+    traces = []
+    for start in range(0, len(prompts), batch_size):
+        batch = encode_prompts(tokenizer, rendered[start : start + batch_size], model.device)
+        output = model.generate(
+            **batch, max_new_tokens=max_new_tokens, do_sample=not greedy, temperature=temperature, top_p=top_p,
+            return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id, streamer=streamer,
+        )
+        new_tokens = output.sequences[:, batch["input_ids"].shape[1] :]
+        for row, prompt in enumerate(prompts[start : start + batch_size]):
+            traces.append(
+                _trace_for_row(tokenizer, prompt, new_tokens[row], output.temperatures[row], output.top_ps[row], loaded)
+            )
+    return traces
+
+
+def _trace_for_row(tokenizer, prompt, token_ids, temperatures, top_ps, loaded: LoadedModel) -> GenerationTrace:
+    kept = ~torch.isnan(temperatures)
+    token_ids = token_ids[kept].tolist()
+    pieces = _incremental_pieces(tokenizer, token_ids)
+    tokens = [
+        TokenTrace(text=piece, temperature=float(temperature), top_p=float(top_p))
+        for piece, temperature, top_p in zip(pieces, temperatures[kept].tolist(), top_ps[kept].tolist())
+    ]
+    return GenerationTrace(prompt=prompt, tokens=tokens, model=loaded.description, heads_trained=loaded.heads_trained)
+
+
+def _incremental_pieces(tokenizer, token_ids: list[int]) -> list[str]:
+    """Each token's text as the difference of successive decodes, so multi-byte characters come out whole."""
+    pieces, previous = [], ""
+    for end in range(1, len(token_ids) + 1):
+        text = tokenizer.decode(token_ids[:end], skip_special_tokens=False)
+        pieces.append(text[len(previous) :] if text.startswith(previous) else text)
+        previous = text
+    return pieces

@@ -1,0 +1,441 @@
+"""``AutoDecoForCausalLM``: a frozen causal LM with a temperature head and a top-p head."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import LogitsProcessorList
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+from transformers.utils import ModelOutput
+
+from autodeco import losses
+from autodeco.base_model import load_base_model
+from autodeco.checkpoint import BASE_PREFIX, CheckpointError, read_checkpoint, write_checkpoint
+from autodeco.config import AutoDecoConfig
+from autodeco.generation import (
+    AutoDecoLogitsProcessor,
+    capture_output_head_input,
+    output_head,
+    sanitized_generation_config,
+)
+from autodeco.heads import TemperatureHead, TopPHead, probability_features
+
+FEATURE_CHUNK_ROWS = 256
+"""Positions per chunk when computing the top-p features of a whole sequence (bounds memory)."""
+
+
+@dataclasses.dataclass
+class AutoDecoOutput(ModelOutput):
+    """Output of :meth:`AutoDecoForCausalLM.forward`.
+
+    Attributes:
+        loss: sum of the enabled heads' losses, when labels were given.
+        temperature_loss, top_p_loss: each head's loss.
+        logits: ``(B, L, V)`` the base model's unscaled logits.
+        temperature, top_p: ``(B, L)`` per-position predictions (1.0 for a disabled head).
+        past_key_values: the base model's cache.
+    """
+
+    loss: torch.Tensor | None = None
+    temperature_loss: torch.Tensor | None = None
+    top_p_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    temperature: torch.Tensor | None = None
+    top_p: torch.Tensor | None = None
+    past_key_values: Any = None
+
+
+@dataclasses.dataclass
+class AutoDecoGenerateOutput(GenerateDecoderOnlyOutput):
+    """``generate()`` output with the per-token values used: ``temperatures`` and ``top_ps``, each ``(B, new_tokens)``.
+
+    Positions after a sequence's end-of-sequence token hold NaN.
+    """
+
+    temperatures: torch.Tensor | None = None
+    top_ps: torch.Tensor | None = None
+
+
+class AutoDecoForCausalLM(nn.Module):
+    """A causal LM that predicts its own temperature and top-p for every token.
+
+    The base model is ``model.llm`` and stays frozen; only ``temp_head`` and ``top_p_head`` train.
+
+    Example:
+        >>> model = AutoDecoForCausalLM.from_base("embedded:SmolLM2-135M-Instruct")  # doctest: +SKIP
+        >>> output = model(input_ids)  # doctest: +SKIP
+        >>> output.temperature.shape, output.top_p.shape  # doctest: +SKIP
+        (torch.Size([1, 12]), torch.Size([1, 12]))
+    """
+
+    def __init__(self, llm: nn.Module, config: AutoDecoConfig):
+        super().__init__()
+        check_base_fits(config, llm)
+        self.config = config
+        self.llm = llm
+        self.llm.requires_grad_(False)
+        self.llm.eval()
+        self.temp_head = TemperatureHead(config.hidden_size)
+        self.top_p_head = TopPHead(config.hidden_size, use_probability_features=config.use_enhanced_features)
+        device = output_head(llm).weight.device
+        self.temp_head.to(device)
+        self.top_p_head.to(device)
+
+    # ----------------------------------------------------------------------------------------- creation
+
+    @classmethod
+    def from_base(
+        cls,
+        base: str | os.PathLike | nn.Module,
+        *,
+        enable_temperature_head: bool = True,
+        enable_top_p_head: bool = True,
+        use_enhanced_features: bool = True,
+        dtype: torch.dtype | str | None = None,
+        trust_remote_code: bool = False,
+        seed: int | None = None,
+    ) -> "AutoDecoForCausalLM":
+        """Wrap a base model with fresh (untrained) heads.
+
+        Args:
+            base: hub id, local folder, ``embedded:SmolLM2-135M-Instruct``, or a loaded causal LM.
+            enable_temperature_head: predict temperatures (else T = 1).
+            enable_top_p_head: predict top-p (else P = 1).
+            use_enhanced_features: the top-p head reads the four probability features.
+            dtype: dtype to load the base in (default: the checkpoint's).
+            trust_remote_code: allow the base's own modelling code (off unless you ask).
+            seed: seed for the heads' initial weights.
+        """
+        if isinstance(base, nn.Module):
+            llm, reference = base, getattr(base, "name_or_path", None) or None
+        else:
+            llm, reference = load_base_model(base, dtype=dtype, trust_remote_code=trust_remote_code), str(base)
+        head = output_head(llm)
+        config = AutoDecoConfig(
+            hidden_size=head.weight.shape[1],
+            vocab_size=head.weight.shape[0],
+            base_model_name_or_path=reference,
+            base_model_type=llm.config.model_type,
+            enable_temperature_head=enable_temperature_head,
+            enable_top_p_head=enable_top_p_head,
+            use_enhanced_features=use_enhanced_features,
+            base_config=llm.config.to_dict(),
+        )
+        if seed is not None:
+            torch.manual_seed(seed)
+        return cls(llm, config)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        base_model: str | os.PathLike | nn.Module | None = None,
+        *,
+        dtype: torch.dtype | str | None = None,
+        trust_remote_code: bool = False,
+    ) -> "AutoDecoForCausalLM":
+        """Load a heads-only (ours or official) or merged checkpoint.
+
+        Args:
+            path: the checkpoint folder.
+            base_model: the base to put the heads on; overrides the one the checkpoint records
+                (and, for a merged checkpoint, the base weights stored in it).
+            dtype, trust_remote_code: as in :meth:`from_base`.
+
+        Raises:
+            CheckpointError: missing or corrupt files, no recorded base, or heads that do not fit the base.
+        """
+        contents = read_checkpoint(path)
+        config = contents.config
+        if isinstance(base_model, nn.Module):
+            llm = base_model
+        elif base_model is not None:
+            llm = load_base_model(base_model, dtype=dtype, trust_remote_code=trust_remote_code)
+            config = dataclasses.replace(config, base_model_name_or_path=str(base_model))
+        elif contents.merged:
+            llm = _load_merged_base(contents.path, config, dtype, trust_remote_code)
+        else:
+            reference = config.base_model_name_or_path
+            if not reference:
+                raise CheckpointError(
+                    f"{str(contents.path)!r} does not record its base model; pass base_model= (or --base)"
+                )
+            llm = load_base_model(_relative_to(reference, contents.path), dtype=dtype, trust_remote_code=trust_remote_code)
+        model = cls(llm, config)
+        model.load_head_tensors(contents.head_tensors, source=str(contents.path))
+        return model
+
+    def load_head_tensors(self, tensors: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+        """Load ``temp_head.*`` / ``top_p_head.*`` tensors, refusing any whose shape does not fit."""
+        expected = self.head_state_dict()
+        missing = sorted(set(expected) - set(tensors))
+        if missing:
+            raise CheckpointError(f"{source} lacks head tensors {missing}")
+        for name, tensor in tensors.items():
+            if name in expected and tensor.shape != expected[name].shape:
+                raise CheckpointError(
+                    f"{source}: {name} has shape {tuple(tensor.shape)} but this base model needs "
+                    f"{tuple(expected[name].shape)}; these heads were made for another base model"
+                )
+        own = {name: tensors[name] for name in expected}
+        self.load_state_dict(own, strict=False)
+
+    def head_state_dict(self) -> dict[str, torch.Tensor]:
+        """The heads' tensors under their checkpoint names (``temp_head.mlp.0.weight``, ...)."""
+        return {
+            **{f"temp_head.{name}": tensor for name, tensor in self.temp_head.state_dict().items()},
+            **{f"top_p_head.{name}": tensor for name, tensor in self.top_p_head.state_dict().items()},
+        }
+
+    def save_pretrained(self, path: str | os.PathLike, *, merged: bool = False) -> Path:
+        """Save the heads (a few MB: ``config.json`` + ``model.safetensors``), or with ``merged=True`` the base too."""
+        tensors = dict(self.head_state_dict())
+        if merged:
+            tensors.update({BASE_PREFIX + name: tensor for name, tensor in self.llm.state_dict().items()})
+        return write_checkpoint(path, self.config, tensors)
+
+    # ------------------------------------------------------------------------------------ forward pass
+
+    def to_head_dtype(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Cast hidden states to the heads' dtype (the heads may be float32 on a bfloat16 base)."""
+        return hidden_states.to(self.temp_head.mlp[0].weight.dtype)
+
+    def predict_temperature(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Temperatures ``(...)`` from hidden states ``(..., H)``; ones when the head is disabled."""
+        if not self.config.enable_temperature_head:
+            return torch.ones(hidden_states.shape[:-1], device=hidden_states.device)
+        return self.temp_head(self.to_head_dtype(hidden_states))
+
+    def predict(self, hidden_states: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-position temperature and top-p.
+
+        Args:
+            hidden_states: ``(..., H)`` final hidden states.
+            logits: ``(..., V)`` the base model's logits at the same positions.
+
+        Returns:
+            ``(temperature (...), top_p (...))``.
+        """
+        temperature = self.predict_temperature(hidden_states)
+        if not self.config.enable_top_p_head:
+            return temperature, torch.ones_like(temperature)
+        detached = temperature.detach()
+        features = None
+        if self.config.use_enhanced_features:
+            with torch.no_grad():  # logits are frozen and T is detached: the features carry no gradient
+                features = _chunked_features(logits, detached)
+        top_p = self.top_p_head(self.to_head_dtype(hidden_states), detached, features)
+        return temperature, top_p
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        *,
+        easy_token_drop: float = losses.EASY_TOKEN_DROP,
+        steepness: float = losses.STEEPNESS,
+        dft_weighting: bool = True,
+        generator: torch.Generator | None = None,
+        **base_kwargs,
+    ) -> AutoDecoOutput:
+        """Run the base model once and the heads on every position; with ``labels``, the training losses.
+
+        Args:
+            input_ids: ``(B, L)``.
+            attention_mask: ``(B, L)``.
+            labels: ``(B, L)`` targets aligned with the inputs (-100 = not trained on).
+            easy_token_drop, steepness, dft_weighting, generator: loss settings (PAPER.md section 3).
+            **base_kwargs: passed to the base model (``past_key_values``, ``position_ids``, ...).
+        """
+        with capture_output_head_input(self.llm) as capture, torch.no_grad():
+            base_output = self.llm(input_ids=input_ids, attention_mask=attention_mask, **base_kwargs)
+        logits = base_output.logits  # (B, L, V)
+        temperature, top_p = self.predict(capture.hidden_states, logits)  # (B, L) each
+        output = AutoDecoOutput(
+            logits=logits,
+            temperature=temperature,
+            top_p=top_p,
+            past_key_values=getattr(base_output, "past_key_values", None),
+        )
+        if labels is not None:
+            parts = []
+            if self.config.enable_temperature_head:
+                output.temperature_loss = losses.temperature_loss(
+                    logits, temperature, labels,
+                    easy_token_drop=easy_token_drop, dft_weighting=dft_weighting, generator=generator,
+                )
+                parts.append(output.temperature_loss)
+            if self.config.enable_top_p_head:
+                output.top_p_loss = losses.top_p_loss(
+                    logits, temperature, top_p, labels, steepness=steepness, dft_weighting=dft_weighting
+                )
+                parts.append(output.top_p_loss)
+            output.loss = sum(parts)
+        return output
+
+    def train(self, mode: bool = True) -> "AutoDecoForCausalLM":
+        """Put the heads in training mode; the frozen base always stays in eval mode."""
+        super().train(mode)
+        self.llm.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.temp_head.mlp[0].weight.device
+
+    # -------------------------------------------------------------------------------------- generation
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        do_sample: bool = True,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        generation_config=None,
+        logits_processor: LogitsProcessorList | None = None,
+        return_dict_in_generate: bool = False,
+        **kwargs,
+    ):
+        """Generate with dynamic decoding: each token uses the temperature and top-p its heads predict.
+
+        Runs the base model's ``generate()`` (KV cache, batching with left padding, streamers,
+        stopping criteria all work) with none of the base's sampling defaults (``top_k=50``,
+        repetition penalties, ...): only what you pass here applies.
+
+        Args:
+            input_ids: ``(B, L)`` prompt ids (left-padded for batches).
+            attention_mask: ``(B, L)``.
+            do_sample: sample with the heads' values (True, the default) or decode greedily (False).
+            temperature: multiplier on each predicted temperature (default 1; 0 means greedy).
+            top_p: multiplier on each predicted top-p, capped at 1 (default 1).
+            generation_config: a ``GenerationConfig``; its temperature/top_p act as multipliers too.
+            logits_processor: extra processors, applied before the heads' warping.
+            return_dict_in_generate: return an :class:`AutoDecoGenerateOutput` with ``temperatures``
+                and ``top_ps`` (``(B, new_tokens)``), the values actually used.
+            **kwargs: any other ``generate()`` argument (``max_new_tokens``, ``streamer``, ...).
+
+        Returns:
+            token ids ``(B, L + new_tokens)``, or an :class:`AutoDecoGenerateOutput`.
+        """
+        if generation_config is not None:
+            generation_config = generation_config.__class__.from_dict(generation_config.to_dict())
+            temperature = generation_config.temperature if temperature is None else temperature
+            top_p = generation_config.top_p if top_p is None else top_p
+            generation_config.temperature, generation_config.top_p, generation_config.top_k = None, None, None
+            do_sample = generation_config.do_sample if generation_config.do_sample is not None else do_sample
+            generation_config.do_sample = None
+        temperature = 1.0 if temperature is None else float(temperature)
+        top_p = 1.0 if top_p is None else float(top_p)
+        sample = do_sample and temperature != 0.0
+        if not sample and not return_dict_in_generate:
+            return self._base_generate(input_ids, attention_mask, generation_config, logits_processor, kwargs, sample=False)
+        with capture_output_head_input(self.llm) as capture:
+            processor = AutoDecoLogitsProcessor(self, capture, temperature if sample else 1.0, top_p, sample)
+            processors = LogitsProcessorList([*(logits_processor or []), processor])
+            output = self._base_generate(
+                input_ids, attention_mask, generation_config, processors,
+                {**kwargs, "return_dict_in_generate": return_dict_in_generate}, sample=sample,
+            )
+        if not return_dict_in_generate:
+            return output
+        temperatures, top_ps = processor.recorded()
+        temperatures, top_ps = self._blank_after_end(output.sequences, temperatures, top_ps, kwargs)
+        return AutoDecoGenerateOutput(**dict(output), temperatures=temperatures, top_ps=top_ps)
+
+    def _base_generate(self, input_ids, attention_mask, generation_config, processors, kwargs, *, sample: bool):
+        original = self.llm.generation_config
+        self.llm.generation_config = sanitized_generation_config(original)
+        try:
+            sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": 0} if sample else {}
+            if generation_config is not None:
+                kwargs["generation_config"] = generation_config
+            return self.llm.generate(
+                input_ids, attention_mask=attention_mask, do_sample=sample,
+                logits_processor=processors, **sampling, **kwargs,
+            )
+        finally:
+            self.llm.generation_config = original
+
+    def _blank_after_end(self, sequences, temperatures, top_ps, kwargs):
+        steps = temperatures.shape[1]
+        eos = kwargs.get("eos_token_id", self.llm.generation_config.eos_token_id)
+        if eos is None or steps == 0:
+            return temperatures, top_ps
+        eos_ids = torch.tensor(eos if isinstance(eos, (list, tuple)) else [eos], device=sequences.device)
+        generated = sequences[:, -steps:]  # (B, steps)
+        is_end = torch.isin(generated, eos_ids)
+        ended_before = (is_end.cumsum(dim=1) - is_end.long()) > 0  # an end token at an earlier step
+        ended_before = ended_before.to(temperatures.device)
+        nan = float("nan")
+        return temperatures.masked_fill(ended_before, nan), top_ps.masked_fill(ended_before, nan)
+
+    def num_head_parameters(self) -> int:
+        """Number of parameters in the heads (what trains)."""
+        return sum(tensor.numel() for tensor in self.head_state_dict().values())
+
+
+def check_base_fits(config: AutoDecoConfig, llm: nn.Module) -> None:
+    """Refuse a base whose hidden size, vocabulary or type differs from what the heads were made for."""
+    head = output_head(llm)
+    hidden_size, vocab_size = head.weight.shape[1], head.weight.shape[0]
+    if hidden_size != config.hidden_size:
+        raise CheckpointError(
+            f"heads expect hidden size {config.hidden_size} (base {config.base_model_name_or_path!r}) but the "
+            f"given base model has hidden size {hidden_size}; load them with the base they were trained on"
+        )
+    if vocab_size != config.vocab_size:
+        raise CheckpointError(
+            f"heads expect a vocabulary of {config.vocab_size} (base {config.base_model_name_or_path!r}) but the "
+            f"given base model has {vocab_size}; load them with the base they were trained on"
+        )
+    base_type = getattr(getattr(llm, "config", None), "model_type", None)
+    if config.base_model_type and base_type and base_type != config.base_model_type:
+        raise CheckpointError(
+            f"heads were made for a {config.base_model_type!r} base but the given base is {base_type!r}"
+        )
+
+
+def _chunked_features(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    flat_logits = logits.reshape(-1, logits.shape[-1])  # (B*L, V)
+    flat_temperature = temperature.reshape(-1)  # (B*L,)
+    chunks = [
+        probability_features(flat_logits[start : start + FEATURE_CHUNK_ROWS], flat_temperature[start : start + FEATURE_CHUNK_ROWS])
+        for start in range(0, flat_logits.shape[0], FEATURE_CHUNK_ROWS)
+    ]
+    return torch.cat(chunks).reshape(*logits.shape[:-1], -1)  # (..., 4)
+
+
+def _relative_to(reference: str, checkpoint: Path) -> str:
+    """A relative local base path is read relative to the checkpoint folder when it exists there."""
+    candidate = checkpoint / reference
+    return str(candidate) if not Path(reference).is_absolute() and candidate.exists() else reference
+
+
+def _load_merged_base(folder: Path, config: AutoDecoConfig, dtype, trust_remote_code: bool):
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    base_fields = dict(config.base_config)
+    model_type = base_fields.pop("model_type", None) or config.base_model_type
+    if not model_type:
+        raise CheckpointError(f"merged checkpoint {str(folder)!r} does not record its base model type")
+    base_config = AutoConfig.for_model(model_type, **base_fields)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the head tensors are reported as unexpected by the base loader
+    try:
+        llm = AutoModelForCausalLM.from_pretrained(
+            folder, config=base_config, key_mapping={r"^llm\.": ""}, dtype=dtype or "auto",
+            trust_remote_code=trust_remote_code,
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return llm.eval()
