@@ -126,9 +126,11 @@ class AutoDecoForCausalLM(nn.Module):
             use_enhanced_features=use_enhanced_features,
             base_config=llm.config.to_dict(),
         )
-        if seed is not None:
+        if seed is None:
+            return cls(llm, config)
+        with torch.random.fork_rng(devices=[]):  # seed the heads without touching the caller's random state
             torch.manual_seed(seed)
-        return cls(llm, config)
+            return cls(llm, config)
 
     @classmethod
     def from_pretrained(
