@@ -12,6 +12,10 @@ import math
 import pytest
 import torch
 
+# The models here are tiny: one thread is faster than two, and much faster when pytest-xdist
+# workers or other processes share the cores (thread oversubscription made steps 100x slower).
+torch.set_num_threads(1)
+
 VOCAB_SIZE = 128
 HIDDEN_SIZE = 32
 PAD_TOKEN_ID = 0
@@ -20,59 +24,64 @@ EOS_TOKEN_ID = 2
 INITIALIZER_RANGE = 0.2
 """Larger than the usual 0.02 so that the tiny models' next-token distributions are not nearly uniform."""
 
-_COMMON_IDS = dict(pad_token_id=PAD_TOKEN_ID, bos_token_id=BOS_TOKEN_ID, eos_token_id=EOS_TOKEN_ID)
-_DECODER = dict(
-    vocab_size=VOCAB_SIZE,
-    hidden_size=HIDDEN_SIZE,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-    initializer_range=INITIALIZER_RANGE,
+_COMMON_IDS = {"pad_token_id": PAD_TOKEN_ID, "bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_ID}
+_DECODER = {
+    "vocab_size": VOCAB_SIZE,
+    "hidden_size": HIDDEN_SIZE,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+    "initializer_range": INITIALIZER_RANGE,
     **_COMMON_IDS,
-)
+}
 
 
 def _llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    return LlamaForCausalLM(LlamaConfig(**_DECODER, tie_word_embeddings=False))
+    return LlamaForCausalLM, LlamaConfig(**_DECODER, tie_word_embeddings=False)
 
 
 def _qwen2():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    return Qwen2ForCausalLM(Qwen2Config(**_DECODER, tie_word_embeddings=False))
+    return Qwen2ForCausalLM, Qwen2Config(**_DECODER, tie_word_embeddings=False)
 
 
 def _qwen3():
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    return Qwen3ForCausalLM(Qwen3Config(**_DECODER, head_dim=8, tie_word_embeddings=False))
+    return Qwen3ForCausalLM, Qwen3Config(**_DECODER, head_dim=8, tie_word_embeddings=False)
 
 
 def _mistral():
     from transformers import MistralConfig, MistralForCausalLM
 
-    return MistralForCausalLM(MistralConfig(**_DECODER, head_dim=8, sliding_window=None, tie_word_embeddings=False))
+    return MistralForCausalLM, MistralConfig(**_DECODER, head_dim=8, sliding_window=None, tie_word_embeddings=False)
 
 
 def _gpt2():
+    # Different module names: transformer.h, transformer.wte, lm_head tied to wte.
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
         vocab_size=VOCAB_SIZE, n_embd=HIDDEN_SIZE, n_layer=2, n_head=4, n_positions=256,
         initializer_range=INITIALIZER_RANGE, **_COMMON_IDS,
     )
-    return GPT2LMHeadModel(config)
+    return GPT2LMHeadModel, config
 
 
 def _gemma3():
+    # Tied and scaled embeddings, a sliding-window layer (window 4, shorter than the test prompts) and a global one.
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    config = Gemma3TextConfig(**_DECODER, head_dim=8, sliding_window=4, tie_word_embeddings=True)
-    return Gemma3ForCausalLM(config)
+    config = Gemma3TextConfig(
+        **_DECODER, head_dim=8, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+        tie_word_embeddings=True,
+    )
+    return Gemma3ForCausalLM, config
 
 
 def _qwen2_moe():
@@ -82,14 +91,14 @@ def _qwen2_moe():
         **_DECODER, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
         shared_expert_intermediate_size=32, decoder_sparse_step=1, tie_word_embeddings=False,
     )
-    return Qwen2MoeForCausalLM(config)
+    return Qwen2MoeForCausalLM, config
 
 
 def _mixtral():
     from transformers import MixtralConfig, MixtralForCausalLM
 
     config = MixtralConfig(**_DECODER, head_dim=8, num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=False)
-    return MixtralForCausalLM(config)
+    return MixtralForCausalLM, config
 
 
 BUILDERS = {
@@ -102,6 +111,7 @@ BUILDERS = {
     "qwen2_moe": _qwen2_moe,
     "mixtral": _mixtral,
 }
+"""family -> () -> (model class, config). Every one constructs cleanly in transformers 5.23."""
 FAMILIES = tuple(BUILDERS)
 DTYPES = (torch.float32, torch.bfloat16)
 
@@ -113,13 +123,26 @@ def _seed_for(family: str) -> int:
 
 
 def build_tiny_causal_lm(family: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """A tiny random causal LM of ``family`` in ``dtype``, cached per session (do not mutate it for good)."""
+    """A tiny random causal LM of ``family`` in ``dtype``, cached per session (do not mutate it for good).
+
+    All dtypes of a family share the same (seeded) weights. Other dtypes are built as
+    ``from_pretrained(..., dtype=dtype)`` would build them: weights in ``dtype`` but buffers such
+    as the rotary ``inv_freq`` in float32 (``model.to(bfloat16)`` would round those as well, and
+    then the model would not match itself after a save and reload).
+    """
     key = (family, dtype)
     if key not in _CACHE:
-        torch.manual_seed(_seed_for(family))
-        model = BUILDERS[family]()
-        model = model.to(dtype).eval()
-        model.requires_grad_(False)
+        model_class, config = BUILDERS[family]()
+        if dtype == torch.float32:
+            torch.manual_seed(_seed_for(family))
+            model = model_class(config)
+        else:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            assert type(model) is model_class
+            model.load_state_dict(build_tiny_causal_lm(family).state_dict())
+        model.eval().requires_grad_(False)
         _CACHE[key] = model
     return _CACHE[key]
 
@@ -163,11 +186,20 @@ def force_heads(model, temperature: float | None = None, top_p: float | None = N
             last.bias.fill_(logit(top_p) if top_p < 1 else 30.0)
 
 
-def left_padded_batch(lengths=(7, 4), seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random prompts of the given lengths, left-padded with PAD_TOKEN_ID; ids avoid pad/bos/eos."""
+def left_padded_batch(
+    lengths=(7, 4), seed: int = 0, padding: str = "pad"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random prompts of the given lengths, left-padded; prompt ids avoid pad/bos/eos.
+
+    ``padding="pad"`` fills the padding with PAD_TOKEN_ID; ``padding="garbage"`` with random ids,
+    so that only the attention mask tells padding apart (generate() cannot infer it from pad ids).
+    """
     generator = torch.Generator().manual_seed(seed)
     width = max(lengths)
-    input_ids = torch.full((len(lengths), width), PAD_TOKEN_ID, dtype=torch.long)
+    if padding == "garbage":
+        input_ids = torch.randint(3, VOCAB_SIZE, (len(lengths), width), generator=generator)
+    else:
+        input_ids = torch.full((len(lengths), width), PAD_TOKEN_ID, dtype=torch.long)
     attention_mask = torch.zeros((len(lengths), width), dtype=torch.long)
     for row, length in enumerate(lengths):
         input_ids[row, width - length :] = torch.randint(3, VOCAB_SIZE, (length,), generator=generator)

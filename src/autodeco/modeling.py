@@ -350,7 +350,10 @@ class AutoDecoForCausalLM(nn.Module):
         if not return_dict_in_generate:
             return output
         temperatures, top_ps = processor.recorded()
-        temperatures, top_ps = self._blank_after_end(output.sequences, temperatures, top_ps, kwargs)
+        eos = kwargs.get("eos_token_id")
+        if eos is None and generation_config is not None:
+            eos = generation_config.eos_token_id
+        temperatures, top_ps = self._blank_after_end(output.sequences, temperatures, top_ps, eos)
         return AutoDecoGenerateOutput(**dict(output), temperatures=temperatures, top_ps=top_ps)
 
     def _base_generate(self, input_ids, attention_mask, generation_config, processors, kwargs, *, sample: bool):
@@ -367,9 +370,9 @@ class AutoDecoForCausalLM(nn.Module):
         finally:
             self.llm.generation_config = original
 
-    def _blank_after_end(self, sequences, temperatures, top_ps, kwargs):
+    def _blank_after_end(self, sequences, temperatures, top_ps, eos):
         steps = temperatures.shape[1]
-        eos = kwargs.get("eos_token_id", self.llm.generation_config.eos_token_id)
+        eos = self.llm.generation_config.eos_token_id if eos is None else eos
         if eos is None or steps == 0:
             return temperatures, top_ps
         eos_ids = torch.tensor(eos if isinstance(eos, (list, tuple)) else [eos], device=sequences.device)
