@@ -15,8 +15,8 @@ import contextlib
 import torch
 from transformers import GenerationConfig, LogitsProcessor
 
-from autodeco.decoding import MIN_SAMPLING_TEMPERATURE, combine_with_user_values, warp_sorted_logits
-from autodeco.heads import FEATURE_TEMPERATURE_EPSILON, probability_features_from_sorted
+from autodeco.decoding import MIN_SAMPLING_TEMPERATURE, combine_with_user_values
+from autodeco.heads import ENTROPY_LOG_EPSILON, FEATURE_TEMPERATURE_EPSILON, TOP_MASS_TOKENS
 
 KEPT_GENERATION_FIELDS = (
     "bos_token_id",
@@ -121,24 +121,41 @@ def dynamic_step(
     Args:
         model: an AutoDecoForCausalLM.
         hidden: ``(B, H)`` final hidden states.
-        logits: ``(B, V)`` logits of the step (float32 in ``generate()``).
+        logits: ``(B, V)`` logits of the step (float32 in ``generate()``); never modified.
         temperature, top_p: the user's multipliers.
         sample: return warped logits; else return the logits unchanged.
 
     Returns:
         ``(warped_logits (B, V), temperature (B,), top_p (B,))``, the values actually used.
+
+    The vocabulary-sized work (one sort, one division, one softmax, the features, one cumulative
+    sum, one scatter back to vocabulary order) reuses at most three ``(B, V)`` float buffers and runs
+    without autograd: the logits are frozen and the features read the detached temperature, as in
+    :meth:`~autodeco.modeling.AutoDecoForCausalLM.predict`.
     """
-    logits = logits.float()
+    config = model.config
     head_temperature = model.predict_temperature(hidden)  # (B,)
-    sorted_logits, sorted_indices = logits.sort(dim=-1)  # (B, V), ascending
-    feature_probs = None
-    if model.config.enable_top_p_head:
-        if model.config.use_enhanced_features:
-            feature_scale = head_temperature.float().unsqueeze(-1) + FEATURE_TEMPERATURE_EPSILON
-            feature_probs = (sorted_logits / feature_scale).softmax(dim=-1)  # (B, V), ascending
-            features = probability_features_from_sorted(feature_probs)  # (B, 4)
-        else:
-            features = None
+    with torch.no_grad():
+        sorted_logits, sorted_indices = logits.float().sort(dim=-1)  # (B, V) ascending; fresh, so ours to overwrite
+        sampling_divisor = None
+        if temperature == 1.0:  # then the final temperature is the head's, bit for bit
+            sampling_divisor = head_temperature.detach().float().clamp(min=MIN_SAMPLING_TEMPERATURE).unsqueeze(-1)
+    feature_probs = work = None
+    scaled_in_place = False  # whether sorted_logits already holds the sampling logits (sorted_logits / T)
+    if config.enable_top_p_head:
+        features = None
+        if config.use_enhanced_features:
+            with torch.no_grad():
+                feature_scale = head_temperature.detach().float().unsqueeze(-1) + FEATURE_TEMPERATURE_EPSILON  # (B, 1)
+                # In float32, T + 1e-8 == T for every T >= 0.25: then one division serves the features and sampling.
+                scaled_in_place = sample and sampling_divisor is not None and torch.equal(feature_scale, sampling_divisor)
+                if scaled_in_place:
+                    feature_logits = sorted_logits.div_(feature_scale)
+                else:
+                    feature_logits = sorted_logits / feature_scale
+                feature_probs = feature_logits.softmax(dim=-1)  # (B, V) ascending
+                work = torch.empty_like(feature_probs) if scaled_in_place else feature_logits  # dead after the softmax
+                features = _features_from_ascending_probs(feature_probs, work)  # (B, 4)
         head_top_p = model.top_p_head(model.to_head_dtype(hidden), head_temperature, features)
     else:
         head_top_p = torch.ones_like(head_temperature)
@@ -146,9 +163,69 @@ def dynamic_step(
     final_temperature, final_top_p = final_temperature.float(), final_top_p.float()
     if not sample:
         return logits, final_temperature, final_top_p
-    scaled_sorted = sorted_logits / final_temperature.clamp(min=MIN_SAMPLING_TEMPERATURE).unsqueeze(-1)
-    # With the user's multiplier at 1, the feature probabilities are the sampling probabilities
-    # (up to the 1e-8 in the feature temperature): reuse them instead of a second softmax.
-    reusable = feature_probs if temperature == 1.0 else None
-    warped = warp_sorted_logits(scaled_sorted, sorted_indices, final_top_p, ascending_probs=reusable)
+    with torch.no_grad():
+        if scaled_in_place:
+            scaled = sorted_logits
+        else:
+            scaled = sorted_logits.div_(final_temperature.detach().clamp(min=MIN_SAMPLING_TEMPERATURE).unsqueeze(-1))
+        if temperature == 1.0 and feature_probs is not None:
+            # With the user's multiplier at 1, the feature probabilities are the sampling probabilities
+            # (up to the 1e-8 in the feature temperature): reuse them instead of a second softmax.
+            probs = feature_probs
+        else:
+            probs = scaled.softmax(dim=-1)
+            work = feature_probs if feature_probs is not None else work  # the features are done with it
+        warped = _warp_sorted_in_place(scaled, sorted_indices, probs, final_top_p.detach(), work)
     return warped, final_temperature, final_top_p
+
+
+def _features_from_ascending_probs(probs: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+    """:func:`autodeco.heads.probability_features_from_sorted` in fewer passes, without temporaries.
+
+    ``probs``: ``(B, V)`` probabilities sorted ascending; ``work``: a ``(B, V)`` float buffer, overwritten.
+    Entropy and variance are reduced with dot products (the variance in two passes, mean then squared
+    deviations), which agrees with the reference to float32 rounding.
+    """
+    vocab = probs.shape[-1]
+    top = probs[..., -TOP_MASS_TOKENS:]  # (B, 5) the most likely tokens
+    torch.add(probs, ENTROPY_LOG_EPSILON, out=work).log_()  # log(p + 1e-8)
+    entropy = torch.linalg.vecdot(probs, work).neg_()  # (B,)
+    torch.sub(probs, probs.mean(dim=-1, keepdim=True), out=work)
+    variance = torch.linalg.vecdot(work, work).div_(vocab - 1) if vocab > 1 else torch.full_like(entropy, float("nan"))
+    return torch.stack([top.amax(dim=-1), entropy, variance, top.sum(dim=-1)], dim=-1)  # (B, 4)
+
+
+ROW_BY_ROW_MAX_KEPT_FRACTION = 0.125
+"""Scatter the nucleus row by row when it holds at most this fraction of the ``(B, V)`` entries."""
+
+ROW_BY_ROW_MAX_ROWS = 32
+"""... and the batch has at most this many rows; otherwise mask and scatter the whole tensor."""
+
+
+def _warp_sorted_in_place(
+    scaled: torch.Tensor, sorted_indices: torch.Tensor, probs: torch.Tensor, top_p: torch.Tensor, work: torch.Tensor | None
+) -> torch.Tensor:
+    """:func:`autodeco.decoding.warp_sorted_logits`, overwriting ``scaled`` and ``work`` instead of allocating.
+
+    The cumulative probabilities ascend, so the tokens that :func:`~autodeco.decoding.nucleus_removal_mask`
+    removes are a prefix of each sorted row: its length is found by binary search. A small nucleus is
+    then copied row by row into a ``-inf`` buffer; a large one goes through the mask and one scatter.
+    The result is the same either way.
+    """
+    rows, vocab = probs.shape
+    if work is None:
+        work = torch.empty_like(probs)
+    cumulative = torch.cumsum(probs, dim=-1, out=work)  # (B, V), non-decreasing
+    threshold = (1 - top_p).unsqueeze(-1)  # (B, 1)
+    if rows <= ROW_BY_ROW_MAX_ROWS and not torch.isnan(cumulative[:, -1]).any():
+        removed_counts = torch.searchsorted(cumulative, threshold, right=True).clamp_(max=vocab - 1)  # (B, 1)
+        starts = removed_counts.flatten().tolist()
+        if rows * vocab - sum(starts) <= ROW_BY_ROW_MAX_KEPT_FRACTION * rows * vocab:
+            warped = work.fill_(float("-inf"))
+            for row, start in enumerate(starts):
+                warped[row].index_copy_(0, sorted_indices[row, start:], scaled[row, start:])
+            return warped
+    removed = cumulative <= threshold  # (B, V), exactly nucleus_removal_mask
+    removed[..., -1] = False
+    scaled.masked_fill_(removed, float("-inf"))
+    return work.scatter_(-1, sorted_indices, scaled)  # sorted_indices is a permutation: every entry is written
