@@ -11,7 +11,7 @@ sampling distribution:
 - **autodeco**: ``AutoDecoForCausalLM.generate(do_sample=True)``: the output-head hook, both heads,
   the four probability features and the per-row temperature/top-p warp at every step.
 
-The arms are interleaved (A B, B A, A B, ... after a warm-up of each), so drift in machine load hits
+The arms are interleaved (A B, B A, A B, ... after a short warm-up of each), so drift in machine load hits
 both alike; the time ratio is computed per repetition pair and summarised by its median and
 interquartile range. Run ``python benchmarks/decode_speed.py --help`` for the options.
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -28,26 +27,28 @@ import time
 
 import torch
 
-SMOLLM2_135M_SHAPE = dict(
-    hidden_size=576,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    intermediate_size=1536,
-    vocab_size=49152,
-    tie_word_embeddings=True,
-    max_position_embeddings=8192,
-    rope_theta=100000.0,
-    rms_norm_eps=1e-5,
-    hidden_act="silu",
-    bos_token_id=1,
-    eos_token_id=2,
-    pad_token_id=2,
-)
+SMOLLM2_135M_SHAPE = {
+    "hidden_size": 576,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "intermediate_size": 1536,
+    "vocab_size": 49152,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 8192,
+    "rope_theta": 100000.0,
+    "rms_norm_eps": 1e-5,
+    "hidden_act": "silu",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 2,
+}
 """A random Llama with SmolLM2-135M's shape (used with --random-smollm2-shape)."""
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
-STATIC_SAMPLING = dict(temperature=0.6, top_p=0.95, top_k=0)
+STATIC_SAMPLING = {"temperature": 0.6, "top_p": 0.95, "top_k": 0}
+WARMUP_TOKENS = 64
+"""Each setting's untimed warm-up run of each arm generates min(N, this) tokens."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -76,7 +77,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--prompt-tokens", type=int, default=None, help="truncate the prompt to this many tokens")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--no-memory", action="store_true", help="plain warm-up runs instead of the profiled ones")
+    parser.add_argument(
+        "--memory-tokens",
+        type=int,
+        default=32,
+        help="new tokens of the profiled run per arm and batch size that measures peak memory (default: %(default)s)",
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the profiled peak-memory runs")
     parser.add_argument(
         "--quick", action="store_true", help="about a minute: 32 new tokens, batch 1 and 8, 3 pairs, no extra pairs"
     )
@@ -128,7 +135,7 @@ def impossible_token_id(llm) -> int:
 
 def make_arms(llm, model, static_config, input_ids, new_tokens):
     attention_mask = torch.ones_like(input_ids)
-    forced = dict(max_new_tokens=new_tokens, eos_token_id=impossible_token_id(llm))
+    forced = {"max_new_tokens": new_tokens, "eos_token_id": impossible_token_id(llm)}
     pad = static_config.pad_token_id if static_config.pad_token_id is not None else 0
 
     def static():
@@ -150,15 +157,48 @@ def make_arms(llm, model, static_config, input_ids, new_tokens):
 # ------------------------------------------------------------------------------------------ timing
 
 
-def timed(function, seed: int, expected_tokens: int) -> tuple[float, float]:
-    """Wall and process CPU seconds of one call (CPU time counts only this process, so it shows less of other load)."""
+def timed(function, seed: int, expected_tokens: int) -> tuple[float, float, float]:
+    """Wall and process CPU seconds of one call (CPU time counts only this process, so it shows less of other
+    load), and the median seconds per step spent turning logits into the sampling distribution."""
     torch.manual_seed(seed)
-    wall, cpu = time.perf_counter(), time.process_time()
-    output = function()
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    with LogitsProcessingTimer() as processing:
+        wall, cpu = time.perf_counter(), time.process_time()
+        output = function()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     if output.shape[1] != expected_tokens:
         raise RuntimeError(f"expected {expected_tokens} tokens per row, got {output.shape[1]}")
-    return wall, cpu
+    return wall, cpu, statistics.median(processing.seconds) if processing.seconds else float("nan")
+
+
+class LogitsProcessingTimer:
+    """Times every call of ``LogitsProcessorList`` inside ``generate()`` (the whole sampling-distribution step).
+
+    Static sampling runs transformers' temperature and top-p warpers there, AutoDeco its heads and warp, so the
+    per-step difference isolates the decoding logic from the (much larger, noisier) forward pass.
+    """
+
+    def __init__(self):
+        self.seconds: list[float] = []
+
+    def __enter__(self):
+        from transformers.generation import logits_process
+
+        self._class = logits_process.LogitsProcessorList
+        self._original = self._class.__call__
+        original, seconds = self._original, self.seconds
+
+        def timed_call(processors, input_ids, scores, **kwargs):
+            start = time.perf_counter()
+            result = original(processors, input_ids, scores, **kwargs)
+            seconds.append(time.perf_counter() - start)
+            return result
+
+        self._class.__call__ = timed_call
+        return self
+
+    def __exit__(self, *exc):
+        self._class.__call__ = self._original
+        return False
 
 
 def peak_torch_cpu_bytes(function) -> int | None:
@@ -190,18 +230,24 @@ def quantile(values, q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def run_setting(arms, batch: int, new_tokens: int, prompt_len: int, args) -> dict:
+def measure_memory(arms) -> dict:
+    """Peak torch CPU memory of one (untimed, profiled) run of each arm, in MiB."""
+    result = {}
+    for name in ("static", "autodeco"):
+        torch.manual_seed(0)
+        peak = peak_torch_cpu_bytes(arms[name])
+        result[f"{name}_peak_mib"] = None if peak is None else peak / 2**20
+    return result
+
+
+def run_setting(arms, warmup_arms, batch: int, new_tokens: int, prompt_len: int, args) -> dict:
     expected = prompt_len + new_tokens
     result = {"batch": batch, "new_tokens": new_tokens, "prompt_tokens": prompt_len}
-    for name in ("static", "autodeco"):  # warm-up (profiled for memory unless --no-memory), untimed
-        if args.no_memory:
-            timed(arms[name], 0, expected)
-        else:
-            torch.manual_seed(0)
-            peak = peak_torch_cpu_bytes(arms[name])
-            result[f"{name}_peak_mib"] = None if peak is None else peak / 2**20
+    for name in ("static", "autodeco"):  # untimed warm-up, at most WARMUP_TOKENS long
+        warmup_arms[name]()
     walls = {"static": [], "autodeco": []}
     cpus = {"static": [], "autodeco": []}
+    steps = {"static": [], "autodeco": []}
     ratios, cpu_ratios = [], []
     timed_seconds, rep = 0.0, 0
     while rep < args.repeats or (timed_seconds < args.min_seconds and rep < 4 * args.repeats):
@@ -210,6 +256,7 @@ def run_setting(arms, batch: int, new_tokens: int, prompt_len: int, args) -> dic
         for name in order:
             walls[name].append(pair[name][0])
             cpus[name].append(pair[name][1])
+            steps[name].append(pair[name][2])
         ratios.append(pair["autodeco"][0] / pair["static"][0])
         cpu_ratios.append(pair["autodeco"][1] / pair["static"][1])
         timed_seconds += pair["autodeco"][0] + pair["static"][0]
@@ -226,9 +273,14 @@ def run_setting(arms, batch: int, new_tokens: int, prompt_len: int, args) -> dic
         ratio_min=min(ratios),
         ratio_max=max(ratios),
         cpu_ratio_median=statistics.median(cpu_ratios),
+        processing_step_seconds=steps,
     )
     for name in ("static", "autodeco"):
         result[f"{name}_tokens_per_s"] = batch * new_tokens / statistics.median(walls[name])
+        result[f"{name}_processing_ms"] = 1e3 * statistics.median(steps[name])
+    # The wall-time ratio if the two arms differed only by their median sampling-step cost (one step per new token).
+    extra = (result["autodeco_processing_ms"] - result["static_processing_ms"]) / 1e3 * new_tokens
+    result["processing_implied_ratio"] = 1 + extra / statistics.median(walls["static"])
     return result
 
 
@@ -267,18 +319,20 @@ def markdown_table(results, args) -> str:
     memory = not args.no_memory
     header = (
         "| batch | new tokens | pairs | static tok/s | autodeco tok/s "
-        "| wall-time ratio autodeco/static: median [IQR] (min-max) | CPU-time ratio (median) |"
+        "| wall-time ratio autodeco/static: median [IQR] (min-max) | CPU-time ratio (median) "
+        "| sampling step ms static / autodeco | ratio implied by the step |"
     )
-    rule = "|---|---|---|---|---|---|---|"
+    rule = "|---|---|---|---|---|---|---|---|---|"
     if memory:
-        header += " peak torch CPU memory static / autodeco (MiB) |"
+        header += f" peak torch CPU memory, {args.memory_tokens}-token run: static / autodeco (MiB) |"
         rule += "---|"
     lines = [header, rule]
     for r in results:
         line = (
             f"| {r['batch']} | {r['new_tokens']} | {r['pairs']} | {r['static_tokens_per_s']:.1f} | "
             f"{r['autodeco_tokens_per_s']:.1f} | {r['ratio_median']:.3f} [{r['ratio_q25']:.3f}, {r['ratio_q75']:.3f}] "
-            f"({r['ratio_min']:.3f}-{r['ratio_max']:.3f}) | {r['cpu_ratio_median']:.3f} |"
+            f"({r['ratio_min']:.3f}-{r['ratio_max']:.3f}) | {r['cpu_ratio_median']:.3f} | "
+            f"{r['static_processing_ms']:.2f} / {r['autodeco_processing_ms']:.2f} | {r['processing_implied_ratio']:.3f} |"
         )
         if memory:
             static, autodeco = r.get("static_peak_mib"), r.get("autodeco_peak_mib")
@@ -302,9 +356,14 @@ def main(argv=None) -> int:
     results = []
     for batch in args.batch_sizes:
         input_ids = prompt_ids.expand(batch, -1).contiguous()
+        memory = {}
+        if not args.no_memory:
+            memory = measure_memory(make_arms(llm, model, static_config, input_ids, args.memory_tokens))
         for new_tokens in args.new_tokens:
             arms = make_arms(llm, model, static_config, input_ids, new_tokens)
-            result = run_setting(arms, batch, new_tokens, prompt_len, args)
+            warmup_arms = make_arms(llm, model, static_config, input_ids, min(new_tokens, WARMUP_TOKENS))
+            result = run_setting(arms, warmup_arms, batch, new_tokens, prompt_len, args)
+            result.update(memory)
             results.append(result)
             print(
                 f"  batch {batch}, {new_tokens} tokens: ratio {result['ratio_median']:.3f} "
@@ -321,18 +380,21 @@ def main(argv=None) -> int:
         f"context {flops['context']}) = {100 * flops['head_over_base']:.3f} %."
     )
     print(
-        f"Not counted above: both arms sort the {flops['vocab']:,} logits once and take a softmax and a cumulative "
-        f"sum of them; AutoDeco's step adds per row the four features, about 7 x V elementwise FLOPs plus V "
-        f"logarithms (~{7 * flops['vocab']:,} FLOPs + {flops['vocab']:,} logs, "
+        f"Not counted above: both arms sort the {flops['vocab']:,} logits once (AutoDeco on CPU with torch's radix "
+        f"sort of order-preserving integer keys, static with torch.sort) and take a softmax and a cumulative sum of "
+        f"them; AutoDeco's step adds per row the four features, about 7 x V elementwise FLOPs plus V logarithms "
+        f"(~{7 * flops['vocab']:,} FLOPs + {flops['vocab']:,} logs, "
         f"{100 * 7 * flops['vocab'] / flops['base_flops_per_token']:.3f} % of the base's FLOPs), and saves static's "
         f"separate temperature division and boolean scatter; no second pass through the "
         "output layer and no second sort."
     )
     print(
-        "Ratios: autodeco / static within each interleaved pair (A B, B A, ...), after one untimed warm-up run of "
-        "each arm; tok/s from the median wall time. CPU time is this process's user+system time, so it is less "
+        f"Ratios: autodeco / static within each interleaved pair (A B, B A, ...), after one untimed warm-up run of "
+        f"each arm (min(N, {WARMUP_TOKENS}) tokens); tok/s from the median wall time. Sampling step: median time per step of generate()'s logits "
+        "processing (static: transformers' temperature + top-p warpers; autodeco: heads, features, warp), and the "
+        "wall-time ratio that this difference alone implies (it leaves out the output-head hook). CPU time is this process's user+system time, so it is less "
         "sensitive to other load on the machine than wall time. Peak torch CPU memory: the most bytes torch's CPU "
-        "allocator held during the warm-up run above what it held at its start (profiler allocation events: "
+        "allocator held during one profiled run per arm and batch size above what it held at its start (allocation events: "
         "KV cache, activations, logits and the sampling step's temporaries; not the weights, not Python objects)."
     )
     if args.json:
