@@ -211,3 +211,43 @@ def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids as ``generate()`` builds them for a left-padded batch."""
     position_ids = attention_mask.long().cumsum(-1) - 1
     return position_ids.masked_fill(attention_mask == 0, 0)
+
+
+CHAT_TEMPLATE = "{% for m in messages %}<u>{{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}<a>{% endif %}"
+"""A minimal chat template for the character-level test tokenizer."""
+
+
+def build_tiny_chat_model(folder) -> None:
+    """Save a tiny random Llama with a character-level tokenizer and a chat template into ``folder``.
+
+    Every printable ASCII character is one token, so any text (prompts, answers) can be encoded.
+    """
+    import string
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "</s>", "<unk>", "<u>", "<a>"]
+    vocab = {token: index for index, token in enumerate(specials + list(string.printable[:95]))}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+        additional_special_tokens=["<u>", "<a>"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=0, eos_token_id=1, bos_token_id=1,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model_dir(tmp_path_factory):
+    """Folder of a tiny random Llama with a character-level tokenizer and chat template (see build_tiny_chat_model)."""
+    folder = tmp_path_factory.mktemp("tiny-chat-model")
+    build_tiny_chat_model(folder)
+    return folder

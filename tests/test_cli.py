@@ -1,38 +1,15 @@
 """The ``autodeco`` command line on a tiny local model with a character-level tokenizer."""
 
 import json
-import string
 
 import pytest
-import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from autodeco.cli import main
 
-CHAT_TEMPLATE = "{% for m in messages %}<u>{{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}<a>{% endif %}"
-
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-chat-model")
-    specials = ["<pad>", "</s>", "<unk>", "<u>", "<a>"]
-    vocab = {token: index for index, token in enumerate(specials + list(string.printable[:95]))}
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-        additional_special_tokens=["<u>", "<a>"],
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, pad_token_id=0, eos_token_id=1, bos_token_id=1,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
+def tiny_model_dir(tiny_chat_model_dir):
+    return tiny_chat_model_dir
 
 
 def run(capsys, *argv):
