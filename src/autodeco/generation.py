@@ -79,6 +79,43 @@ def sanitized_generation_config(base_config: GenerationConfig | None) -> Generat
     return GenerationConfig(**kept)
 
 
+def generate_with_base(
+    llm,
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    sample: bool,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    logits_processor=None,
+    **kwargs,
+):
+    """The base model's own ``generate()`` with exactly the sampling the caller asks for.
+
+    The base's ``generation_config`` is swapped for :func:`sanitized_generation_config` during the
+    call, so its defaults (``top_k=50``, penalties, ...) do not apply; ``top_k`` is off. A static
+    ``(temperature, top_p)`` is applied by transformers' own warpers.
+
+    Args:
+        llm: a causal LM.
+        input_ids, attention_mask: ``(B, L)`` left-padded prompt.
+        sample: sample (True) or decode greedily (False; temperature and top-p are then ignored).
+        temperature, top_p: static sampling values (used only when sampling).
+        logits_processor: a ``LogitsProcessorList`` run before the warpers.
+        **kwargs: any other ``generate()`` argument.
+    """
+    original = llm.generation_config
+    llm.generation_config = sanitized_generation_config(original)
+    try:
+        sampling = {"temperature": float(temperature), "top_p": float(top_p), "top_k": 0} if sample else {}
+        return llm.generate(
+            input_ids, attention_mask=attention_mask, do_sample=sample, logits_processor=logits_processor,
+            **sampling, **kwargs,
+        )
+    finally:
+        llm.generation_config = original
+
+
 class AutoDecoLogitsProcessor(LogitsProcessor):
     """Replace the step's logits by AutoDeco's warped logits (or, when ``sample`` is False, only record T and P).
 

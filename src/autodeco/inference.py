@@ -128,7 +128,7 @@ def generate_traces(
 def _trace_for_row(tokenizer, prompt, token_ids, temperatures, top_ps, loaded: LoadedModel) -> GenerationTrace:
     kept = ~torch.isnan(temperatures)
     token_ids = token_ids[kept].tolist()
-    pieces = _incremental_pieces(tokenizer, token_ids)
+    pieces = token_pieces(tokenizer, token_ids)
     tokens = [
         TokenTrace(text=piece, temperature=float(temperature), top_p=float(top_p))
         for piece, temperature, top_p in zip(pieces, temperatures[kept].tolist(), top_ps[kept].tolist())
@@ -136,7 +136,7 @@ def _trace_for_row(tokenizer, prompt, token_ids, temperatures, top_ps, loaded: L
     return GenerationTrace(prompt=prompt, tokens=tokens, model=loaded.description, heads_trained=loaded.heads_trained)
 
 
-def _incremental_pieces(tokenizer, token_ids: list[int]) -> list[str]:
+def token_pieces(tokenizer, token_ids: list[int]) -> list[str]:
     """Each token's text as the difference of successive decodes, so multi-byte characters come out whole."""
     pieces, previous = [], ""
     for end in range(1, len(token_ids) + 1):

@@ -20,8 +20,8 @@ from autodeco.config import AutoDecoConfig
 from autodeco.generation import (
     AutoDecoLogitsProcessor,
     capture_output_head_input,
+    generate_with_base,
     output_head,
-    sanitized_generation_config,
 )
 from autodeco.heads import TemperatureHead, TopPHead, probability_features
 
@@ -357,18 +357,11 @@ class AutoDecoForCausalLM(nn.Module):
         return AutoDecoGenerateOutput(**dict(output), temperatures=temperatures, top_ps=top_ps)
 
     def _base_generate(self, input_ids, attention_mask, generation_config, processors, kwargs, *, sample: bool):
-        original = self.llm.generation_config
-        self.llm.generation_config = sanitized_generation_config(original)
-        try:
-            sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": 0} if sample else {}
-            if generation_config is not None:
-                kwargs["generation_config"] = generation_config
-            return self.llm.generate(
-                input_ids, attention_mask=attention_mask, do_sample=sample,
-                logits_processor=processors, **sampling, **kwargs,
-            )
-        finally:
-            self.llm.generation_config = original
+        if generation_config is not None:
+            kwargs["generation_config"] = generation_config
+        return generate_with_base(
+            self.llm, input_ids, attention_mask, sample=sample, logits_processor=processors, **kwargs
+        )
 
     def _blank_after_end(self, sequences, temperatures, top_ps, eos):
         steps = temperatures.shape[1]

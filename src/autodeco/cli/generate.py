@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from autodeco.inference import generate_traces, load_for_generation
+from autodeco.pretrained import default_heads_for
 from autodeco.trace import format_table, write_trace
 
 
@@ -23,6 +24,7 @@ def generate(
     no_chat_template: bool = False,
     trace: bool = False,
     trace_dir: str = "autodeco-traces",
+    fresh_heads: bool = False,
 ):
     """Generate answers with each token's temperature and top-p chosen by the heads.
 
@@ -32,7 +34,7 @@ def generate(
     Args:
         prompts: prompt texts.
         file: a text file with one prompt per line.
-        heads: heads checkpoint folder (default: fresh, untrained heads).
+        heads: heads checkpoint folder (default: the heads shipped for the embedded model; fresh heads for other bases).
         base: base model: hub id, local folder or embedded:SmolLM2-135M-Instruct (default: the one the heads record, else the embedded model).
         max_new_tokens: maximum number of generated tokens per prompt.
         temperature: multiplier on every predicted temperature (0 = greedy).
@@ -43,8 +45,11 @@ def generate(
         no_chat_template: send prompts as raw text, without the chat template.
         trace: print a per-token table of T and top-p and write HTML and PNG views to --trace-dir.
         trace_dir: folder for the HTML/PNG/JSON traces.
+        fresh_heads: use fresh, untrained heads (seeded by --seed) instead of the shipped ones.
     """
     texts = _collect_prompts(prompts, file)
+    if heads is None and not fresh_heads:
+        heads = default_heads_for(base)
     loaded = load_for_generation(heads, base, seed=seed)
     if not loaded.heads_trained:
         print(f"note: {loaded.description}: the heads are untrained, so T and top-p are not meaningful yet "

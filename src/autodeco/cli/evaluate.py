@@ -1,0 +1,85 @@
+"""``autodeco eval``: Pass@k of every decoding method side by side, with seeds, error bars and plots."""
+
+from __future__ import annotations
+
+from autodeco.evaluation.runner import METHODS, EvalConfig, evaluate, oracle_grid
+
+
+def evaluate_command(
+    dataset: str = "arithmetic",
+    output: str = "runs/eval",
+    heads: str | None = None,
+    base: str | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    methods: list[str] = list(METHODS),
+    static: list[str] | None = None,
+    seeds: int = 4,
+    samples_per_seed: int = 4,
+    max_new_tokens: int = 96,
+    batch_size: int = 16,
+    scorer: str = "math-verify",
+    oracle_step: float = 0.1,
+    meanshift: str | None = None,
+    meanshift_data: str | None = None,
+    data_dir: str | None = None,
+    overwrite: bool = False,
+):
+    """Evaluate greedy, default sampling, AutoDeco, MeanShift and the oracle grid on the same problems.
+
+    Writes OUTPUT/samples.jsonl (every answer, as produced: a killed run resumes), summary.json,
+    report.md (a table like the paper's Table 1, with paired confidence intervals) and PNG plots.
+
+    Args:
+        dataset: arithmetic (built-in test split), gsm8k, math500, aime24, aime25, hmmt25, brumo25, beyondaime (files in --data-dir), a JSONL file, or hf:NAME.
+        output: output folder.
+        heads: heads checkpoint (default: the heads shipped for the embedded model).
+        base: base model (default: the one the heads record).
+        split: dataset split.
+        limit: number of problems (default: all).
+        methods: built-in methods to run: greedy default autodeco meanshift oracle.
+        static: extra static settings, each T,P (e.g. 0.7,0.95).
+        seeds: number of seeds (0, 1, ...); each draws --samples-per-seed answers per problem.
+        samples_per_seed: answers per problem and seed (paper: 8 seeds x 16).
+        max_new_tokens: length limit of each answer.
+        batch_size: problems per generation batch.
+        scorer: answer checker: math-verify (symbolic) or exact (the paper's string match).
+        oracle_step: step of the oracle's temperature and top-p grids (paper: 0.1).
+        meanshift: MeanShift's pair as T,P (default: measured on --meanshift-data or recorded with the heads).
+        meanshift_data: held-out verified trajectories (JSONL, e.g. heldout.jsonl from autodeco sample) for MeanShift's means.
+        data_dir: folder with dataset files (default: $AUTODECO_DATA_DIR).
+        overwrite: discard an existing evaluation in OUTPUT instead of resuming it.
+    """
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    temperatures, top_ps = oracle_grid(oracle_step)
+    config = EvalConfig(
+        dataset=dataset, split=split, limit=limit, heads=heads, base=base, methods=tuple(methods),
+        static=tuple(_pair(text, "--static") for text in static or []), seeds=tuple(range(seeds)),
+        samples_per_seed=samples_per_seed, max_new_tokens=max_new_tokens, batch_size=batch_size, scorer=scorer,
+        oracle_temperatures=temperatures, oracle_top_ps=top_ps,
+        meanshift=_pair(meanshift, "--meanshift") if meanshift else None, meanshift_data=meanshift_data,
+        data_dir=data_dir,
+    )
+    result = evaluate(config, output, overwrite=overwrite)
+    print_result(result)
+
+
+def print_result(result) -> None:
+    """Print the headline table and where the report is."""
+    from autodeco.evaluation.report import headline_table
+
+    print(headline_table(result.summary))
+    print(f"\nreport: {result.files.get('report.md', result.output / 'report.md')}")
+    throughput = result.summary.get("throughput", {})
+    if throughput.get("samples_per_second"):
+        print(f"this run: {throughput['samples_generated_this_run']} samples, "
+              f"{throughput['samples_per_second']:.2f} samples/s, {throughput['tokens_per_second']:.0f} tokens/s")
+
+
+def _pair(text: str, flag: str) -> tuple[float, float]:
+    try:
+        temperature, top_p = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"{flag} takes T,P (two numbers separated by a comma, e.g. 0.7,0.95), got {text!r}") from None
+    return temperature, top_p

@@ -1,0 +1,100 @@
+"""Small, safe file helpers: atomic writes and append-only JSONL with durable batches."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike, data) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def append_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Append rows as JSON lines and make them durable (flush + fsync) before returning."""
+    if not rows:
+        return
+    with open(path, "a", encoding="utf-8") as file:
+        file.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict]:
+    """Read a JSONL file written by :func:`append_jsonl`; a torn last line (a killed writer) is dropped.
+
+    A bad line anywhere else means the file was edited or corrupted: ValueError naming the line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            is_last = all(not rest.strip() for rest in lines[number:])
+            if is_last:
+                break
+            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg}); fix or delete that line") from None
+    return rows
+
+
+def rewrite_jsonl_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Replace a JSONL file's content with ``rows``, atomically."""
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def check_resume_config(path: str | os.PathLike, current: dict, *, what: str, fix: str) -> bool:
+    """Compare a run folder's stored configuration with the current one before resuming.
+
+    Args:
+        path: the stored configuration file (JSON).
+        current: the configuration of this invocation (JSON-serialisable).
+        what: a name for the run in messages, e.g. ``"sampling run"``.
+        fix: what the user can do instead, e.g. ``"choose another --output or pass --overwrite"``.
+
+    Returns:
+        True when a stored configuration exists and matches (resume), False when there is none (fresh run).
+
+    Raises:
+        ValueError: naming every differing setting with its stored and current values.
+    """
+    path = Path(path)
+    if not path.exists():
+        return False
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    current = json.loads(json.dumps(current))  # the same normalisation (tuples -> lists) as when it was stored
+    differing = [
+        f"{key}: {stored.get(key)!r} there, {current.get(key)!r} now"
+        for key in sorted(set(stored) | set(current))
+        if stored.get(key) != current.get(key)
+    ]
+    if differing:
+        raise ValueError(
+            f"{path.parent} holds a {what} with a different configuration ({'; '.join(differing)}); {fix}"
+        )
+    return True

@@ -1,0 +1,166 @@
+"""``autodeco quickstart``: the whole pipeline on the embedded model, end to end.
+
+    sample  -> the base answers built-in arithmetic problems; verified answers are kept
+    train   -> the heads learn from those answers (base frozen)
+    heldout -> held-out NLL of trained heads vs fresh heads vs the best static (T, P)
+    eval    -> greedy, default, AutoDeco, MeanShift and the oracle grid on the arithmetic test split
+    report  -> report.md, summary.json and plots
+
+Every stage writes into its own folder under the output folder and is resumable; running the
+command again reuses finished stages. ``--budget`` picks how many problems and samples to use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from autodeco.base_model import EMBEDDED_MODEL
+from autodeco.jsonl import write_json_atomic
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Sizes of one quickstart run."""
+
+    train_problems: int
+    """Arithmetic training problems sampled."""
+    samples_per_prompt: int
+    """Completions per training problem (k of the rejection sampling)."""
+    train_steps: int
+    """Optimizer steps of head training."""
+    test_problems: int
+    """Arithmetic test problems evaluated."""
+    seeds: int
+    """Evaluation seeds."""
+    samples_per_seed: int
+    """Evaluation answers per problem and seed."""
+    oracle_step: float
+    """Step of the oracle's T and P grids (the paper's is 0.1)."""
+    max_new_tokens: int = 64
+    """Length limit of every answer (arithmetic answers are short)."""
+
+
+BUDGETS = {
+    "quick": Budget(train_problems=256, samples_per_prompt=4, train_steps=150, test_problems=48, seeds=2,
+                    samples_per_seed=4, oracle_step=0.2),
+    "standard": Budget(train_problems=1024, samples_per_prompt=4, train_steps=400, test_problems=200, seeds=4,
+                       samples_per_seed=4, oracle_step=0.1),
+    "large": Budget(train_problems=2000, samples_per_prompt=8, train_steps=400, test_problems=400, seeds=8,
+                    samples_per_seed=8, oracle_step=0.1),
+}
+"""Named budgets: ``quick`` (about 15 minutes on a 2-core CPU), ``standard`` and ``large``."""
+
+
+def run_quickstart(output: str | Path = "runs/quickstart", budget: str = "quick", *, base: str = EMBEDDED_MODEL,
+                   seed: int = 0, progress: bool = True) -> dict:
+    """Run (or resume) every stage; returns a dict of where things are plus the evaluation summary."""
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+    sizes = BUDGETS[budget]
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    timings = {}
+
+    started = time.perf_counter()
+    sample_dir = _sample_stage(output, sizes, base, seed, progress)
+    timings["sample"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    heads = _train_stage(output, sizes, sample_dir, base, seed, progress)
+    timings["train"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    heldout = _heldout_stage(output, heads, sample_dir, base, seed)
+    timings["heldout"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    result = _eval_stage(output, sizes, heads, sample_dir, seed, progress)
+    timings["eval"] = time.perf_counter() - started
+
+    overview = {
+        "budget": budget, "sizes": dataclasses.asdict(sizes), "heads": str(heads),
+        "report": str(result.output / "report.md"), "heldout": heldout,
+        "seconds_this_run": {stage: round(value, 1) for stage, value in timings.items()},
+    }
+    write_json_atomic(output / "quickstart.json", overview)
+    return {**overview, "summary": result.summary, "eval": result}
+
+
+def _stage_banner(name: str, detail: str) -> None:
+    print(f"\n== {name}: {detail}", flush=True)
+
+
+def _sample_stage(output: Path, sizes: Budget, base: str, seed: int, progress: bool) -> Path:
+    from autodeco.trajectories import SampleConfig, sample_trajectories
+
+    folder = output / "sample"
+    _stage_banner("1/4 sample", f"{sizes.train_problems} arithmetic problems x {sizes.samples_per_prompt} answers "
+                  "at T = 1, P = 1; verified answers kept")
+    config = SampleConfig(
+        source="arithmetic", split="train", limit=sizes.train_problems, samples_per_prompt=sizes.samples_per_prompt,
+        max_new_tokens=sizes.max_new_tokens, seed=seed, base=base,
+    )
+    stats = sample_trajectories(config, folder, progress=progress)
+    print(stats.table())
+    if stats.train_trajectories == 0:
+        raise ValueError("the base model answered no training problem correctly: nothing to train on")
+    return folder
+
+
+def _train_stage(output: Path, sizes: Budget, sample_dir: Path, base: str, seed: int, progress: bool) -> Path:
+    from autodeco.training.recipe import TrainConfig, train_heads
+
+    folder = output / "train"
+    _stage_banner("2/4 train", f"{sizes.train_steps} steps on {sample_dir / 'trajectories.jsonl'} (base frozen)")
+    config = TrainConfig.from_preset(
+        "quick", data=[str(sample_dir / "trajectories.jsonl")], output_dir=str(folder), base=base,
+        max_steps=sizes.train_steps, seed=seed,
+    )
+    result = train_heads(config, progress=progress)
+    return Path(result.heads_dir)
+
+
+def _heldout_stage(output: Path, heads: Path, sample_dir: Path, base: str, seed: int) -> dict | None:
+    from autodeco.inference import load_for_generation
+    from autodeco.training.data import read_trajectories
+    from autodeco.training.heldout import heldout_report
+
+    path = output / "heldout.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    trajectories = read_trajectories([sample_dir / "heldout.jsonl"]) if (sample_dir / "heldout.jsonl").exists() else []
+    _stage_banner("3/4 held-out", f"soft top-p NLL on {len(trajectories)} held-out verified answers")
+    if not trajectories:
+        print("no held-out trajectory (no held-out problem was answered correctly): skipped")
+        return None
+    trained = load_for_generation(str(heads), base)
+    fresh = load_for_generation(None, base, seed=seed)
+    report = {
+        "trained": heldout_report(trained.model, trained.tokenizer, trajectories),
+        "fresh": heldout_report(fresh.model, fresh.tokenizer, trajectories, grid_temperatures=()),
+    }
+    write_json_atomic(path, report)
+    best = report["trained"]["best_static"]["nll_dft"]
+    print(f"soft top-p NLL (DFT-weighted) on {report['trained']['num_tokens']} held-out tokens: "
+          f"trained heads {report['trained']['heads']['nll_dft']:.4f}, fresh heads {report['fresh']['heads']['nll_dft']:.4f}, "
+          f"best static T={best['temperature']:.1f} P={best['top_p']:.1f}: {best['value']:.4f}")
+    return report
+
+
+def _eval_stage(output: Path, sizes: Budget, heads: Path, sample_dir: Path, seed: int, progress: bool):
+    from autodeco.evaluation.runner import EvalConfig, evaluate, oracle_grid
+
+    _stage_banner("4/4 eval", f"{sizes.test_problems} test problems x {sizes.seeds} seeds x {sizes.samples_per_seed} "
+                  f"answers; oracle grid step {sizes.oracle_step}")
+    temperatures, top_ps = oracle_grid(sizes.oracle_step)
+    heldout = sample_dir / "heldout.jsonl"
+    config = EvalConfig(
+        dataset="arithmetic", split="test", limit=sizes.test_problems, heads=str(heads),
+        seeds=tuple(range(sizes.seeds)), samples_per_seed=sizes.samples_per_seed,
+        max_new_tokens=sizes.max_new_tokens, oracle_temperatures=temperatures, oracle_top_ps=top_ps,
+        meanshift_data=str(heldout) if heldout.exists() else None, seed=seed,
+    )
+    return evaluate(config, output / "eval", progress=progress)

@@ -1,0 +1,210 @@
+"""Many completions for many prompts, with each prompt prefilled once.
+
+Self-sampling (``autodeco sample``) and evaluation (``autodeco eval``) both draw n completions per
+prompt under several decoding settings. Repeating each prompt n times (``num_return_sequences``)
+would recompute its KV cache n times per setting. Instead :func:`prefill` runs the prompts through
+the base once (all but their last token), and :func:`complete` copies that cache for each setting,
+repeats it n times along the batch, and lets ``generate()`` continue from the last prompt token.
+
+    batch = prefill(model.llm, tokenizer, ["<rendered prompt 1>", "<rendered prompt 2>"])
+    completions = complete(model, tokenizer, batch, DecodingSetting.autodeco(), num_samples=4, seed=0)
+    completions[1][3].text  # the 4th completion of the 2nd prompt
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+
+import torch
+
+from autodeco.generation import generate_with_base
+from autodeco.inference import encode_prompts
+
+GREEDY = "greedy"
+STATIC = "static"
+AUTODECO = "autodeco"
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodingSetting:
+    """How tokens are chosen: greedily, with a static (T, P), or with the heads' per-token values."""
+
+    kind: str
+    """``"greedy"``, ``"static"`` or ``"autodeco"``."""
+    temperature: float = 1.0
+    """Static temperature (static settings only)."""
+    top_p: float = 1.0
+    """Static top-p (static settings only)."""
+
+    def __post_init__(self):
+        if self.kind not in (GREEDY, STATIC, AUTODECO):
+            raise ValueError(f"decoding kind must be one of greedy, static, autodeco; got {self.kind!r}")
+        if self.kind == STATIC and not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise ValueError(
+                f"a static setting needs temperature > 0 and 0 < top_p <= 1, got T={self.temperature}, P={self.top_p}"
+                " (use the greedy setting for T = 0)"
+            )
+
+    @classmethod
+    def greedy(cls) -> "DecodingSetting":
+        return cls(GREEDY)
+
+    @classmethod
+    def static(cls, temperature: float, top_p: float) -> "DecodingSetting":
+        return cls(STATIC, round(float(temperature), 2), round(float(top_p), 2))
+
+    @classmethod
+    def autodeco(cls) -> "DecodingSetting":
+        return cls(AUTODECO)
+
+    @property
+    def key(self) -> str:
+        """The name used in records: ``greedy``, ``autodeco`` or ``T=0.70,P=1.00``."""
+        if self.kind == STATIC:
+            from autodeco.evaluation.records import static_setting
+
+            return static_setting(self.temperature, self.top_p)
+        return self.kind
+
+    @classmethod
+    def from_key(cls, key: str) -> "DecodingSetting":
+        """Inverse of :attr:`key`."""
+        if key in (GREEDY, AUTODECO):
+            return cls(key)
+        from autodeco.evaluation.records import parse_static_setting
+
+        parsed = parse_static_setting(key)
+        if parsed is None:
+            raise ValueError(f"unknown decoding setting {key!r}: expected greedy, autodeco or T=<t>,P=<p>")
+        return cls.static(*parsed)
+
+
+@dataclasses.dataclass
+class Completion:
+    """One generated answer."""
+
+    text: str
+    """Decoded text, special tokens removed."""
+    token_ids: list[int]
+    """Generated ids up to and including the end-of-sequence token."""
+    temperatures: list[float] | None = None
+    """Per-token temperatures actually used (AutoDeco only)."""
+    top_ps: list[float] | None = None
+    """Per-token top-p values actually used (AutoDeco only)."""
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclasses.dataclass
+class PromptBatch:
+    """Left-padded prompts with the KV cache of all but their last token."""
+
+    input_ids: torch.Tensor
+    """``(B, L)`` prompt ids."""
+    attention_mask: torch.Tensor
+    """``(B, L)``."""
+    cache: object | None
+    """The base's cache over ``input_ids[:, :-1]`` (None when the prompts are one token long)."""
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+@torch.no_grad()
+def prefill(llm, tokenizer, rendered_prompts: list[str]) -> PromptBatch:
+    """Encode rendered prompts (chat template already applied) and run all but their last token once.
+
+    Position ids follow the attention mask exactly as ``generate()`` computes them, so the cached
+    keys equal those ``generate()`` would have produced itself.
+    """
+    device = next(llm.parameters()).device
+    encoded = encode_prompts(tokenizer, rendered_prompts, device)
+    input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
+    if input_ids.shape[1] < 2:
+        return PromptBatch(input_ids, attention_mask, None)
+    prefix_mask = attention_mask[:, :-1]
+    position_ids = (prefix_mask.long().cumsum(-1) - 1).masked_fill(prefix_mask == 0, 0)  # (B, L-1)
+    output = llm(input_ids=input_ids[:, :-1], attention_mask=prefix_mask, position_ids=position_ids, use_cache=True)
+    return PromptBatch(input_ids, attention_mask, output.past_key_values)
+
+
+@torch.no_grad()
+def complete(
+    model,
+    tokenizer,
+    batch: PromptBatch,
+    setting: DecodingSetting,
+    *,
+    num_samples: int = 1,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+) -> list[list[Completion]]:
+    """Draw ``num_samples`` completions of every prompt in ``batch`` under ``setting``.
+
+    Args:
+        model: an :class:`~autodeco.modeling.AutoDecoForCausalLM` (static and greedy settings use its base only).
+        tokenizer: the base's tokenizer.
+        batch: from :func:`prefill`; its cache is copied, never changed, so it serves many settings.
+        setting: greedy, static or AutoDeco.
+        num_samples: completions per prompt.
+        max_new_tokens: generation length limit.
+        seed: seeds torch's global generator before sampling (the caller's state is restored afterwards).
+
+    Returns:
+        ``completions[prompt][sample]``.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    input_ids = batch.input_ids.repeat_interleave(num_samples, dim=0)  # (B*n, L)
+    attention_mask = batch.attention_mask.repeat_interleave(num_samples, dim=0)
+    kwargs = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
+    if batch.cache is not None:
+        cache = copy.deepcopy(batch.cache)
+        cache.batch_repeat_interleave(num_samples)
+        kwargs["past_key_values"] = cache
+    devices = [input_ids.device] if input_ids.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        if setting.kind == AUTODECO:
+            output = model.generate(input_ids, attention_mask, do_sample=True, return_dict_in_generate=True, **kwargs)
+            sequences, temperatures, top_ps = output.sequences, output.temperatures, output.top_ps
+        else:
+            sequences = generate_with_base(
+                model.llm, input_ids, attention_mask, sample=setting.kind == STATIC,
+                temperature=setting.temperature, top_p=setting.top_p, **kwargs,
+            )
+            temperatures = top_ps = None
+    new_tokens = sequences[:, input_ids.shape[1] :]  # (B*n, new)
+    eos_ids = _eos_ids(model.llm, tokenizer)
+    flat = [
+        _completion(tokenizer, new_tokens[row], eos_ids, temperatures, top_ps, row) for row in range(new_tokens.shape[0])
+    ]
+    return [flat[start : start + num_samples] for start in range(0, len(flat), num_samples)]
+
+
+def derived_seed(*parts) -> int:
+    """A stable 63-bit seed from any printable parts (the same on every machine and run)."""
+    digest = hashlib.sha256("\x1f".join(str(part) for part in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _eos_ids(llm, tokenizer) -> set[int]:
+    eos = llm.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) if eos is not None else set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def _completion(tokenizer, token_ids: torch.Tensor, eos_ids: set[int], temperatures, top_ps, row: int) -> Completion:
+    ids = token_ids.tolist()
+    end = next((index + 1 for index, token in enumerate(ids) if token in eos_ids), len(ids))
+    ids = ids[:end]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if temperatures is None:
+        return Completion(text, ids)
+    return Completion(text, ids, temperatures[row, :end].tolist(), top_ps[row, :end].tolist())

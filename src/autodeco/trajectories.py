@@ -1,0 +1,249 @@
+"""Rejection sampling: the base model answers problems; its verified-correct answers become the training set.
+
+This is the label-free supervision of PAPER.md section 3: nobody labels temperatures, the model's
+own correct trajectories are the data. Output folder::
+
+    sample_config.json   the settings (a restart with other settings is refused)
+    trajectories.jsonl   accepted answers for training: prompt, completion, answer, source, seed, ...
+    heldout.jsonl        accepted answers of held-out problems (for held-out NLL and MeanShift)
+    progress.jsonl       one line per finished problem (attempts, accepted): what a restart skips
+    stats.json           acceptance statistics
+
+Appends are durable per batch, so a killed run loses at most the batch in flight; a restart drops
+any answers of unfinished problems and carries on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from autodeco.base_model import EMBEDDED_MODEL
+from autodeco.jsonl import (
+    append_jsonl,
+    check_resume_config,
+    read_jsonl_tolerant,
+    rewrite_jsonl_atomic,
+    write_json_atomic,
+)
+from autodeco.rollouts import DecodingSetting, derived_seed
+
+TRAIN_FILE = "trajectories.jsonl"
+HELDOUT_FILE = "heldout.jsonl"
+PROGRESS_FILE = "progress.jsonl"
+CONFIG_FILE = "sample_config.json"
+STATS_FILE = "stats.json"
+
+
+@dataclasses.dataclass
+class SampleConfig:
+    """What to sample. Defaults are the quick settings for the embedded model on this kind of machine."""
+
+    source: str = "arithmetic"
+    """Dataset: ``arithmetic``, a known name (``gsm8k``, ``math500``, ...), a JSONL path or ``hf:...``."""
+    split: str = "train"
+    """Split of the dataset (built-in arithmetic and GSM8K have train and test)."""
+    limit: int | None = 320
+    """Number of problems (None: all)."""
+    samples_per_prompt: int = 4
+    """Completions drawn per problem (k)."""
+    temperature: float = 1.0
+    """Sampling temperature (paper: default sampling, T = 1; 0 = greedy, one completion)."""
+    top_p: float = 1.0
+    """Sampling top-p (paper: 1)."""
+    max_new_tokens: int = 96
+    """Generation length limit per completion."""
+    batch_size: int = 16
+    """Problems per generation batch (each with ``samples_per_prompt`` rows)."""
+    heldout_fraction: float = 0.1
+    """Share of problems whose accepted answers go to ``heldout.jsonl`` instead of training."""
+    seed: int = 0
+    """Seed for sampling and for the arithmetic generator."""
+    scorer: str = "math-verify"
+    """Answer checker: ``math-verify`` (symbolic) or ``exact`` (the paper's string match)."""
+    base: str = EMBEDDED_MODEL
+    """Base model: hub id, local folder or the embedded default."""
+    data_dir: str | None = None
+    """Folder holding dataset files for known names (default: $AUTODECO_DATA_DIR)."""
+
+    def __post_init__(self):
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1 (or None for all), got {self.limit}")
+        if self.samples_per_prompt < 1:
+            raise ValueError(f"samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature} and {self.top_p}")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"max_new_tokens and batch_size must be >= 1, got {self.max_new_tokens} and {self.batch_size}"
+            )
+        if not 0 <= self.heldout_fraction < 1:
+            raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+
+    @property
+    def setting(self) -> DecodingSetting:
+        if self.temperature == 0:
+            return DecodingSetting.greedy()
+        return DecodingSetting.static(self.temperature, self.top_p)
+
+    @property
+    def num_samples(self) -> int:
+        return 1 if self.temperature == 0 else self.samples_per_prompt
+
+
+@dataclasses.dataclass
+class SampleStats:
+    """Acceptance statistics of a sampling run."""
+
+    problems: int
+    attempts: int
+    accepted: int
+    problems_with_an_accepted_answer: int
+    by_difficulty: dict[str, dict[str, int]]
+    train_trajectories: int
+    heldout_trajectories: int
+    seconds_this_run: float
+    new_tokens_this_run: int
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.attempts if self.attempts else 0.0
+
+    def table(self) -> str:
+        """Acceptance by difficulty as a small Markdown table."""
+        lines = ["| difficulty | problems | attempts | accepted | rate |", "|---|---|---|---|---|"]
+        for level, row in sorted(self.by_difficulty.items()):
+            rate = row["accepted"] / row["attempts"] if row["attempts"] else 0.0
+            lines.append(f"| {level} | {row['problems']} | {row['attempts']} | {row['accepted']} | {rate:.1%} |")
+        lines.append(f"| all | {self.problems} | {self.attempts} | {self.accepted} | {self.acceptance_rate:.1%} |")
+        return "\n".join(lines)
+
+
+def is_heldout(problem_id: str, fraction: float, seed: int) -> bool:
+    """Stable assignment of a problem to the held-out share (independent of order and batch)."""
+    return fraction > 0 and (derived_seed("heldout", seed, problem_id) % 10_000) < fraction * 10_000
+
+
+def sample_trajectories(config: SampleConfig, output: str | Path, *, overwrite: bool = False, progress: bool = True):
+    """Run (or resume) rejection sampling into the folder ``output``; returns :class:`SampleStats`."""
+    from autodeco.answers import score
+    from autodeco.problems import load_problems
+
+    output = Path(output)
+    problems = load_problems(
+        config.source, split=config.split, limit=config.limit, seed=config.seed, data_dir=config.data_dir
+    )
+    _prepare_folder(output, config, overwrite)
+    finished = _finished_problems(output)
+    todo = [problem for problem in problems if problem.id not in finished]
+    started, new_tokens = time.perf_counter(), 0
+    if todo:
+        new_tokens = _sample_missing(config, output, todo, score, progress)
+    stats = _statistics(output, problems, time.perf_counter() - started, new_tokens)
+    write_json_atomic(output / STATS_FILE, {**dataclasses.asdict(stats), "acceptance_rate": stats.acceptance_rate})
+    return stats
+
+
+def _prepare_folder(output: Path, config: SampleConfig, overwrite: bool) -> None:
+    if overwrite and output.exists():
+        for name in (TRAIN_FILE, HELDOUT_FILE, PROGRESS_FILE, CONFIG_FILE, STATS_FILE):
+            (output / name).unlink(missing_ok=True)
+    output.mkdir(parents=True, exist_ok=True)
+    current = dataclasses.asdict(config)
+    fix = "choose another output folder or pass --overwrite to start again"
+    if not check_resume_config(output / CONFIG_FILE, current, what="sampling run", fix=fix):
+        write_json_atomic(output / CONFIG_FILE, current)
+
+
+def _finished_problems(output: Path) -> dict[str, dict]:
+    """Problems a previous run finished; answers written for unfinished ones (a killed batch) are dropped."""
+    finished = {row["problem_id"]: row for row in read_jsonl_tolerant(output / PROGRESS_FILE)}
+    for name in (TRAIN_FILE, HELDOUT_FILE):
+        if (output / name).exists():
+            kept = [row for row in read_jsonl_tolerant(output / name) if row["problem_id"] in finished]
+            rewrite_jsonl_atomic(output / name, kept)
+    rewrite_jsonl_atomic(output / PROGRESS_FILE, list(finished.values()))  # also drops a torn last line
+    return finished
+
+
+def _sample_missing(config: SampleConfig, output: Path, todo, score, progress: bool) -> int:
+    from tqdm.auto import tqdm
+
+    from autodeco.inference import load_for_generation, render_prompt
+    from autodeco.rollouts import complete, prefill
+
+    loaded = load_for_generation(None, config.base, seed=config.seed)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    bar = tqdm(total=len(todo), desc="sampling", unit="problem", disable=not progress)
+    accepted_total = attempts_total = new_tokens = 0
+    for start in range(0, len(todo), config.batch_size):
+        problems = todo[start : start + config.batch_size]
+        batch = prefill(model.llm, tokenizer, [render_prompt(tokenizer, problem.prompt()) for problem in problems])
+        seed = derived_seed("sample", config.seed, problems[0].id)
+        completions = complete(
+            model, tokenizer, batch, config.setting,
+            num_samples=config.num_samples, max_new_tokens=config.max_new_tokens, seed=seed,
+        )
+        rows = {TRAIN_FILE: [], HELDOUT_FILE: []}
+        finished = []
+        for problem, samples in zip(problems, completions):
+            accepted = 0
+            for index, completion in enumerate(samples):
+                new_tokens += completion.num_tokens
+                extracted, correct = score(completion.text, problem.answer, config.scorer)
+                if not correct:
+                    continue
+                accepted += 1
+                target = HELDOUT_FILE if is_heldout(problem.id, config.heldout_fraction, config.seed) else TRAIN_FILE
+                rows[target].append(_trajectory(problem, completion, extracted, seed, index))
+            finished.append(
+                {"problem_id": problem.id, "attempts": len(samples), "accepted": accepted,
+                 "difficulty": problem.difficulty}
+            )
+            accepted_total, attempts_total = accepted_total + accepted, attempts_total + len(samples)
+        for name, new_rows in rows.items():
+            append_jsonl(output / name, new_rows)
+        append_jsonl(output / PROGRESS_FILE, finished)  # last: a problem counts as done only once its answers are safe
+        bar.update(len(problems))
+        bar.set_postfix(accepted=f"{accepted_total}/{attempts_total}")
+    bar.close()
+    return new_tokens
+
+
+def _trajectory(problem, completion, extracted, seed: int, index: int) -> dict:
+    return {
+        "problem_id": problem.id,
+        "prompt": problem.prompt(),
+        "completion": completion.text,
+        "answer": problem.answer,
+        "extracted": extracted,
+        "source": problem.source,
+        "difficulty": problem.difficulty,
+        "seed": seed,
+        "sample": index,
+        "num_tokens": completion.num_tokens,
+    }
+
+
+def _statistics(output: Path, problems, seconds: float, new_tokens: int) -> SampleStats:
+    wanted = {problem.id for problem in problems}
+    progress = [row for row in read_jsonl_tolerant(output / PROGRESS_FILE) if row["problem_id"] in wanted]
+    by_difficulty: dict[str, dict[str, int]] = defaultdict(lambda: {"problems": 0, "attempts": 0, "accepted": 0})
+    for row in progress:
+        level = by_difficulty[str(row.get("difficulty") if row.get("difficulty") is not None else "-")]
+        level["problems"] += 1
+        level["attempts"] += row["attempts"]
+        level["accepted"] += row["accepted"]
+    return SampleStats(
+        problems=len(progress),
+        attempts=sum(row["attempts"] for row in progress),
+        accepted=sum(row["accepted"] for row in progress),
+        problems_with_an_accepted_answer=sum(1 for row in progress if row["accepted"] > 0),
+        by_difficulty=dict(by_difficulty),
+        train_trajectories=len(read_jsonl_tolerant(output / TRAIN_FILE)),
+        heldout_trajectories=len(read_jsonl_tolerant(output / HELDOUT_FILE)),
+        seconds_this_run=round(seconds, 2),
+        new_tokens_this_run=new_tokens,
+    )
