@@ -236,6 +236,7 @@ def _run_config(config: EvalConfig, loaded, problems, meanshift) -> dict:
         "dataset": f"{config.dataset} ({config.split} split)",
         "num_problems": len(problems),
         "problem_ids": [problem.id for problem in problems],
+        "problem_seed": config.seed,
         "seeds": list(config.seeds),
         "samples_per_seed": config.samples_per_seed,
         "max_new_tokens": config.max_new_tokens,
@@ -376,11 +377,19 @@ class _Generator:
         return records
 
     def _finished_groups(self) -> set[tuple[str, str, int]]:
+        """(problem, setting, seed) groups already complete; records of incomplete groups (a killed write) are dropped."""
         if not self.samples_path.exists():
             return set()
-        counts = Counter((record.problem_id, record.setting, record.seed) for record in read_records(self.samples_path))
+        records = read_records(self.samples_path)
+        counts = Counter((record.problem_id, record.setting, record.seed) for record in records)
         needed = {GREEDY: 1}
-        return {group for group, count in counts.items() if count >= needed.get(group[1], self.config.samples_per_seed)}
+        complete = {group for group, count in counts.items() if count >= needed.get(group[1], self.config.samples_per_seed)}
+        kept = [record for record in records if (record.problem_id, record.setting, record.seed) in complete]
+        if len(kept) != len(records):
+            from autodeco.jsonl import write_text_atomic
+
+            write_text_atomic(self.samples_path, "".join(record.to_json() + "\n" for record in kept))
+        return complete
 
     def throughput(self) -> dict:
         return {

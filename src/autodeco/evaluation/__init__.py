@@ -1,0 +1,68 @@
+"""Evaluation: the sample-record schema, the metrics, and the report (PAPER.md sections 5, 6 and 8).
+
+- :mod:`autodeco.evaluation.records`: setting keys and the ``samples.jsonl`` record, written
+  durably and read back tolerating a half-written last line (resume after a kill).
+- :mod:`autodeco.evaluation.metrics`: pure math: unbiased Pass@k, Pass@1 over seeds, paired
+  bootstrap, and the expert-guided oracle search.
+- :mod:`autodeco.evaluation.report`: the JSON summary, the Markdown table and the figures.
+
+Importing this package is cheap: matplotlib is imported only when a figure is drawn.
+"""
+
+from autodeco.evaluation.metrics import (
+    OracleChoice,
+    PairedDifference,
+    default_ks,
+    mean_and_std,
+    oracle_search,
+    paired_bootstrap,
+    pass_at_1_by_seed,
+    pass_at_k,
+    pass_at_k_curve,
+    pick_best,
+)
+from autodeco.evaluation.records import (
+    AUTODECO,
+    GREEDY,
+    RecordWriter,
+    SampleRecord,
+    parse_static_setting,
+    read_records,
+    static_setting,
+)
+from autodeco.evaluation.report import (
+    ORACLE,
+    ORACLE_LABEL,
+    build_summary,
+    headline_table,
+    pick_trace_record,
+    render_markdown,
+    write_report,
+)
+
+__all__ = [
+    "AUTODECO",
+    "GREEDY",
+    "ORACLE",
+    "ORACLE_LABEL",
+    "OracleChoice",
+    "PairedDifference",
+    "RecordWriter",
+    "SampleRecord",
+    "build_summary",
+    "default_ks",
+    "headline_table",
+    "mean_and_std",
+    "oracle_search",
+    "paired_bootstrap",
+    "parse_static_setting",
+    "pass_at_1_by_seed",
+    "pass_at_k",
+    "pass_at_k_curve",
+    "pick_best",
+    "pick_trace_record",
+    "read_records",
+    "render_markdown",
+    "static_setting",
+    "write_report",
+]

@@ -1,0 +1,33 @@
+"""Prompts with checkable answers: generated arithmetic, benchmark files and hub datasets.
+
+>>> from autodeco.problems import load_problems
+>>> problem = load_problems("arithmetic", split="test", limit=1)[0]
+>>> problem.prompt().endswith("within \\\\boxed{}.")
+True
+
+Answers are checked with :mod:`autodeco.answers`.
+"""
+
+from autodeco.problems.arithmetic import DEFAULT_LEVELS, LEVELS, generate_problems
+from autodeco.problems.datasets import (
+    DATASET_NAMES,
+    TEMPLATES,
+    DataError,
+    Problem,
+    dataset_path,
+    load_problems,
+    read_jsonl,
+)
+
+__all__ = [
+    "DATASET_NAMES",
+    "DEFAULT_LEVELS",
+    "LEVELS",
+    "TEMPLATES",
+    "DataError",
+    "Problem",
+    "dataset_path",
+    "generate_problems",
+    "load_problems",
+    "read_jsonl",
+]

@@ -1,0 +1,95 @@
+"""``autodeco eval`` end to end on a tiny random model: every method, resume, bad input."""
+
+import json
+from collections import Counter
+
+import pytest
+
+from autodeco.evaluation.records import read_records
+from autodeco.evaluation.runner import SAMPLES_FILE, EvalConfig, evaluate, oracle_grid
+
+
+def config_for(model_dir, **overrides):
+    temperatures, top_ps = oracle_grid(0.5)
+    settings = dict(
+        dataset="arithmetic", limit=4, base=str(model_dir), seeds=(0, 1), samples_per_seed=2, max_new_tokens=6,
+        batch_size=3, oracle_temperatures=temperatures, oracle_top_ps=top_ps, meanshift=(0.8, 0.9),
+    )
+    return EvalConfig(**{**settings, **overrides})
+
+
+def test_every_method_is_run_on_the_same_problems_with_the_same_budget(tiny_chat_model_dir, tmp_path):
+    result = evaluate(config_for(tiny_chat_model_dir), tmp_path, progress=False)
+    records = read_records(tmp_path / SAMPLES_FILE)
+    per_setting = Counter(record.setting for record in records)
+    # greedy: 1 per problem; every sampled setting: 4 problems x 2 seeds x 2 samples. Default (T=1, P=1) is
+    # also the oracle's grid point, generated once; grid T in {0.5, 1.0}, then P in {0.5, 1.0} at the best T.
+    assert per_setting["greedy"] == 4
+    for setting in ("autodeco", "T=0.80,P=0.90", "T=1.00,P=1.00", "T=0.50,P=1.00"):
+        assert per_setting[setting] == 16, setting
+    methods = {method["name"]: method for method in result.summary["methods"]}
+    best_temperature = methods["oracle"]["temperature"]
+    assert per_setting[f"T={best_temperature:.2f},P=0.50"] == 16
+    assert {record.problem_id for record in records} == {f"arithmetic/test/{index}" for index in range(4)}
+    autodeco = [record for record in records if record.setting == "autodeco"]
+    assert all(len(record.temperatures) == record.num_tokens == len(record.tokens) for record in autodeco)
+    assert set(methods) >= {"greedy", "default", "autodeco", "meanshift", "oracle"}
+    for name in ("summary.json", "report.md", "methods.png", "oracle.png", "pass_at_k.png", "trace.png"):
+        assert (tmp_path / name).exists(), name
+    assert result.summary["throughput"]["samples_per_second"] > 0
+
+
+def test_a_killed_evaluation_resumes_where_it_stopped(tiny_chat_model_dir, tmp_path):
+    config = config_for(tiny_chat_model_dir, methods=("greedy", "autodeco", "default"))
+    evaluate(config, tmp_path, progress=False)
+    complete = (tmp_path / SAMPLES_FILE).read_text().splitlines(keepends=True)
+    # Keep the first 20 lines and half of the 21st, as a kill in the middle of a write would.
+    (tmp_path / SAMPLES_FILE).write_text("".join(complete[:20]) + complete[20][: len(complete[20]) // 2])
+    with pytest.warns(UserWarning):
+        resumed = evaluate(config, tmp_path, progress=False)
+    # The 16 lost answers, plus the kept answers of groups the kill left incomplete (regenerated whole).
+    assert len(complete) - 20 <= resumed.samples_generated < len(complete) - 20 + config.samples_per_seed
+    records = read_records(tmp_path / SAMPLES_FILE)
+    assert sorted(record.key for record in records) == sorted(
+        tuple(json.loads(line)[name] for name in ("problem_id", "setting", "seed", "sample")) for line in complete
+    )
+    assert evaluate(config, tmp_path, progress=False).samples_generated == 0
+
+
+def test_a_resume_folder_from_another_configuration_is_refused(tiny_chat_model_dir, tmp_path):
+    evaluate(config_for(tiny_chat_model_dir, methods=("greedy",)), tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"max_new_tokens: 6 there, 7 now.*--overwrite"):
+        evaluate(config_for(tiny_chat_model_dir, methods=("greedy",), max_new_tokens=7), tmp_path, progress=False)
+
+
+def test_meanshift_uses_the_heads_teacher_forced_means_on_heldout_trajectories(tiny_chat_model_dir, tmp_path):
+    from autodeco.inference import load_for_generation
+    from autodeco.training.heldout import teacher_forced_means
+
+    heldout = tmp_path / "heldout.jsonl"
+    rows = [{"prompt": "What is 2 + 2?", "completion": "4"}, {"prompt": "What is 3 * 3?", "completion": "It is 9."}]
+    heldout.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = config_for(tiny_chat_model_dir, methods=("meanshift",), meanshift=None, meanshift_data=str(heldout))
+    result = evaluate(config, tmp_path / "eval", progress=False)
+    loaded = load_for_generation(None, str(tiny_chat_model_dir))
+    temperature, top_p, _ = teacher_forced_means(loaded.model, loaded.tokenizer, rows)
+    methods = {method["name"]: method for method in result.summary["methods"]}
+    assert methods["meanshift"]["setting"] == f"T={temperature:.2f},P={top_p:.2f}"
+
+
+def test_bad_input_is_named(tiny_chat_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="unknown method.*'beam'.*valid: greedy, default, autodeco, meanshift, oracle"):
+        config_for(tiny_chat_model_dir, methods=("greedy", "beam"))
+    with pytest.raises(ValueError, match="gsm8k"):
+        evaluate(config_for(tiny_chat_model_dir, dataset="no-such-dataset"), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="MeanShift needs"):
+        evaluate(config_for(tiny_chat_model_dir, methods=("meanshift",), meanshift=None), tmp_path / "m", progress=False)
+
+
+def test_heads_made_for_another_base_are_refused(tiny_chat_model_dir, tmp_path, tiny_causal_lm):
+    from autodeco.modeling import AutoDecoForCausalLM
+
+    other = AutoDecoForCausalLM.from_base(tiny_causal_lm("qwen2"), seed=0)  # hidden size 32, vocabulary 128
+    other.save_pretrained(tmp_path / "heads")
+    with pytest.raises(ValueError, match="vocab"):
+        evaluate(config_for(tiny_chat_model_dir, heads=str(tmp_path / "heads")), tmp_path / "eval", progress=False)
