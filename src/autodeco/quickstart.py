@@ -111,7 +111,8 @@ def _sample_stage(output: Path, sizes: Budget, base: str, seed: int, progress: b
 
 
 def _train_stage(output: Path, sizes: Budget, sample_dir: Path, base: str, seed: int, progress: bool) -> Path:
-    from autodeco.training.recipe import TrainConfig, train_heads
+    from autodeco.training.config import TrainConfig
+    from autodeco.training.recipe import train_heads
 
     folder = output / "train"
     _stage_banner("2/4 train", f"{sizes.train_steps} steps on {sample_dir / 'trajectories.jsonl'} (base frozen)")

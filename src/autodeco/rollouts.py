@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 
 import torch
 
 from autodeco.generation import generate_with_base
 from autodeco.inference import encode_prompts
+from autodeco.seeds import derived_seed  # noqa: F401  (re-exported for callers of this module)
 
 GREEDY = "greedy"
 STATIC = "static"
@@ -184,12 +184,6 @@ def complete(
         _completion(tokenizer, new_tokens[row], eos_ids, temperatures, top_ps, row) for row in range(new_tokens.shape[0])
     ]
     return [flat[start : start + num_samples] for start in range(0, len(flat), num_samples)]
-
-
-def derived_seed(*parts) -> int:
-    """A stable 63-bit seed from any printable parts (the same on every machine and run)."""
-    digest = hashlib.sha256("\x1f".join(str(part) for part in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def _eos_ids(llm, tokenizer) -> set[int]:

@@ -28,7 +28,8 @@ from autodeco.jsonl import (
     rewrite_jsonl_atomic,
     write_json_atomic,
 )
-from autodeco.rollouts import DecodingSetting, derived_seed
+from autodeco.rollouts import DecodingSetting
+from autodeco.seeds import derived_seed
 
 TRAIN_FILE = "trajectories.jsonl"
 HELDOUT_FILE = "heldout.jsonl"

@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from autodeco.cli import checkpoints, generate
+from autodeco.cli import checkpoints, evaluate, generate, quickstart, sample, train
 from autodeco.cli._parser import add_command
 
 COMMANDS = {
+    "quickstart": quickstart.quickstart,
     "generate": generate.generate,
+    "sample": sample.sample,
+    "train": train.train,
+    "heldout": train.heldout,
+    "eval": evaluate.evaluate_command,
     "init": checkpoints.init,
     "merge": checkpoints.merge,
     "split": checkpoints.split,

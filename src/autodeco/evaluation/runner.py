@@ -27,7 +27,8 @@ from pathlib import Path
 
 from autodeco.evaluation.records import AUTODECO, GREEDY, RecordWriter, SampleRecord, read_records, static_setting
 from autodeco.jsonl import check_resume_config, write_json_atomic
-from autodeco.rollouts import DecodingSetting, derived_seed
+from autodeco.rollouts import DecodingSetting
+from autodeco.seeds import derived_seed
 
 METHODS = ("greedy", "default", "autodeco", "meanshift", "oracle")
 """Built-in method names, in report order."""

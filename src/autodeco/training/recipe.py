@@ -1,0 +1,428 @@
+"""The training recipe: fit the two heads on the base model's own verified trajectories.
+
+PAPER.md section 3. The base model is frozen; only the heads' parameters go to the optimizer.
+The loop runs under ``accelerate`` (one process, or ``accelerate launch --num_processes N``), with
+the gradient reduced by hand so that it is *exactly* the one-process gradient of the global batch:
+
+* every random choice is a function of (seed, epoch, example index) (see ``training.data``), so a
+  global batch of ``b * N * accumulation`` examples is split across processes deterministically
+  and each example sees the same easy-token drop decisions however it is split;
+* each micro-batch returns loss *sums* and token counts; the temperature loss and the top-p loss
+  have different counts (dropped easy tokens), so their gradients are accumulated separately (in
+  float64, where the order of summation does not matter), all-reduced with the counts, and
+  combined as ``grad_T / count_T + grad_P / count_P``: the mean over the kept tokens of the
+  whole global batch. Every process then holds the same gradient and takes the same step.
+
+No ``DistributedDataParallel`` wrapper is involved (it would average one loss per process), so a
+frozen base needs no ``find_unused_parameters``. Under DeepSpeed ZeRO-3 (an ``accelerate`` config
+with a DeepSpeed plugin) the frozen base is handed to DeepSpeed for parameter partitioning, while
+the heads (a few MB) stay replicated on every process and follow the same path as above.
+
+Around this file: ``config`` (settings, presets), ``data`` (trajectories -> batches, data order),
+``state`` (the output folder, checkpoints, resume checks) and ``curve`` (the log and its plot).
+A restart with the same folder resumes from the newest complete checkpoint (a run killed at any
+moment resumes, and on CPU with a fixed seed ends with the same heads as an uninterrupted run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from autodeco import losses
+from autodeco.base_model import load_tokenizer
+from autodeco.training import state
+from autodeco.training.config import ADAM_BETAS, ADAM_EPSILON, TrainConfig
+from autodeco.training.curve import append_log, truncate_log
+from autodeco.training.data import (
+    DataReport,
+    TrainingExample,
+    build_training_set,
+    collate,
+    collate_drop_draws,
+    drop_draws,
+    global_batch,
+    micro_batch_slice,
+    pad_token_id,
+)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train_heads` did."""
+
+    output_dir: Path
+    heads_dir: Path
+    steps: int
+    """Optimizer steps of the whole run."""
+    resumed_from: int | None
+    """Step of the checkpoint this invocation resumed from (None: started fresh)."""
+    already_finished: bool
+    """True when the folder held a finished run: nothing was done."""
+    data_report: DataReport | None
+    last_log: dict | None
+    """The last ``log.jsonl`` row of this invocation (None when no step ran)."""
+    main_process: bool = True
+    """False on the other processes of a multi-process launch (they print nothing)."""
+
+
+# ------------------------------------------------------------------------------------- pure pieces
+
+
+def learning_rate_at(step: int, *, peak: float, warmup_steps: int, total_steps: int, schedule: str) -> float:
+    """The learning rate of optimizer step ``step`` (0-based): linear warmup, then constant or cosine.
+
+    The schedule is a pure function of the step, so resuming needs no scheduler state.
+
+    Example:
+        >>> [learning_rate_at(s, peak=1.0, warmup_steps=2, total_steps=6, schedule="cosine") for s in range(6)]
+        [0.5, 1.0, 1.0, 0.8535533905932737, 0.5, 0.14644660940672627]
+    """
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return peak
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def combine_gradients(
+    temperature_gradient: torch.Tensor, temperature_count: float, top_p_gradient: torch.Tensor, top_p_count: float
+) -> torch.Tensor:
+    """``grad_T / count_T + grad_P / count_P``: each loss averaged over its own kept tokens.
+
+    A loss with no kept token contributes nothing (its summed gradient is 0 anyway).
+
+    Example:
+        >>> combine_gradients(torch.tensor([4.0]), 2, torch.tensor([3.0]), 3)
+        tensor([3.])
+    """
+    return temperature_gradient / max(temperature_count, 1.0) + top_p_gradient / max(top_p_count, 1.0)
+
+
+@dataclasses.dataclass
+class MicroBatchLosses:
+    """One micro-batch's loss sums (with gradients) and the predictions on its completion tokens."""
+
+    temperature: losses.LossSum | None
+    top_p: losses.LossSum | None
+    temperatures: torch.Tensor
+    """``(N,)`` predicted T at the positions that predict a labelled token (detached)."""
+    top_ps: torch.Tensor
+    """``(N,)`` predicted P at the same positions (detached)."""
+
+
+def micro_batch_losses(model, batch: dict[str, torch.Tensor], config: TrainConfig) -> MicroBatchLosses:
+    """Forward one micro-batch and compute the enabled heads' loss sums (the loss step).
+
+    Args:
+        model: an ``AutoDecoForCausalLM``.
+        batch: ``input_ids``, ``attention_mask``, ``labels`` ``(B, L)`` and ``drop_draws`` ``(B, L - 1)``.
+        config: the loss settings.
+    """
+    output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    labels = batch["labels"]
+    temperature_sum = top_p_sum = None
+    if model.config.enable_temperature_head:
+        temperature_sum = losses.temperature_loss(
+            output.logits, output.temperature, labels, easy_token_drop=config.easy_token_drop,
+            dft_weighting=config.dft_weighting, random_values=batch["drop_draws"], reduction="sum",
+        )
+    if model.config.enable_top_p_head:
+        top_p_sum = losses.top_p_loss(
+            output.logits, output.temperature, output.top_p, labels, steepness=config.steepness,
+            dft_weighting=config.dft_weighting, reduction="sum",
+        )
+    predicting = labels[:, 1:] != losses.IGNORE_INDEX  # (B, L-1): positions whose next token is labelled
+    return MicroBatchLosses(
+        temperature_sum, top_p_sum,
+        output.temperature[:, :-1][predicting].detach().float(), output.top_p[:, :-1][predicting].detach().float(),
+    )
+
+
+STATISTICS = (
+    "temperature_loss_sum", "kept_tokens", "top_p_loss_sum", "top_p_tokens",
+    "temperature_sum", "temperature_square_sum", "top_p_sum", "top_p_square_sum", "positions",
+)
+"""The per-step sums reduced across processes with the gradients (float64)."""
+
+
+def accumulate_gradients(model, parameters: list[torch.Tensor], micro_batches: list[dict], config: TrainConfig):
+    """Summed gradients of each loss and the statistics over this process's micro-batches.
+
+    Returns:
+        ``(temperature_gradient (P,), top_p_gradient (P,), statistics (len(STATISTICS),))``,
+        float64, with ``P`` the number of trained parameters.
+    """
+    size = sum(parameter.numel() for parameter in parameters)
+    device = parameters[0].device
+    temperature_gradient = torch.zeros(size, dtype=torch.float64, device=device)
+    top_p_gradient = torch.zeros(size, dtype=torch.float64, device=device)
+    statistics = torch.zeros(len(STATISTICS), dtype=torch.float64, device=device)
+    slot = {name: index for index, name in enumerate(STATISTICS)}
+    for batch in micro_batches:
+        result = micro_batch_losses(model, batch, config)
+        if result.temperature is not None:
+            temperature_gradient += _flat_gradient(result.temperature.total, parameters, retain_graph=result.top_p is not None)
+            statistics[slot["temperature_loss_sum"]] += result.temperature.total.detach().double()
+            statistics[slot["kept_tokens"]] += result.temperature.count.double()
+        if result.top_p is not None:
+            top_p_gradient += _flat_gradient(result.top_p.total, parameters, retain_graph=False)
+            statistics[slot["top_p_loss_sum"]] += result.top_p.total.detach().double()
+            statistics[slot["top_p_tokens"]] += result.top_p.count.double()
+        temperatures, top_ps = result.temperatures.double(), result.top_ps.double()
+        statistics[slot["temperature_sum"]] += temperatures.sum()
+        statistics[slot["temperature_square_sum"]] += temperatures.square().sum()
+        statistics[slot["top_p_sum"]] += top_ps.sum()
+        statistics[slot["top_p_square_sum"]] += top_ps.square().sum()
+        statistics[slot["positions"]] += temperatures.numel()
+    return temperature_gradient, top_p_gradient, statistics
+
+
+def _flat_gradient(loss: torch.Tensor, parameters: list[torch.Tensor], retain_graph: bool) -> torch.Tensor:
+    if not loss.requires_grad:
+        return torch.zeros(sum(parameter.numel() for parameter in parameters), dtype=torch.float64, device=loss.device)
+    gradients = torch.autograd.grad(loss, parameters, retain_graph=retain_graph, allow_unused=True)
+    return torch.cat([
+        (gradient if gradient is not None else torch.zeros_like(parameter)).reshape(-1).double()
+        for gradient, parameter in zip(gradients, parameters)
+    ])
+
+
+def step_metrics(statistics: torch.Tensor) -> dict[str, float]:
+    """Losses, token counts and the mean/std of T and P from the reduced statistics of one step."""
+    values = dict(zip(STATISTICS, statistics.tolist()))
+    positions = max(values["positions"], 1.0)
+    temperature_loss = values["temperature_loss_sum"] / max(values["kept_tokens"], 1.0)
+    top_p_loss = values["top_p_loss_sum"] / max(values["top_p_tokens"], 1.0)
+    temperature_mean, top_p_mean = values["temperature_sum"] / positions, values["top_p_sum"] / positions
+    return {
+        "loss": temperature_loss + top_p_loss,
+        "temperature_loss": temperature_loss,
+        "top_p_loss": top_p_loss,
+        "kept_tokens": int(values["kept_tokens"]),
+        "labelled_tokens": int(values["positions"]),
+        "temperature_mean": temperature_mean,
+        "temperature_std": math.sqrt(max(values["temperature_square_sum"] / positions - temperature_mean**2, 0.0)),
+        "top_p_mean": top_p_mean,
+        "top_p_std": math.sqrt(max(values["top_p_square_sum"] / positions - top_p_mean**2, 0.0)),
+    }
+
+
+# ------------------------------------------------------------------------------------------ recipe
+
+
+def train_heads(config: TrainConfig, *, overwrite: bool = False, progress: bool = True) -> TrainResult:
+    """Train (or resume training) the heads as ``config`` says; see the module docstring.
+
+    Args:
+        config: the settings.
+        overwrite: delete this recipe's files in ``config.output_dir`` first and start again.
+        progress: show a progress bar (on the main process).
+
+    Raises:
+        ValueError: bad data (before any model is loaded), or an output folder holding a run with
+            different settings (naming them).
+
+    Example:
+        >>> config = TrainConfig(data=["trajectories.jsonl"], output_dir="run", max_steps=50)  # doctest: +SKIP
+        >>> train_heads(config).heads_dir  # doctest: +SKIP
+        PosixPath('run/heads')
+    """
+    accelerator = make_accelerator()
+    output = Path(config.output_dir)
+    heads_dir = output / state.HEADS_DIR
+    if overwrite and accelerator.is_main_process:
+        state.clear_output(output)
+    accelerator.wait_for_everyone()
+    settings = state.run_settings(config, accelerator.num_processes)
+    state.check_stored_settings(output, settings)
+    finished = state.finished_steps(output)
+    if finished is not None:
+        _say(accelerator, f"training in {output} already finished ({finished} steps; heads in {heads_dir}); "
+                          "nothing to do (pass --overwrite to train again)")
+        return TrainResult(output, heads_dir, finished, None, True, None, None, accelerator.is_main_process)
+
+    tokenizer = load_tokenizer(settings["base"])
+    examples, report = build_training_set(
+        config.data, tokenizer, max_length=config.max_length, on_bad_line=config.on_bad_line, overlong=config.overlong
+    )
+    _say(accelerator, f"data: {report.summary()}")
+    total_steps = config.total_steps(len(examples), accelerator.num_processes)
+    if accelerator.is_main_process:
+        state.prepare_output(output, {**settings, "num_examples": len(examples), "total_steps": total_steps})
+
+    model = place_model(load_model(config, settings["base"]), accelerator, config)
+    parameters = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(
+        parameters, lr=config.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPSILON, weight_decay=config.weight_decay
+    )
+    start_step = 0
+    checkpoint = state.latest_checkpoint(output)
+    if checkpoint is not None:
+        start_step = state.restore_checkpoint(checkpoint, model, optimizer)
+        _say(accelerator, f"resuming from {checkpoint} (step {start_step} of {total_steps})")
+    if accelerator.is_main_process:
+        truncate_log(output, start_step)  # lines a killed run wrote after its last checkpoint
+    last_log = run_loop(
+        model, optimizer, parameters, examples, tokenizer, config, accelerator,
+        start_step=start_step, total_steps=total_steps, progress=progress,
+    )
+    if accelerator.is_main_process:
+        state.save_final_heads(model, output, settings, report, total_steps, last_log)
+        _say(accelerator, f"heads written to {heads_dir}")
+    accelerator.wait_for_everyone()
+    resumed_from = start_step if checkpoint is not None else None
+    return TrainResult(
+        output, heads_dir, total_steps, resumed_from, False, report, last_log, accelerator.is_main_process
+    )
+
+
+def run_loop(model, optimizer, parameters, examples, tokenizer, config, accelerator, *, start_step, total_steps, progress):
+    """The training loop: for each step, build this process's micro-batches, reduce the gradient, step."""
+    from tqdm.auto import tqdm
+
+    model.train()
+    global_size = config.global_batch_size(accelerator.num_processes)
+    bar = tqdm(total=total_steps, initial=start_step, desc="training heads", unit="step",
+               disable=not (progress and accelerator.is_main_process))
+    last_log = None
+    for step in range(start_step, total_steps):
+        micro_batches = local_micro_batches(examples, step, config, accelerator, pad_token_id(tokenizer))
+        learning_rate = learning_rate_at(
+            step, peak=config.learning_rate, warmup_steps=config.warmup_steps, total_steps=total_steps,
+            schedule=config.schedule,
+        )
+        started = time.perf_counter()
+        metrics = optimizer_step(model, optimizer, parameters, micro_batches, config, accelerator, learning_rate)
+        metrics["step_seconds"] = round(time.perf_counter() - started, 4)
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", T=f"{metrics['temperature_mean']:.3f}", P=f"{metrics['top_p_mean']:.3f}")
+        done = step + 1
+        if done % config.log_every == 0 or done == total_steps:
+            last_log = {"step": done, "epoch": round(done * global_size / len(examples), 4), "learning_rate": learning_rate, **metrics}
+            if accelerator.is_main_process:
+                append_log(Path(config.output_dir), last_log)
+        if done % config.save_every == 0 and done < total_steps and accelerator.is_main_process:
+            state.save_checkpoint(Path(config.output_dir), done, model, optimizer, config, examples_seen=done * global_size)
+    bar.close()
+    return last_log
+
+
+def optimizer_step(model, optimizer, parameters, micro_batches, config, accelerator, learning_rate) -> dict:
+    """Accumulate, all-reduce and combine the gradient, clip it, and take one AdamW step."""
+    temperature_gradient, top_p_gradient, statistics = accumulate_gradients(model, parameters, micro_batches, config)
+    size = temperature_gradient.numel()
+    packed = accelerator.reduce(torch.cat([temperature_gradient, top_p_gradient, statistics]), reduction="sum")
+    values = dict(zip(STATISTICS, packed[2 * size :].tolist()))
+    gradient = combine_gradients(packed[:size], values["kept_tokens"], packed[size : 2 * size], values["top_p_tokens"])
+    offset = 0
+    for parameter in parameters:
+        parameter.grad = gradient[offset : offset + parameter.numel()].view_as(parameter).to(parameter.dtype)
+        offset += parameter.numel()
+    if config.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_metrics(packed[2 * size :])
+
+
+def local_micro_batches(examples, step: int, config: TrainConfig, accelerator, pad_id: int) -> list[dict]:
+    """This process's share of global batch ``step``: one padded batch per accumulation micro-step."""
+    batch = global_batch(step, config.global_batch_size(accelerator.num_processes), len(examples), config.seed)
+    return [
+        make_micro_batch(examples, micro_batch_slice(
+            batch, micro_step=micro_step, process_index=accelerator.process_index,
+            num_processes=accelerator.num_processes, per_device_batch_size=config.per_device_batch_size,
+        ), pad_id, config.seed, accelerator.device)
+        for micro_step in range(config.gradient_accumulation_steps)
+    ]
+
+
+def make_micro_batch(examples, items: list[tuple[int, int]], pad_id: int, seed: int, device) -> dict[str, torch.Tensor]:
+    """Collate ``(epoch, index)`` items into a padded batch with their easy-token draws, on ``device``."""
+    chosen: list[TrainingExample] = [examples[index] for _, index in items]
+    batch = collate(chosen, pad_id)
+    draws = [drop_draws(seed, epoch, index, examples[index].input_ids.shape[0]) for epoch, index in items]
+    batch["drop_draws"] = collate_drop_draws(draws, batch["input_ids"].shape[1])
+    return {name: tensor.to(device) for name, tensor in batch.items()}
+
+
+# ------------------------------------------------------------------------------------------- setup
+
+
+def make_accelerator():
+    """An ``Accelerator`` for this launch; several processes on a machine without a GPU use CPU and gloo.
+
+    ``accelerate launch --multi_gpu --num_processes N`` (or ``configs/accelerate/cpu_2proc.yaml``)
+    starts N processes with torchrun; on a machine without a GPU accelerate would leave each of
+    them alone (as if ``ACCELERATE_USE_CPU`` were unset), so the CPU backend is asked for here.
+    """
+    from accelerate import Accelerator
+
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(cpu=several and not torch.cuda.is_available())
+
+
+def load_model(config: TrainConfig, base: str):
+    """The base with fresh heads (seeded) or the init heads, enabled as ``config.mode`` says."""
+    from autodeco.modeling import AutoDecoForCausalLM
+
+    dtype = None if config.dtype == "auto" else getattr(torch, config.dtype)
+    if config.heads is None:
+        model = AutoDecoForCausalLM.from_base(
+            base, use_enhanced_features=config.use_enhanced_features, dtype=dtype, seed=config.seed
+        )
+    else:
+        model = AutoDecoForCausalLM.from_pretrained(config.heads, base_model=base, dtype=dtype)
+        if model.config.use_enhanced_features != config.use_enhanced_features:
+            raise ValueError(
+                f"the heads in {config.heads!r} have use_enhanced_features={model.config.use_enhanced_features} but "
+                f"the training settings say {config.use_enhanced_features}; make them agree"
+            )
+    model.config.enable_temperature_head = config.mode in ("joint", "temperature")
+    model.config.enable_top_p_head = config.mode in ("joint", "top-p")
+    model.config.trained = False
+    return model
+
+
+def trainable_parameters(model) -> list[torch.Tensor]:
+    """The enabled heads' parameters (the base and any disabled head stay frozen)."""
+    modules = []
+    if model.config.enable_temperature_head:
+        modules.append(model.temp_head)
+    if model.config.enable_top_p_head:
+        modules.append(model.top_p_head)
+    for head in (model.temp_head, model.top_p_head):
+        head.requires_grad_(head in modules)
+    return [parameter for module in modules for parameter in module.parameters()]
+
+
+def place_model(model, accelerator, config: TrainConfig):
+    """Put the model on this process's device; under DeepSpeed, let it partition the frozen base."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # Untested here (no GPU): ZeRO-3 shards the frozen base; the heads are not part of the engine.
+        plugin = accelerator.state.deepspeed_plugin
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.per_device_batch_size
+        plugin.deepspeed_config["gradient_accumulation_steps"] = 1  # accumulation is done here, by hand
+        engine = accelerator.prepare(model.llm)
+        object.__setattr__(model, "_deepspeed_engine", engine)  # keep it alive without registering a submodule
+        model.temp_head.to(accelerator.device)
+        model.top_p_head.to(accelerator.device)
+        return model
+    return model.to(accelerator.device)
+
+
+def _say(accelerator, message: str) -> None:
+    if accelerator.is_main_process:
+        print(message, file=sys.stderr, flush=True)

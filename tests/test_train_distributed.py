@@ -1,0 +1,86 @@
+"""Two processes (``accelerate launch`` with configs/accelerate/cpu_2proc.yaml, gloo) train the same heads as one.
+
+The global batch (4 examples per step) is split 2 processes x 1 example x 2 accumulation steps
+in the launched run and 1 process x 1 example x 4 steps in the reference. The recipe reduces
+loss sums, token counts and float64 gradient sums, so the two runs take the same steps. Tolerance:
+1e-6 relative to the largest head weight (float64 accumulation makes them bitwise equal on CPU in
+practice; the bound allows for reduction-order rounding on other backends).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from autodeco.checkpoint import read_checkpoint
+from autodeco.modeling import AutoDecoForCausalLM
+from autodeco.training.config import TrainConfig
+from autodeco.training.recipe import train_heads
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+CPU_CONFIG = REPOSITORY / "configs" / "accelerate" / "cpu_2proc.yaml"
+RELATIVE_TOLERANCE = 1e-6
+
+DRIVER = """
+import json, sys, torch
+torch.set_num_threads(1)
+from autodeco.training.config import TrainConfig
+from autodeco.training.recipe import train_heads
+train_heads(TrainConfig(**json.loads(sys.argv[1])), progress=False)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def write_data(path: Path) -> Path:
+    rows = [
+        {"prompt": f"What is {a} + {b}?", "completion": f"{a} + {b} = {a + b}."}
+        for a, b in ((3, 4), (12, 30), (7, 7), (41, 2), (5, 19), (23, 23), (9, 1), (15, 8))
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_same_heads_as_one(tiny_chat_model_dir, tmp_path):
+    data = write_data(tmp_path / "trajectories.jsonl")
+    common = {
+        "data": [str(data)], "base": str(tiny_chat_model_dir), "max_steps": 3, "learning_rate": 1e-3,
+        "warmup_steps": 0, "per_device_batch_size": 1, "save_every": 100, "log_every": 1, "easy_token_drop": 0.6,
+    }
+    single = TrainConfig(**common, output_dir=str(tmp_path / "one"), gradient_accumulation_steps=4)
+    train_heads(single, progress=False)
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    launched = {**common, "output_dir": str(tmp_path / "two"), "gradient_accumulation_steps": 2}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CPU_CONFIG),
+        "--main_process_port", str(free_port()), str(driver), json.dumps(launched),
+    ]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    finished = subprocess.run(command, check=False, capture_output=True, text=True, env=environment, timeout=300)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+
+    stored = json.loads((tmp_path / "two" / "train_config.json").read_text())
+    assert stored["num_processes"] == 2 and stored["global_batch_size"] == 4
+    one = read_checkpoint(tmp_path / "one" / "heads").head_tensors
+    two = read_checkpoint(tmp_path / "two" / "heads").head_tensors
+    for name, tensor in one.items():
+        scale = tensor.abs().max().item()
+        assert (two[name] - tensor).abs().max().item() <= RELATIVE_TOLERANCE * scale, name
+    fresh = AutoDecoForCausalLM.from_base(str(tiny_chat_model_dir), seed=0).head_state_dict()
+    assert all(not torch.equal(one[name], fresh[name]) for name in fresh)  # both runs did train
+    rows_one = [json.loads(line) for line in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
+    rows_two = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    assert [row["kept_tokens"] for row in rows_one] == [row["kept_tokens"] for row in rows_two]
+    assert [row["loss"] for row in rows_one] == pytest.approx([row["loss"] for row in rows_two], rel=1e-6)
