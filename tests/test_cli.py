@@ -19,7 +19,10 @@ def run(capsys, *argv):
 
 
 def test_every_subcommand_has_help(capsys):
-    for command in ("generate", "init", "merge", "split", "info"):
+    from autodeco.cli import COMMANDS
+
+    assert set(COMMANDS) >= {"quickstart", "sample", "train", "heldout", "eval", "generate", "init", "merge", "split"}
+    for command in COMMANDS:
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0
@@ -87,3 +90,23 @@ def test_bad_checkpoint_gives_clear_error_and_nonzero_exit(tmp_path, capsys):
     assert status == 1 and "not an AutoDeco checkpoint" in err
     status, _, err = run(capsys, "generate", "hi", "--heads", tmp_path / "missing")
     assert status == 1 and "does not exist" in err
+
+
+def test_sample_and_eval_commands_end_to_end(tiny_model_dir, tmp_path, capsys):
+    status, out, err = run(
+        capsys, "sample", "--base", tiny_model_dir, "--output", tmp_path / "s", "--limit", 4,
+        "--samples-per-prompt", 2, "--max-new-tokens", 6,
+    )
+    assert status == 0, err
+    assert "| all | 4 | 8 |" in out and (tmp_path / "s" / "progress.jsonl").exists()
+    status, out, err = run(
+        capsys, "eval", "--base", tiny_model_dir, "--output", tmp_path / "e", "--limit", 3, "--seeds", 2,
+        "--samples-per-seed", 2, "--max-new-tokens", 5, "--methods", "greedy", "default", "autodeco",
+        "--static", "0.7,0.9",
+    )
+    assert status == 0, err
+    assert "| static T=0.7 P=0.9 |" in out and "report:" in out
+    status, out, err = run(capsys, "eval", "--base", tiny_model_dir, "--output", tmp_path / "x", "--static", "0.7")
+    assert status == 1 and "--static takes T,P" in err
+    status, out, err = run(capsys, "eval", "--base", tiny_model_dir, "--output", tmp_path / "x", "--oracle-step", 0.3)
+    assert status == 1 and "divide 1.0 evenly" in err

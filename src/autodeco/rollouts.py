@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 
 import torch
 
@@ -128,7 +129,11 @@ def prefill(llm, tokenizer, rendered_prompts: list[str]) -> PromptBatch:
         return PromptBatch(input_ids, attention_mask, None)
     prefix_mask = attention_mask[:, :-1]
     position_ids = (prefix_mask.long().cumsum(-1) - 1).masked_fill(prefix_mask == 0, 0)  # (B, L-1)
-    output = llm(input_ids=input_ids[:, :-1], attention_mask=prefix_mask, position_ids=position_ids, use_cache=True)
+    # Only the cache is needed: ask for the last position's logits alone where the model allows it.
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(llm.forward).parameters else {}
+    output = llm(
+        input_ids=input_ids[:, :-1], attention_mask=prefix_mask, position_ids=position_ids, use_cache=True, **extra
+    )
     return PromptBatch(input_ids, attention_mask, output.past_key_values)
 
 

@@ -46,7 +46,7 @@ class SampleConfig:
     """Dataset: ``arithmetic``, a known name (``gsm8k``, ``math500``, ...), a JSONL path or ``hf:...``."""
     split: str = "train"
     """Split of the dataset (built-in arithmetic and GSM8K have train and test)."""
-    limit: int | None = 320
+    limit: int | None = 160
     """Number of problems (None: all)."""
     samples_per_prompt: int = 4
     """Completions drawn per problem (k)."""
@@ -54,8 +54,8 @@ class SampleConfig:
     """Sampling temperature (paper: default sampling, T = 1; 0 = greedy, one completion)."""
     top_p: float = 1.0
     """Sampling top-p (paper: 1)."""
-    max_new_tokens: int = 96
-    """Generation length limit per completion."""
+    max_new_tokens: int | None = None
+    """Generation length limit per completion (None: 32 for arithmetic, 1024 for other datasets)."""
     batch_size: int = 16
     """Problems per generation batch (each with ``samples_per_prompt`` rows)."""
     heldout_fraction: float = 0.1
@@ -70,6 +70,10 @@ class SampleConfig:
     """Folder holding dataset files for known names (default: $AUTODECO_DATA_DIR)."""
 
     def __post_init__(self):
+        if self.max_new_tokens is None:
+            from autodeco.problems import default_max_new_tokens
+
+            self.max_new_tokens = default_max_new_tokens(self.source)
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 (or None for all), got {self.limit}")
         if self.samples_per_prompt < 1:

@@ -16,7 +16,7 @@ def evaluate_command(
     static: list[str] | None = None,
     seeds: int = 4,
     samples_per_seed: int = 4,
-    max_new_tokens: int = 96,
+    max_new_tokens: int | None = None,
     batch_size: int = 16,
     scorer: str = "math-verify",
     oracle_step: float = 0.1,
@@ -41,7 +41,7 @@ def evaluate_command(
         static: extra static settings, each T,P (e.g. 0.7,0.95).
         seeds: number of seeds (0, 1, ...); each draws --samples-per-seed answers per problem.
         samples_per_seed: answers per problem and seed (paper: 8 seeds x 16).
-        max_new_tokens: length limit of each answer.
+        max_new_tokens: length limit of each answer (default: 32 for arithmetic, 1024 otherwise).
         batch_size: problems per generation batch.
         scorer: answer checker: math-verify (symbolic) or exact (the paper's string match).
         oracle_step: step of the oracle's temperature and top-p grids (paper: 0.1).

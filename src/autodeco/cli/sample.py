@@ -10,11 +10,11 @@ def sample(
     dataset: str = "arithmetic",
     output: str = "runs/sample",
     split: str = "train",
-    limit: int | None = 320,
+    limit: int | None = 160,
     samples_per_prompt: int = 4,
     temperature: float = 1.0,
     top_p: float = 1.0,
-    max_new_tokens: int = 96,
+    max_new_tokens: int | None = None,
     batch_size: int = 16,
     heldout_fraction: float = 0.1,
     seed: int = 0,
@@ -37,7 +37,7 @@ def sample(
         samples_per_prompt: completions per problem (k).
         temperature: sampling temperature (0 = greedy, one completion).
         top_p: sampling top-p.
-        max_new_tokens: length limit of each completion.
+        max_new_tokens: length limit of each completion (default: 32 for arithmetic, 1024 otherwise).
         batch_size: problems per generation batch.
         heldout_fraction: share of problems held out from training (their answers go to heldout.jsonl).
         seed: random seed.

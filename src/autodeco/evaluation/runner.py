@@ -84,8 +84,8 @@ class EvalConfig:
     """Seeds; each draws ``samples_per_seed`` answers per problem (paper: 8 seeds x 16)."""
     samples_per_seed: int = 4
     """Answers per problem per seed."""
-    max_new_tokens: int = 96
-    """Generation length limit."""
+    max_new_tokens: int | None = None
+    """Generation length limit (None: 32 for arithmetic, 1024 for other datasets)."""
     batch_size: int = 16
     """Problems per generation batch (each with ``samples_per_seed`` rows)."""
     scorer: str = "math-verify"
@@ -104,6 +104,10 @@ class EvalConfig:
     """Seed of the arithmetic generator (the problems), independent of the sampling seeds."""
 
     def __post_init__(self):
+        if self.max_new_tokens is None:
+            from autodeco.problems import default_max_new_tokens
+
+            self.max_new_tokens = default_max_new_tokens(self.dataset)
         unknown = [name for name in self.methods if name not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {', '.join(map(repr, unknown))}; valid: {', '.join(METHODS)}")

@@ -15,6 +15,7 @@ from autodeco.problems.datasets import (
     DataError,
     Problem,
     dataset_path,
+    default_max_new_tokens,
     load_problems,
     read_jsonl,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "DataError",
     "Problem",
     "dataset_path",
+    "default_max_new_tokens",
     "generate_problems",
     "load_problems",
     "read_jsonl",

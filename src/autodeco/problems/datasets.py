@@ -96,6 +96,23 @@ _ACCEPTED = (
 )
 
 
+ANSWER_LENGTHS = {"arithmetic": 32}
+"""Default generation limit (new tokens) per dataset: arithmetic answers are one short line."""
+
+DEFAULT_ANSWER_LENGTH = 1024
+"""Default generation limit for every other dataset (worked solutions)."""
+
+
+def default_max_new_tokens(source: str) -> int:
+    """The generation limit to use for ``source`` when the user gives none.
+
+    Example:
+        >>> default_max_new_tokens("arithmetic"), default_max_new_tokens("gsm8k")
+        (32, 1024)
+    """
+    return ANSWER_LENGTHS.get(source, DEFAULT_ANSWER_LENGTH)
+
+
 class DataError(ValueError):
     """A data file or dataset holds bad input (malformed JSON, missing fields, no problems)."""
 
