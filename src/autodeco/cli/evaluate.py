@@ -12,7 +12,7 @@ def evaluate_command(
     base: str | None = None,
     split: str = "test",
     limit: int | None = None,
-    methods: list[str] = list(METHODS),
+    methods: list[str] | None = None,
     static: list[str] | None = None,
     seeds: int = 4,
     samples_per_seed: int = 4,
@@ -37,7 +37,7 @@ def evaluate_command(
         base: base model (default: the one the heads record).
         split: dataset split.
         limit: number of problems (default: all).
-        methods: built-in methods to run: greedy default autodeco meanshift oracle.
+        methods: built-in methods to run (default: all of greedy default autodeco meanshift oracle).
         static: extra static settings, each T,P (e.g. 0.7,0.95).
         seeds: number of seeds (0, 1, ...); each draws --samples-per-seed answers per problem.
         samples_per_seed: answers per problem and seed (paper: 8 seeds x 16).
@@ -54,7 +54,8 @@ def evaluate_command(
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     temperatures, top_ps = oracle_grid(oracle_step)
     config = EvalConfig(
-        dataset=dataset, split=split, limit=limit, heads=heads, base=base, methods=tuple(methods),
+        dataset=dataset, split=split, limit=limit, heads=heads, base=base,
+        methods=tuple(methods) if methods else METHODS,
         static=tuple(_pair(text, "--static") for text in static or []), seeds=tuple(range(seeds)),
         samples_per_seed=samples_per_seed, max_new_tokens=max_new_tokens, batch_size=batch_size, scorer=scorer,
         oracle_temperatures=temperatures, oracle_top_ps=top_ps,
