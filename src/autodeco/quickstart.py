@@ -95,6 +95,10 @@ def run_quickstart(output: str | Path = "runs/quickstart", budget: str = "quick"
     return {**overview, "summary": result.summary, "eval": result}
 
 
+def _has_lines(path: Path) -> bool:
+    return path.exists() and any(line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+
+
 def _stage_banner(name: str, detail: str) -> None:
     print(f"\n== {name}: {detail}", flush=True)
 
@@ -139,7 +143,7 @@ def _heldout_stage(output: Path, heads: Path, sample_dir: Path, base: str, seed:
     path = output / "heldout.json"
     if path.exists():
         return json.loads(path.read_text())
-    trajectories = read_trajectories([sample_dir / "heldout.jsonl"]) if (sample_dir / "heldout.jsonl").exists() else []
+    trajectories = read_trajectories([sample_dir / "heldout.jsonl"]) if _has_lines(sample_dir / "heldout.jsonl") else []
     _stage_banner("3/4 held-out", f"soft top-p NLL on {len(trajectories)} held-out verified answers")
     if not trajectories:
         print("no held-out trajectory (no held-out problem was answered correctly): skipped")
@@ -164,12 +168,15 @@ def _eval_stage(output: Path, sizes: Budget, heads: Path, sample_dir: Path, seed
     _stage_banner("4/4 eval", f"{sizes.test_problems} test problems x {sizes.seeds} seeds x {sizes.samples_per_seed} "
                   f"answers; oracle grid step {sizes.oracle_step}")
     temperatures, top_ps = oracle_grid(sizes.oracle_step)
-    heldout = sample_dir / "heldout.jsonl"
+    meanshift_data = sample_dir / "heldout.jsonl"
+    if not _has_lines(meanshift_data):
+        meanshift_data = sample_dir / "trajectories.jsonl"
+        print("no held-out trajectory: MeanShift's means come from the training trajectories instead")
     config = EvalConfig(
         dataset="arithmetic", split="test", limit=sizes.test_problems, heads=str(heads),
         seeds=tuple(range(sizes.seeds)), samples_per_seed=sizes.samples_per_seed,
         max_new_tokens=sizes.max_new_tokens, oracle_temperatures=temperatures, oracle_top_ps=top_ps,
-        meanshift_data=str(heldout) if heldout.exists() else None, seed=seed,
+        meanshift_data=str(meanshift_data), seed=seed,
         batch_size=max(1, ROWS_PER_BATCH // sizes.samples_per_seed),
     )
     return evaluate(config, output / "eval", progress=progress)
