@@ -4,25 +4,36 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename.
+
+    Readers never see a half-written file. A new file gets mode 0644; an existing file keeps its mode.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`write_bytes_atomic`)."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: str | os.PathLike, data) -> Path:
@@ -87,14 +98,26 @@ def check_resume_config(path: str | os.PathLike, current: dict, *, what: str, fi
     if not path.exists():
         return False
     stored = json.loads(path.read_text(encoding="utf-8"))
-    current = json.loads(json.dumps(current))  # the same normalisation (tuples -> lists) as when it was stored
-    differing = [
-        f"{key}: {stored.get(key)!r} there, {current.get(key)!r} now"
-        for key in sorted(set(stored) | set(current))
-        if stored.get(key) != current.get(key)
-    ]
+    differing = differing_settings(stored, current, stored_label="there")
     if differing:
         raise ValueError(
             f"{path.parent} holds a {what} with a different configuration ({'; '.join(differing)}); {fix}"
         )
     return True
+
+
+def differing_settings(stored: dict, current: dict, *, stored_label: str) -> list[str]:
+    """``"key: <stored> <stored_label>, <current> now"`` for every key whose values differ.
+
+    ``current`` is normalised through JSON first (tuples become lists), as it was when stored.
+
+    Example:
+        >>> differing_settings({"seed": 0, "lr": 1}, {"seed": 1, "lr": 1}, stored_label="there")
+        ['seed: 0 there, 1 now']
+    """
+    current = json.loads(json.dumps(current))
+    return [
+        f"{key}: {stored.get(key)!r} {stored_label}, {current.get(key)!r} now"
+        for key in sorted(set(stored) | set(current))
+        if stored.get(key) != current.get(key)
+    ]

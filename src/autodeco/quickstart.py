@@ -70,21 +70,16 @@ def run_quickstart(output: str | Path = "runs/quickstart", budget: str = "quick"
     output.mkdir(parents=True, exist_ok=True)
     timings = {}
 
-    started = time.perf_counter()
-    sample_dir = _sample_stage(output, sizes, base, seed, progress)
-    timings["sample"] = time.perf_counter() - started
+    def timed(stage: str, function, *args):
+        started = time.perf_counter()
+        value = function(*args)
+        timings[stage] = time.perf_counter() - started
+        return value
 
-    started = time.perf_counter()
-    heads = _train_stage(output, sizes, sample_dir, base, seed, progress)
-    timings["train"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    heldout = _heldout_stage(output, heads, sample_dir, base, seed)
-    timings["heldout"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    result = _eval_stage(output, sizes, heads, sample_dir, seed, progress)
-    timings["eval"] = time.perf_counter() - started
+    sample_dir = timed("sample", _sample_stage, output, sizes, base, seed, progress)
+    heads = timed("train", _train_stage, output, sizes, sample_dir, base, seed, progress)
+    heldout = timed("heldout", _heldout_stage, output, heads, sample_dir, base, seed)
+    result = timed("eval", _eval_stage, output, sizes, heads, sample_dir, seed, progress)
 
     overview = {
         "budget": budget, "sizes": dataclasses.asdict(sizes), "heads": str(heads),

@@ -28,22 +28,21 @@ Importing this module is cheap: matplotlib is imported only by
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import html
 import io
 import json
 import math
 import os
-import stat
 import statistics
-import tempfile
 import unicodedata
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from autodeco.jsonl import write_bytes_atomic
 
 __all__ = [
     "TokenTrace",
@@ -432,7 +431,7 @@ def write_html(trace: GenerationTrace, path: str | os.PathLike[str]) -> Path:
         >>> "&lt;b&gt;" in target.read_text(encoding="utf-8")
         True
     """
-    return _write_atomic(path, _html_page(trace).encode("utf-8"))
+    return write_bytes_atomic(path, _html_page(trace).encode("utf-8"))
 
 
 def _html_page(trace: GenerationTrace) -> str:
@@ -586,7 +585,7 @@ def write_png(trace: GenerationTrace, path: str | os.PathLike[str]) -> Path:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Glyph .* missing from", category=UserWarning)
         figure.savefig(buffer, format="png", dpi=_PNG_DPI, facecolor="white")
-    return _write_atomic(path, buffer.getvalue())
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def _display_pieces(text: str) -> list[tuple[str, bool]]:
@@ -902,7 +901,7 @@ def write_json(trace: GenerationTrace, path: str | os.PathLike[str]) -> Path:
         True
     """
     text = json.dumps(trace.to_dict(), indent=2, ensure_ascii=False) + "\n"
-    return _write_atomic(path, text.encode("utf-8"))
+    return write_bytes_atomic(path, text.encode("utf-8"))
 
 
 _WRITERS: dict[str, Callable[[GenerationTrace, Any], Path]] = {
@@ -940,28 +939,3 @@ def write_trace(trace: GenerationTrace, path: str | os.PathLike[str]) -> Path:
             f"supported: {supported}"
         )
     return writer(trace, path)
-
-
-def _write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Writes ``data`` to a temporary file beside ``path``, then renames it.
-
-    Readers never see a half-written file. A new file gets mode 0644; an
-    existing file keeps its mode.
-    """
-    target = Path(path)
-    mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o644
-    descriptor, temporary = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    return target

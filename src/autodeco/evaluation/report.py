@@ -21,13 +21,11 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import json
 import os
 import statistics
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +42,7 @@ from autodeco.evaluation.metrics import (
     pass_at_k_curve,
 )
 from autodeco.evaluation.records import AUTODECO, GREEDY, SampleRecord, parse_static_setting, static_setting
+from autodeco.jsonl import write_bytes_atomic
 
 __all__ = [
     "ORACLE",
@@ -654,11 +653,11 @@ def write_report(out_dir: str | os.PathLike[str], summary: dict[str, Any], recor
         except _SkipPlot as reason:
             plots[name] = f"skipped: {reason}"
             continue
-        written[name] = _write_atomic(out / name, _png_bytes(figure))
+        written[name] = write_bytes_atomic(out / name, _png_bytes(figure))
         plots[name] = "written"
     full_summary = dict(summary, plots=plots)
-    written["summary.json"] = _write_atomic(out / "summary.json", (json.dumps(full_summary, indent=2) + "\n").encode())
-    written["report.md"] = _write_atomic(out / "report.md", render_markdown(full_summary, plots).encode())
+    written["summary.json"] = write_bytes_atomic(out / "summary.json", (json.dumps(full_summary, indent=2) + "\n").encode())
+    written["report.md"] = write_bytes_atomic(out / "report.md", render_markdown(full_summary, plots).encode())
     return written
 
 
@@ -827,20 +826,3 @@ def _wrap(label: str, width: int = 12) -> str:
         else:
             lines[-1] = f"{lines[-1]} {word}".strip()
     return "\n".join(lines)
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    """Writes ``data`` to a temporary file beside ``path``, then renames it over ``path``."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    return path

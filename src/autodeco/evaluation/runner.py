@@ -165,7 +165,7 @@ def evaluate(config: EvalConfig, output: str | Path, *, overwrite: bool = False,
     if not check_resume_config(output / CONFIG_FILE, _comparable(run_config), what="evaluation", fix=fix):
         write_json_atomic(output / CONFIG_FILE, _comparable(run_config))
     generator = _Generator(config, loaded, problems, output / SAMPLES_FILE, progress)
-    generator.run(_first_stage_settings(config, meanshift), stage="settings")
+    generator.run(_first_stage_settings(config, run_config["methods"]), stage="settings")
     if "oracle" in config.methods:
         best_temperature = _best_oracle_temperature(config, output / SAMPLES_FILE, problems)
         second = [DecodingSetting.static(best_temperature, top_p) for top_p in config.oracle_top_ps]
@@ -261,21 +261,12 @@ def _comparable(run_config: dict) -> dict:
     return {key: value for key, value in run_config.items() if key not in ("meanshift_source",)}
 
 
-def _first_stage_settings(config: EvalConfig, meanshift) -> list[DecodingSetting]:
-    settings = []
-    if "greedy" in config.methods:
-        settings.append(DecodingSetting.greedy())
-    if "default" in config.methods:
-        settings.append(DecodingSetting.static(1.0, 1.0))
-    if "autodeco" in config.methods:
-        settings.append(DecodingSetting.autodeco())
-    if meanshift is not None:
-        settings.append(DecodingSetting.static(*meanshift[:2]))
-    settings += [DecodingSetting.static(temperature, top_p) for temperature, top_p in config.static]
+def _first_stage_settings(config: EvalConfig, methods: dict[str, str]) -> list[DecodingSetting]:
+    """Every method's setting plus the oracle's temperature grid at P = 1.0, each generated once."""
+    keys = list(methods.values())
     if "oracle" in config.methods:
-        settings += [DecodingSetting.static(temperature, 1.0) for temperature in config.oracle_temperatures]
-    unique = {setting.key: setting for setting in settings}  # default == grid (1.0, 1.0): generated once
-    return list(unique.values())
+        keys += [static_setting(temperature, 1.0) for temperature in config.oracle_temperatures]
+    return [DecodingSetting.from_key(key) for key in dict.fromkeys(keys)]  # default == grid (1.0, 1.0): once
 
 
 def _best_oracle_temperature(config: EvalConfig, samples: Path, problems) -> float:

@@ -7,9 +7,11 @@ the log back to its checkpoint's step (:func:`truncate_log`), so the log reads a
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from pathlib import Path
+
+from autodeco.jsonl import append_jsonl, read_jsonl_tolerant, rewrite_jsonl_atomic, write_bytes_atomic
 
 LOG_FILE = "log.jsonl"
 CURVE_FILE = "training_curve.png"
@@ -17,23 +19,17 @@ CURVE_FILE = "training_curve.png"
 
 def append_log(output: Path, row: dict) -> None:
     """Append one row to ``log.jsonl``."""
-    from autodeco.jsonl import append_jsonl
-
     append_jsonl(output / LOG_FILE, [row])
 
 
 def truncate_log(output: Path, step: int) -> None:
     """Drop log lines after ``step`` (and a torn last line)."""
-    from autodeco.jsonl import read_jsonl_tolerant, rewrite_jsonl_atomic
-
     if (output / LOG_FILE).exists():
         rewrite_jsonl_atomic(output / LOG_FILE, [row for row in read_jsonl_tolerant(output / LOG_FILE) if row["step"] <= step])
 
 
 def read_log(output: str | os.PathLike) -> list[dict]:
     """The rows of ``log.jsonl`` (a torn last line is ignored)."""
-    from autodeco.jsonl import read_jsonl_tolerant
-
     return read_jsonl_tolerant(Path(output) / LOG_FILE)
 
 
@@ -61,13 +57,10 @@ def write_training_curve(output: Path) -> Path | None:
     value_axes.set(xlabel="step", ylabel="value", title="predicted T and P (mean ± std, completion tokens)")
     value_axes.legend()
     figure.tight_layout()
-    target = output / CURVE_FILE
-    handle, temporary = tempfile.mkstemp(prefix=f".{CURVE_FILE}.", suffix=".png", dir=output)
-    os.close(handle)
+    buffer = io.BytesIO()
     try:
-        figure.savefig(temporary, dpi=100)
-        os.replace(temporary, target)
+        figure.savefig(buffer, format="png", dpi=100)
     finally:
         pyplot.close(figure)
-        Path(temporary).unlink(missing_ok=True)
+    target = write_bytes_atomic(output / CURVE_FILE, buffer.getvalue())
     return target

@@ -96,13 +96,11 @@ def check_stored_settings(output: Path, settings: dict[str, Any]) -> None:
                 "choose another --output or pass --overwrite to start again"
             )
         return
+    from autodeco.jsonl import differing_settings
+
     stored = settings_that_matter(json.loads(file.read_text()))
     current = settings_that_matter(json.loads(json.dumps(settings)))
-    differing = [
-        f"{key}: {stored.get(key)!r} in the stored run, {current.get(key)!r} now"
-        for key in sorted(set(stored) | set(current))
-        if stored.get(key) != current.get(key)
-    ]
+    differing = differing_settings(stored, current, stored_label="in the stored run")
     if differing:
         raise ValueError(
             f"{file} records a training run with different settings ({'; '.join(differing)}); "
