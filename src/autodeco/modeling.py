@@ -16,6 +16,7 @@ from transformers.utils import ModelOutput
 from autodeco import losses
 from autodeco.base_model import load_base_model
 from autodeco.checkpoint import BASE_PREFIX, CheckpointError, read_checkpoint, write_checkpoint
+from autodeco.compat import CACHE_ARGUMENT, output_cache
 from autodeco.config import AutoDecoConfig
 from autodeco.generation import (
     AutoDecoLogitsProcessor,
@@ -38,7 +39,8 @@ class AutoDecoOutput(ModelOutput):
         temperature_loss, top_p_loss: each head's loss.
         logits: ``(B, L, V)`` the base model's unscaled logits.
         temperature, top_p: ``(B, L)`` per-position predictions (1.0 for a disabled head).
-        past_key_values: the base model's cache.
+        cache / past_key_values: the base model's cache, under the name the installed transformers
+            uses for it (``cache`` from 5.24 on, ``past_key_values`` before).
     """
 
     loss: torch.Tensor | None = None
@@ -47,7 +49,11 @@ class AutoDecoOutput(ModelOutput):
     logits: torch.Tensor | None = None
     temperature: torch.Tensor | None = None
     top_p: torch.Tensor | None = None
-    past_key_values: Any = None
+    # The cache field follows the installed transformers, like the base model's own outputs.
+    if CACHE_ARGUMENT == "cache":
+        cache: Any = None
+    else:
+        past_key_values: Any = None
 
 
 @dataclasses.dataclass
@@ -253,17 +259,14 @@ class AutoDecoForCausalLM(nn.Module):
             attention_mask: ``(B, L)``.
             labels: ``(B, L)`` targets aligned with the inputs (-100 = not trained on).
             easy_token_drop, steepness, dft_weighting, generator: loss settings (PAPER.md section 3).
-            **base_kwargs: passed to the base model (``past_key_values``, ``position_ids``, ...).
+            **base_kwargs: passed to the base model (``cache`` or ``past_key_values``, ``position_ids``, ...).
         """
         with capture_output_head_input(self.llm) as capture, torch.no_grad():
             base_output = self.llm(input_ids=input_ids, attention_mask=attention_mask, **base_kwargs)
         logits = base_output.logits  # (B, L, V)
         temperature, top_p = self.predict(capture.hidden_states, logits)  # (B, L) each
         output = AutoDecoOutput(
-            logits=logits,
-            temperature=temperature,
-            top_p=top_p,
-            past_key_values=getattr(base_output, "past_key_values", None),
+            logits=logits, temperature=temperature, top_p=top_p, **{CACHE_ARGUMENT: output_cache(base_output)}
         )
         if labels is not None:
             parts = []

@@ -19,6 +19,7 @@ import inspect
 
 import torch
 
+from autodeco.compat import CACHE_ARGUMENT, output_cache
 from autodeco.generation import generate_with_base
 from autodeco.inference import encode_prompts
 from autodeco.seeds import derived_seed  # noqa: F401  (re-exported for callers of this module)
@@ -134,7 +135,7 @@ def prefill(llm, tokenizer, rendered_prompts: list[str]) -> PromptBatch:
     output = llm(
         input_ids=input_ids[:, :-1], attention_mask=prefix_mask, position_ids=position_ids, use_cache=True, **extra
     )
-    return PromptBatch(input_ids, attention_mask, output.past_key_values)
+    return PromptBatch(input_ids, attention_mask, output_cache(output))
 
 
 @torch.no_grad()
@@ -170,7 +171,7 @@ def complete(
     if batch.cache is not None:
         cache = copy.deepcopy(batch.cache)
         cache.batch_repeat_interleave(num_samples)
-        kwargs["past_key_values"] = cache
+        kwargs[CACHE_ARGUMENT] = cache
     devices = [input_ids.device] if input_ids.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
