@@ -101,7 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_models(args):
     from autodeco import AutoDecoForCausalLM
-    from autodeco.generation import sanitized_generation_config
+    from autodeco.model.generation import sanitized_generation_config
 
     if args.random_smollm2_shape:
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -111,7 +111,7 @@ def build_models(args):
         base_name = "random LlamaConfig, SmolLM2-135M shape"
         prompt_ids = torch.randint(3, SMOLLM2_135M_SHAPE["vocab_size"], (1, args.prompt_tokens or 24))
     else:
-        from autodeco.base_model import load_base_model, load_tokenizer
+        from autodeco.model.base_model import load_base_model, load_tokenizer
 
         llm = load_base_model(args.base)
         base_name = args.base

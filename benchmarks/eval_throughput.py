@@ -6,8 +6,8 @@ exactly that for one batch of B problems, S settings and n samples each, with th
 seeds and number of new tokens (exactly N: the end-of-sequence id is set to one outside the
 vocabulary while they run), and turn the generated ids into completions the same way:
 
-- **shared**: :func:`autodeco.rollouts.prefill` runs the batch's prompts through the base once (all
-  but their last token), then :func:`autodeco.rollouts.complete` continues from a copy of that cache
+- **shared**: :func:`autodeco.sampling.rollouts.prefill` runs the batch's prompts through the base once (all
+  but their last token), then :func:`autodeco.sampling.rollouts.complete` continues from a copy of that cache
   for each setting, repeated n times along the batch. This is what ``autodeco eval`` does.
 - **repeated**: for each setting, ``generate()`` on the prompts with ``num_return_sequences=n``
   (transformers repeats every prompt n times before its first forward pass, so each prompt is
@@ -143,7 +143,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--samples must all be at least 1, got {args.samples}")
     if args.prompt_tokens < 0:
         parser.error(f"--prompt-tokens must be 0 or more, got {args.prompt_tokens}")
-    from autodeco.rollouts import DecodingSetting
+    from autodeco.sampling.rollouts import DecodingSetting
 
     try:
         args.settings = [DecodingSetting.from_key(key) for key in args.settings]
@@ -195,7 +195,7 @@ def render_prompts(tokenizer, prompts: list[str], examples: list[str], min_token
     The examples are cut at a token boundary (the first ``k`` tokens of their concatenation, the smallest ``k``
     that reaches the length), so a padded prompt has ``min_tokens`` tokens or one or two more (re-tokenization at the cut).
     """
-    from autodeco.inference import render_prompt
+    from autodeco.sampling.inference import render_prompt
 
     prefix_ids = tokenizer("".join(examples), add_special_tokens=False).input_ids if examples else []
     rendered = []
@@ -231,7 +231,7 @@ def build_model(args, texts: list[str]):
     from autodeco import AutoDecoForCausalLM
 
     if not args.random_smollm2_shape:
-        from autodeco.inference import load_for_generation
+        from autodeco.sampling.inference import load_for_generation
 
         loaded = load_for_generation(None, args.base)
         loaded.model.eval()
@@ -242,7 +242,7 @@ def build_model(args, texts: list[str]):
     llm = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M_SHAPE)).eval()
     model = AutoDecoForCausalLM.from_base(llm, seed=0).eval()
     try:
-        from autodeco.base_model import load_tokenizer
+        from autodeco.model.base_model import load_tokenizer
 
         tokenizer, source = load_tokenizer(args.base), f"{args.base}'s tokenizer"
     except Exception as error:  # noqa: BLE001 - whatever stops it (package missing, ...), fall back to the stand-in
@@ -345,15 +345,15 @@ class ForwardRecorder:
 
 
 def setting_seeds(settings, pair_seed: int) -> list[int]:
-    from autodeco.rollouts import derived_seed
+    from autodeco.sampling.rollouts import derived_seed
 
     return [derived_seed("eval_throughput", pair_seed, setting.key) for setting in settings]
 
 
 @torch.no_grad()
 def shared_run(model, tokenizer, rendered, settings, num_samples: int, new_tokens: int, seeds):
-    """Prefill once, then :func:`~autodeco.rollouts.complete` every setting from the shared cache."""
-    from autodeco.rollouts import complete, prefill
+    """Prefill once, then :func:`~autodeco.sampling.rollouts.complete` every setting from the shared cache."""
+    from autodeco.sampling.rollouts import complete, prefill
 
     batch = prefill(model.llm, tokenizer, rendered)
     return [
@@ -367,11 +367,11 @@ def repeated_run(model, tokenizer, rendered, settings, num_samples: int, new_tok
     """For each setting, ``generate(num_return_sequences=n)`` from the bare prompts: each prompt prefilled n times.
 
     Seeding, row order (prompt-major, as ``repeat_interleave``) and decoding of the ids match
-    :func:`~autodeco.rollouts.complete`, so with the same seeds both arms sample from the same distributions.
+    :func:`~autodeco.sampling.rollouts.complete`, so with the same seeds both arms sample from the same distributions.
     """
-    from autodeco.generation import generate_with_base
-    from autodeco.inference import encode_prompts
-    from autodeco.rollouts import AUTODECO, STATIC, _completion, _eos_ids  # complete()'s own id-to-text step
+    from autodeco.model.generation import generate_with_base
+    from autodeco.sampling.inference import encode_prompts
+    from autodeco.sampling.rollouts import AUTODECO, STATIC, _completion, _eos_ids  # complete()'s own id-to-text step
 
     encoded = encode_prompts(tokenizer, rendered, model.device)
     input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]  # (B, L)
@@ -458,7 +458,7 @@ def same_tokens(first, second) -> tuple[int, int]:
 
 def greedy_check(model, tokenizer, rendered, new_tokens: int) -> dict:
     """Greedy decoding through both arms: the completions should be the same, token for token."""
-    from autodeco.rollouts import DecodingSetting
+    from autodeco.sampling.rollouts import DecodingSetting
 
     settings = [DecodingSetting.greedy()]
     runs = {

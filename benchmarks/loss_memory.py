@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from autodeco.losses import LOSS_CHUNK_TOKENS, temperature_loss, top_p_loss
+from autodeco.core.losses import LOSS_CHUNK_TOKENS, temperature_loss, top_p_loss
 
 QWEN_VOCABULARY = 151_936
 LOSSES = ("temperature", "top_p", "joint")

@@ -149,7 +149,7 @@ def build_tiny_causal_lm(family: str, dtype: torch.dtype = torch.float32) -> tor
 
 def build_tiny_autodeco(family: str, dtype: torch.dtype = torch.float32, **kwargs):
     """``AutoDecoForCausalLM.from_base(tiny_causal_lm(family, dtype), seed=0)``: fresh heads on the cached base."""
-    from autodeco.modeling import AutoDecoForCausalLM
+    from autodeco.model.modeling import AutoDecoForCausalLM
 
     return AutoDecoForCausalLM.from_base(build_tiny_causal_lm(family, dtype), seed=0, **kwargs)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from autodeco import answers
-from autodeco.answers import (
+from autodeco.problems import answers
+from autodeco.problems.answers import (
     KILL_GRACE_S,
     SCORERS,
     exact_match,

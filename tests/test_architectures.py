@@ -21,8 +21,8 @@ from conftest import (
     position_ids_for,
 )
 
-from autodeco.decoding import adjusted_log_probs, warp_logits
-from autodeco.modeling import AutoDecoForCausalLM
+from autodeco.core.decoding import adjusted_log_probs, warp_logits
+from autodeco.model.modeling import AutoDecoForCausalLM
 
 MAX_NEW_TOKENS = 6
 

@@ -9,8 +9,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from autodeco import AutoDecoForCausalLM
-from autodeco.base_model import BaseModelError, load_base_model
-from autodeco.checkpoint import CheckpointError, read_checkpoint
+from autodeco.model.base_model import BaseModelError, load_base_model
+from autodeco.model.checkpoint import CheckpointError, read_checkpoint
 
 OFFICIAL = Path(__file__).parent / "fixtures" / "official"
 
@@ -179,7 +179,7 @@ def test_missing_base_folder_is_clear(tmp_path):
 def test_interrupted_save_keeps_previous_checkpoint(heads_dir, monkeypatch):
     path, model = heads_dir
     before = (path / "model.safetensors").read_bytes()
-    import autodeco.checkpoint as checkpoint_module
+    import autodeco.model.checkpoint as checkpoint_module
 
     def failing_save(*args, **kwargs):
         raise OSError("disk full")

@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from autodeco.compat import CACHE_ARGUMENT
-from autodeco.inference import load_for_generation, render_prompt
-from autodeco.modeling import AutoDecoOutput
-from autodeco.rollouts import DecodingSetting, complete, prefill
+from autodeco.model.compat import CACHE_ARGUMENT
+from autodeco.sampling.inference import load_for_generation, render_prompt
+from autodeco.model.modeling import AutoDecoOutput
+from autodeco.sampling.rollouts import DecodingSetting, complete, prefill
 
 
 @pytest.fixture

@@ -9,13 +9,13 @@ import pytest
 import torch
 from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
-from autodeco.decoding import (
+from autodeco.core.decoding import (
     adjusted_log_probs,
     combine_with_user_values,
     nucleus_removal_mask,
     warp_logits,
 )
-from autodeco.heads import probability_features, probability_features_from_sorted
+from autodeco.core.heads import probability_features, probability_features_from_sorted
 
 TEMPERATURES = (0.3, 0.7, 1.0, 1.6)
 TOP_PS = (0.1, 0.5, 0.9, 1.0)

@@ -5,8 +5,8 @@ import importlib.metadata
 import pytest
 import torch
 
-from autodeco.base_model import EMBEDDED_MODEL, embedded_model_dir
-from autodeco.inference import generate_traces, load_for_generation
+from autodeco.model.base_model import EMBEDDED_MODEL, embedded_model_dir
+from autodeco.sampling.inference import generate_traces, load_for_generation
 
 pytestmark = pytest.mark.integration
 

@@ -63,8 +63,8 @@ def test_a_resume_folder_from_another_configuration_is_refused(tiny_chat_model_d
 
 
 def test_meanshift_uses_the_heads_teacher_forced_means_on_heldout_trajectories(tiny_chat_model_dir, tmp_path):
-    from autodeco.inference import load_for_generation
-    from autodeco.training.heldout import teacher_forced_means
+    from autodeco.sampling.inference import load_for_generation
+    from autodeco.evaluation.heldout import teacher_forced_means
 
     heldout = tmp_path / "heldout.jsonl"
     rows = [{"prompt": "What is 2 + 2?", "completion": "4"}, {"prompt": "What is 3 * 3?", "completion": "It is 9."}]
@@ -87,7 +87,7 @@ def test_bad_input_is_named(tiny_chat_model_dir, tmp_path):
 
 
 def test_heads_made_for_another_base_are_refused(tiny_chat_model_dir, tmp_path, tiny_causal_lm):
-    from autodeco.modeling import AutoDecoForCausalLM
+    from autodeco.model.modeling import AutoDecoForCausalLM
 
     other = AutoDecoForCausalLM.from_base(tiny_causal_lm("qwen2"), seed=0)  # hidden size 32, vocabulary 128
     other.save_pretrained(tmp_path / "heads")

@@ -1,5 +1,5 @@
 """Sampling correctness of AutoDeco's generate(): statistics of the first token, user multipliers,
-streamers, and the decoding step itself (autodeco.generation.dynamic_step)."""
+streamers, and the decoding step itself (autodeco.model.generation.dynamic_step)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from conftest import (
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
-from autodeco.decoding import adjusted_log_probs, warp_logits
-from autodeco.generation import dynamic_step
+from autodeco.core.decoding import adjusted_log_probs, warp_logits
+from autodeco.model.generation import dynamic_step
 
 FAMILY = "llama"
 SAMPLES = 6000

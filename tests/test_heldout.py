@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import force_heads
 
-from autodeco import losses
-from autodeco.modeling import AutoDecoForCausalLM
-from autodeco.training.heldout import (
+from autodeco.core import losses
+from autodeco.model.modeling import AutoDecoForCausalLM
+from autodeco.evaluation.heldout import (
     average_ranks,
     heldout_report,
     pearson,
@@ -63,7 +63,7 @@ def test_heads_forced_to_a_grid_point_score_exactly_that_grid_point(tiny_chat_mo
     assert report["heads"]["nll"] == pytest.approx(grid["nll"][row][column], rel=1e-4)
     assert report["heads"]["temperature_mean"] == pytest.approx(0.7, abs=1e-5) and report["heads"]["temperature_std"] < 1e-5
     # The DFT-weighted value is the top-p training loss (mean over the completion tokens), computed sequence by sequence.
-    from autodeco.training.heldout import as_examples
+    from autodeco.evaluation.heldout import as_examples
 
     total = count = 0.0
     for example in as_examples(tokenizer, heldout_rows):
@@ -77,7 +77,7 @@ def test_heads_forced_to_a_grid_point_score_exactly_that_grid_point(tiny_chat_mo
 
 
 def test_teacher_forced_means_equal_a_hand_average(tiny_chat_model_dir, tokenizer, heldout_rows):
-    from autodeco.training.heldout import as_examples
+    from autodeco.evaluation.heldout import as_examples
 
     model = AutoDecoForCausalLM.from_base(str(tiny_chat_model_dir), seed=3)
     temperatures, top_ps = [], []

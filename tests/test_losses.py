@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from autodeco import losses
-from autodeco.losses import LossSum, label_probability, soft_top_p_nll, temperature_loss, top_p_loss
+from autodeco.core import losses
+from autodeco.core.losses import LossSum, label_probability, soft_top_p_nll, temperature_loss, top_p_loss
 
 
 def test_temperature_loss_hand_computed_with_dft_weight():

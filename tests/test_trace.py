@@ -1,4 +1,4 @@
-"""Tests for autodeco.trace: the terminal table, HTML, PNG and JSON renderings."""
+"""Tests for autodeco.views.trace: the terminal table, HTML, PNG and JSON renderings."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-import autodeco.trace as trace_module
-from autodeco.trace import (
+import autodeco.views.trace as trace_module
+from autodeco.views.trace import (
     UNTRAINED_WARNING,
     GenerationTrace,
     TokenTrace,

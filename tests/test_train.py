@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from autodeco.checkpoint import read_checkpoint
-from autodeco.modeling import AutoDecoForCausalLM
+from autodeco.model.checkpoint import read_checkpoint
+from autodeco.model.modeling import AutoDecoForCausalLM
 from autodeco.training import recipe, state
 from autodeco.training.config import TrainConfig
 from autodeco.training.data import TrainingDataError
@@ -94,7 +94,7 @@ def test_gradient_is_the_mean_over_kept_tokens_of_the_global_batch(train_file, t
     """Four micro-batches of one (loss sums, float64 accumulation) give the gradient of the batch's mean loss."""
     from transformers import AutoTokenizer
 
-    from autodeco import losses
+    from autodeco.core import losses
     from autodeco.training.data import build_training_set
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_chat_model_dir)

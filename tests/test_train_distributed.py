@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from autodeco.checkpoint import read_checkpoint
-from autodeco.modeling import AutoDecoForCausalLM
+from autodeco.model.checkpoint import read_checkpoint
+from autodeco.model.modeling import AutoDecoForCausalLM
 from autodeco.training.config import TrainConfig
 from autodeco.training.recipe import train_heads
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from autodeco.trajectories import (
+from autodeco.sampling.trajectories import (
     HELDOUT_FILE,
     PROGRESS_FILE,
     TRAIN_FILE,
@@ -25,7 +25,7 @@ def lines(path):
 
 
 def test_sampling_keeps_only_verified_answers_and_records_progress(tiny_chat_model_dir, tmp_path):
-    from autodeco.answers import score
+    from autodeco.problems.answers import score
 
     stats = sample_trajectories(config_for(tiny_chat_model_dir), tmp_path, progress=False)
     progress = lines(tmp_path / PROGRESS_FILE)

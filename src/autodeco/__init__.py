@@ -8,20 +8,20 @@ The pipeline, module by module:
     -> checkpoint (heads-only safetensors) -> modeling + generation (dynamic decoding)
     -> rollouts (many samples per prompt, shared prefill) -> evaluation/ (Pass@k, baselines, reports)
 
-``quickstart`` runs the whole chain. The tensor math lives in :mod:`autodeco.heads`,
-:mod:`autodeco.decoding` and :mod:`autodeco.losses`.
+``quickstart`` runs the whole chain. The tensor math lives in :mod:`autodeco.core.heads`,
+:mod:`autodeco.core.decoding` and :mod:`autodeco.core.losses`.
 
-The model classes are imported on first use, so ``import autodeco.answers`` (say) does not load torch.
+The model classes are imported on first use, so ``import autodeco.problems.answers`` (say) does not load torch.
 """
 
 __all__ = ["AutoDecoConfig", "AutoDecoForCausalLM", "AutoDecoGenerateOutput", "AutoDecoOutput"]
 __version__ = "0.1.0"
 
 _LAZY = {
-    "AutoDecoConfig": "autodeco.config",
-    "AutoDecoForCausalLM": "autodeco.modeling",
-    "AutoDecoGenerateOutput": "autodeco.modeling",
-    "AutoDecoOutput": "autodeco.modeling",
+    "AutoDecoConfig": "autodeco.model.config",
+    "AutoDecoForCausalLM": "autodeco.model.modeling",
+    "AutoDecoGenerateOutput": "autodeco.model.modeling",
+    "AutoDecoOutput": "autodeco.model.modeling",
 }
 
 

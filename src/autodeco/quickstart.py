@@ -17,8 +17,8 @@ import json
 import time
 from pathlib import Path
 
-from autodeco.base_model import EMBEDDED_MODEL
-from autodeco.jsonl import write_json_atomic
+from autodeco.model.base_model import EMBEDDED_MODEL
+from autodeco.common.jsonl import write_json_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +99,7 @@ def _stage_banner(name: str, detail: str) -> None:
 
 
 def _sample_stage(output: Path, sizes: Budget, base: str, seed: int, progress: bool) -> Path:
-    from autodeco.trajectories import SampleConfig, sample_trajectories
+    from autodeco.sampling.trajectories import SampleConfig, sample_trajectories
 
     folder = output / "sample"
     _stage_banner("1/4 sample", f"{sizes.train_problems} arithmetic problems x {sizes.samples_per_prompt} answers "
@@ -131,9 +131,9 @@ def _train_stage(output: Path, sizes: Budget, sample_dir: Path, base: str, seed:
 
 
 def _heldout_stage(output: Path, heads: Path, sample_dir: Path, base: str, seed: int) -> dict | None:
-    from autodeco.inference import load_for_generation
+    from autodeco.sampling.inference import load_for_generation
     from autodeco.training.data import read_trajectories
-    from autodeco.training.heldout import heldout_report
+    from autodeco.evaluation.heldout import heldout_report
 
     path = output / "heldout.json"
     if path.exists():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autodeco.base_model import EMBEDDED_MODEL
-from autodeco.checkpoint import read_checkpoint, write_checkpoint
-from autodeco.config import AutoDecoConfig
-from autodeco.modeling import AutoDecoForCausalLM
+from autodeco.model.base_model import EMBEDDED_MODEL
+from autodeco.model.checkpoint import read_checkpoint, write_checkpoint
+from autodeco.model.config import AutoDecoConfig
+from autodeco.model.modeling import AutoDecoForCausalLM
 
 
 def init(

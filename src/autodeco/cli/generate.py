@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from autodeco.inference import generate_traces, load_for_generation
+from autodeco.sampling.inference import generate_traces, load_for_generation
 from autodeco.pretrained import default_heads_for
-from autodeco.trace import format_table, write_trace
+from autodeco.views.trace import format_table, write_trace
 
 
 def generate(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autodeco.base_model import EMBEDDED_MODEL
+from autodeco.model.base_model import EMBEDDED_MODEL
 from autodeco.quickstart import BUDGETS, run_quickstart
 
 

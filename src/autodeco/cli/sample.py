@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from autodeco.base_model import EMBEDDED_MODEL
-from autodeco.trajectories import SampleConfig, sample_trajectories
+from autodeco.model.base_model import EMBEDDED_MODEL
+from autodeco.sampling.trajectories import SampleConfig, sample_trajectories
 
 
 def sample(

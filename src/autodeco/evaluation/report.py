@@ -42,7 +42,7 @@ from autodeco.evaluation.metrics import (
     pass_at_k_curve,
 )
 from autodeco.evaluation.records import AUTODECO, GREEDY, SampleRecord, parse_static_setting, static_setting
-from autodeco.jsonl import write_bytes_atomic
+from autodeco.common.jsonl import write_bytes_atomic
 
 __all__ = [
     "ORACLE",

@@ -12,7 +12,7 @@ Methods (PAPER.md sections 5 and 8):
 - any static pair the user gives.
 
 Sampled methods draw ``samples_per_seed`` answers per problem for each seed. Each prompt is
-prefilled once per batch and its cache shared by every setting and seed (:mod:`autodeco.rollouts`);
+prefilled once per batch and its cache shared by every setting and seed (:mod:`autodeco.sampling.rollouts`);
 settings that coincide (default and the grid's T = 1.0, P = 1.0) are generated once. Every answer
 is appended to ``samples.jsonl`` as it is produced, so a killed evaluation resumes where it stopped.
 """
@@ -26,9 +26,9 @@ from collections import Counter
 from pathlib import Path
 
 from autodeco.evaluation.records import AUTODECO, GREEDY, RecordWriter, SampleRecord, read_records, static_setting
-from autodeco.jsonl import check_resume_config, write_json_atomic
-from autodeco.rollouts import DecodingSetting
-from autodeco.seeds import derived_seed
+from autodeco.common.jsonl import check_resume_config, write_json_atomic
+from autodeco.sampling.rollouts import DecodingSetting
+from autodeco.common.seeds import derived_seed
 
 METHODS = ("greedy", "default", "autodeco", "meanshift", "oracle")
 """Built-in method names, in report order."""
@@ -181,7 +181,7 @@ def evaluate(config: EvalConfig, output: str | Path, *, overwrite: bool = False,
 
 
 def _load_model(config: EvalConfig):
-    from autodeco.inference import load_for_generation
+    from autodeco.sampling.inference import load_for_generation
     from autodeco.pretrained import default_heads_for
 
     heads = config.heads or default_heads_for(config.base)
@@ -201,7 +201,7 @@ def _meanshift_pair(config: EvalConfig, loaded, output: Path) -> tuple[float, fl
         return stored["temperature"], stored["top_p"], stored["source"]
     if config.meanshift_data is not None:
         from autodeco.training.data import read_trajectories
-        from autodeco.training.heldout import teacher_forced_means
+        from autodeco.evaluation.heldout import teacher_forced_means
 
         trajectories = read_trajectories([config.meanshift_data])
         temperature, top_p, tokens = teacher_forced_means(loaded.model, loaded.tokenizer, trajectories)
@@ -301,8 +301,8 @@ class _Generator:
     def run(self, settings: list[DecodingSetting], *, stage: str) -> None:
         from tqdm.auto import tqdm
 
-        from autodeco.inference import render_prompt
-        from autodeco.rollouts import prefill
+        from autodeco.sampling.inference import render_prompt
+        from autodeco.sampling.rollouts import prefill
 
         done = self._finished_groups()
         plan = [(setting, seed) for setting in settings for seed in self._seeds(setting)]
@@ -339,9 +339,9 @@ class _Generator:
         return 1 if setting.kind == "greedy" else self.config.samples_per_seed
 
     def _generate(self, batch, problems, rows, setting: DecodingSetting, seed: int) -> list[SampleRecord]:
-        from autodeco.answers import score
-        from autodeco.inference import token_pieces
-        from autodeco.rollouts import PromptBatch, complete
+        from autodeco.problems.answers import score
+        from autodeco.sampling.inference import token_pieces
+        from autodeco.sampling.rollouts import PromptBatch, complete
 
         if len(rows) != len(batch):  # only some problems of the batch still need this setting and seed
             import torch
@@ -382,7 +382,7 @@ class _Generator:
         complete = {group for group, count in counts.items() if count >= needed.get(group[1], self.config.samples_per_seed)}
         kept = [record for record in records if (record.problem_id, record.setting, record.seed) in complete]
         if len(kept) != len(records):
-            from autodeco.jsonl import write_text_atomic
+            from autodeco.common.jsonl import write_text_atomic
 
             write_text_atomic(self.samples_path, "".join(record.to_json() + "\n" for record in kept))
         return complete

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autodeco.base_model import EMBEDDED_MODEL
+from autodeco.model.base_model import EMBEDDED_MODEL
 
 SHIPPED_HEADS = {EMBEDDED_MODEL: "smollm2-135m-instruct"}
 """Base model reference -> folder of its shipped heads."""

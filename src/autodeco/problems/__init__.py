@@ -5,7 +5,7 @@
 >>> problem.prompt().endswith("within \\\\boxed{}.")
 True
 
-Answers are checked with :mod:`autodeco.answers`.
+Answers are checked with :mod:`autodeco.problems.answers`.
 """
 
 from autodeco.problems.arithmetic import DEFAULT_LEVELS, LEVELS, generate_problems

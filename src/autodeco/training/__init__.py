@@ -5,13 +5,13 @@
 - ``recipe``: :func:`train_heads`: the loss step, the loop, model loading and placement.
 - ``state``: the output folder: settings record, resumable checkpoints, final heads.
 - ``curve``: the training log (``log.jsonl``) and its plot (``training_curve.png``).
-- ``heldout``: teacher-forced evaluation of heads on held-out trajectories (soft top-p NLL against
-  fresh heads and the best static (T, P), MeanShift means, T vs entropy correlation).
+
+Held-out evaluation of trained heads lives with the rest of evaluation, in
+:mod:`autodeco.evaluation.heldout`.
 """
 
 from autodeco.training.config import PRESETS, TrainConfig
 from autodeco.training.data import DataReport, TrainingDataError, TrainingExample, build_training_set
-from autodeco.training.heldout import heldout_report, teacher_forced_means
 from autodeco.training.recipe import TrainResult, train_heads
 
 __all__ = [
@@ -22,7 +22,5 @@ __all__ = [
     "TrainingDataError",
     "TrainingExample",
     "build_training_set",
-    "heldout_report",
-    "teacher_forced_means",
     "train_heads",
 ]

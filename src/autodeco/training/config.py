@@ -11,7 +11,7 @@ import math
 import os
 from typing import Any
 
-from autodeco import losses
+from autodeco.core import losses
 from autodeco.training.data import BAD_LINE_CHOICES, OVERLONG_CHOICES
 
 MODES = ("joint", "temperature", "top-p")

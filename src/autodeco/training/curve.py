@@ -11,7 +11,7 @@ import io
 import os
 from pathlib import Path
 
-from autodeco.jsonl import append_jsonl, read_jsonl_tolerant, rewrite_jsonl_atomic, write_bytes_atomic
+from autodeco.common.jsonl import append_jsonl, read_jsonl_tolerant, rewrite_jsonl_atomic, write_bytes_atomic
 
 LOG_FILE = "log.jsonl"
 CURVE_FILE = "training_curve.png"

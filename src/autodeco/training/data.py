@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from autodeco.losses import IGNORE_INDEX
-from autodeco.seeds import derived_seed
+from autodeco.core.losses import IGNORE_INDEX
+from autodeco.common.seeds import derived_seed
 
 BAD_LINE_CHOICES = ("stop", "skip")
 """What to do with a malformed line: stop with an error naming it, or skip it and count it."""
@@ -230,7 +230,7 @@ def tokenize_trajectory(tokenizer, prompt: str, completion: str) -> tuple[list[i
     Raises:
         TrainingDataError: when the tokenizer has no EOS token.
     """
-    from autodeco.inference import render_prompt
+    from autodeco.sampling.inference import render_prompt
 
     if tokenizer.eos_token_id is None:
         raise TrainingDataError("the tokenizer has no eos_token; the trajectories' end cannot be marked")
@@ -350,7 +350,7 @@ def pad_token_id(tokenizer) -> int:
 # ------------------------------------------------------------------------------ order and randomness
 # Everything random in training is a pure function of (seed, epoch, example index), so any
 # split of a global batch across processes and accumulation steps sees the same numbers, and
-# a resumed run needs no more than the step number to carry on exactly (seeds: autodeco.seeds).
+# a resumed run needs no more than the step number to carry on exactly (seeds: autodeco.common.seeds).
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> torch.Tensor:

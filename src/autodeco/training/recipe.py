@@ -35,8 +35,8 @@ from pathlib import Path
 
 import torch
 
-from autodeco import losses
-from autodeco.base_model import load_tokenizer
+from autodeco.core import losses
+from autodeco.model.base_model import load_tokenizer
 from autodeco.training import state
 from autodeco.training.config import ADAM_BETAS, ADAM_EPSILON, TrainConfig
 from autodeco.training.curve import append_log, truncate_log
@@ -374,7 +374,7 @@ def make_accelerator():
 
 def load_model(config: TrainConfig, base: str):
     """The base with fresh heads (seeded) or the init heads, enabled as ``config.mode`` says."""
-    from autodeco.modeling import AutoDecoForCausalLM
+    from autodeco.model.modeling import AutoDecoForCausalLM
 
     dtype = None if config.dtype == "auto" else getattr(torch, config.dtype)
     if config.heads is None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from autodeco.base_model import EMBEDDED_MODEL
+from autodeco.model.base_model import EMBEDDED_MODEL
 from autodeco.training.config import TrainConfig
 from autodeco.training.curve import CURVE_FILE, LOG_FILE, write_training_curve
 from autodeco.training.data import DataReport, data_fingerprint
@@ -55,7 +55,7 @@ def resolved_base(config: TrainConfig) -> str:
     if config.base is not None:
         return config.base
     if config.heads is not None:
-        from autodeco.checkpoint import read_checkpoint
+        from autodeco.model.checkpoint import read_checkpoint
 
         recorded = read_checkpoint(config.heads).config.base_model_name_or_path
         if recorded:
@@ -96,7 +96,7 @@ def check_stored_settings(output: Path, settings: dict[str, Any]) -> None:
                 "choose another --output or pass --overwrite to start again"
             )
         return
-    from autodeco.jsonl import differing_settings
+    from autodeco.common.jsonl import differing_settings
 
     stored = settings_that_matter(json.loads(file.read_text()))
     current = settings_that_matter(json.loads(json.dumps(settings)))
@@ -110,7 +110,7 @@ def check_stored_settings(output: Path, settings: dict[str, Any]) -> None:
 
 def prepare_output(output: Path, record: dict[str, Any]) -> None:
     """Create ``output``, remove a killed run's half-written folders, and write ``record`` to ``train_config.json``."""
-    from autodeco.jsonl import write_json_atomic
+    from autodeco.common.jsonl import write_json_atomic
 
     output.mkdir(parents=True, exist_ok=True)
     remove_staging_folders(output)
@@ -151,7 +151,7 @@ def save_checkpoint(output: Path, step: int, model, optimizer, config: TrainConf
     """Write ``checkpoint-<step>`` atomically (heads + optimizer state + RNG, no pickle); keep the last K."""
     from safetensors.torch import save_file
 
-    from autodeco.checkpoint import write_checkpoint
+    from autodeco.model.checkpoint import write_checkpoint
 
     target = output / f"{CHECKPOINT_PREFIX}{step}"
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=output))
@@ -180,7 +180,7 @@ def restore_checkpoint(folder: Path, model, optimizer) -> int:
     """Load the heads, optimizer state and RNG state of a checkpoint; returns its step."""
     from safetensors.torch import load_file
 
-    from autodeco.checkpoint import read_checkpoint
+    from autodeco.model.checkpoint import read_checkpoint
 
     state = json.loads((folder / STATE_FILE).read_text())
     if state.get("format") != STATE_FORMAT:
@@ -239,7 +239,7 @@ def _cpu_heads(model) -> dict[str, torch.Tensor]:
 
 def save_final_heads(model, output: Path, settings: dict[str, Any], report: DataReport, steps: int, last_log) -> Path:
     """Write ``heads/`` with ``trained: true`` and the training record, then the final curve."""
-    from autodeco.checkpoint import write_checkpoint
+    from autodeco.model.checkpoint import write_checkpoint
 
     record = {
         "recipe": "autodeco.training.recipe",

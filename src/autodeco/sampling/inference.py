@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from autodeco.base_model import EMBEDDED_MODEL, load_tokenizer
-from autodeco.modeling import AutoDecoForCausalLM
-from autodeco.trace import GenerationTrace, TokenTrace
+from autodeco.model.base_model import EMBEDDED_MODEL, load_tokenizer
+from autodeco.model.modeling import AutoDecoForCausalLM
+from autodeco.views.trace import GenerationTrace, TokenTrace
 
 
 @dataclasses.dataclass

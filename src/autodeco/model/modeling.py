@@ -13,18 +13,18 @@ from transformers import LogitsProcessorList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 from transformers.utils import ModelOutput
 
-from autodeco import losses
-from autodeco.base_model import load_base_model
-from autodeco.checkpoint import BASE_PREFIX, CheckpointError, read_checkpoint, write_checkpoint
-from autodeco.compat import CACHE_ARGUMENT, output_cache
-from autodeco.config import AutoDecoConfig
-from autodeco.generation import (
+from autodeco.core import losses
+from autodeco.model.base_model import load_base_model
+from autodeco.model.checkpoint import BASE_PREFIX, CheckpointError, read_checkpoint, write_checkpoint
+from autodeco.model.compat import CACHE_ARGUMENT, output_cache
+from autodeco.model.config import AutoDecoConfig
+from autodeco.model.generation import (
     AutoDecoLogitsProcessor,
     capture_output_head_input,
     generate_with_base,
     output_head,
 )
-from autodeco.heads import TemperatureHead, TopPHead, probability_features
+from autodeco.core.heads import TemperatureHead, TopPHead, probability_features
 
 FEATURE_CHUNK_ROWS = 256
 """Positions per chunk when computing the top-p features of a whole sequence (bounds memory)."""

@@ -19,10 +19,10 @@ import inspect
 
 import torch
 
-from autodeco.compat import CACHE_ARGUMENT, output_cache
-from autodeco.generation import generate_with_base
-from autodeco.inference import encode_prompts
-from autodeco.seeds import derived_seed  # noqa: F401  (re-exported for callers of this module)
+from autodeco.model.compat import CACHE_ARGUMENT, output_cache
+from autodeco.model.generation import generate_with_base
+from autodeco.sampling.inference import encode_prompts
+from autodeco.common.seeds import derived_seed  # noqa: F401  (re-exported for callers of this module)
 
 GREEDY = "greedy"
 STATIC = "static"
@@ -152,7 +152,7 @@ def complete(
     """Draw ``num_samples`` completions of every prompt in ``batch`` under ``setting``.
 
     Args:
-        model: an :class:`~autodeco.modeling.AutoDecoForCausalLM` (static and greedy settings use its base only).
+        model: an :class:`~autodeco.model.modeling.AutoDecoForCausalLM` (static and greedy settings use its base only).
         tokenizer: the base's tokenizer.
         batch: from :func:`prefill`; its cache is copied, never changed, so it serves many settings.
         setting: greedy, static or AutoDeco.

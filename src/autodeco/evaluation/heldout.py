@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from autodeco import losses
+from autodeco.core import losses
 from autodeco.training.data import TrainingExample, collate, fit_to_length, pad_token_id, tokenize_trajectory
 
 GRID_TEMPERATURES = tuple(round(0.1 * step, 1) for step in range(1, 16))

@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from autodeco.config import AutoDecoConfig
+from autodeco.model.config import AutoDecoConfig
 
 HEAD_PREFIXES = ("temp_head.", "top_p_head.")
 BASE_PREFIX = "llm."

@@ -20,16 +20,16 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from autodeco.base_model import EMBEDDED_MODEL
-from autodeco.jsonl import (
+from autodeco.model.base_model import EMBEDDED_MODEL
+from autodeco.common.jsonl import (
     append_jsonl,
     check_resume_config,
     read_jsonl_tolerant,
     rewrite_jsonl_atomic,
     write_json_atomic,
 )
-from autodeco.rollouts import DecodingSetting
-from autodeco.seeds import derived_seed
+from autodeco.sampling.rollouts import DecodingSetting
+from autodeco.common.seeds import derived_seed
 
 TRAIN_FILE = "trajectories.jsonl"
 HELDOUT_FILE = "heldout.jsonl"
@@ -133,7 +133,7 @@ def is_heldout(problem_id: str, fraction: float, seed: int) -> bool:
 
 def sample_trajectories(config: SampleConfig, output: str | Path, *, overwrite: bool = False, progress: bool = True):
     """Run (or resume) rejection sampling into the folder ``output``; returns :class:`SampleStats`."""
-    from autodeco.answers import score
+    from autodeco.problems.answers import score
     from autodeco.problems import load_problems
 
     output = Path(output)
@@ -176,8 +176,8 @@ def _finished_problems(output: Path) -> dict[str, dict]:
 def _sample_missing(config: SampleConfig, output: Path, todo, score, progress: bool) -> int:
     from tqdm.auto import tqdm
 
-    from autodeco.inference import load_for_generation, render_prompt
-    from autodeco.rollouts import complete, prefill
+    from autodeco.sampling.inference import load_for_generation, render_prompt
+    from autodeco.sampling.rollouts import complete, prefill
 
     loaded = load_for_generation(None, config.base, seed=config.seed)
     model, tokenizer = loaded.model, loaded.tokenizer

@@ -16,8 +16,8 @@ import math
 import torch
 from transformers import GenerationConfig, LogitsProcessor
 
-from autodeco.decoding import MIN_SAMPLING_TEMPERATURE, combine_with_user_values
-from autodeco.heads import (
+from autodeco.core.decoding import MIN_SAMPLING_TEMPERATURE, combine_with_user_values
+from autodeco.core.heads import (
     ENTROPY_LOG_EPSILON,
     FEATURE_TEMPERATURE_EPSILON,
     TOP_MASS_TOKENS,
@@ -120,7 +120,7 @@ class AutoDecoLogitsProcessor(LogitsProcessor):
     """Replace the step's logits by AutoDeco's warped logits (or, when ``sample`` is False, only record T and P).
 
     Args:
-        model: the :class:`~autodeco.modeling.AutoDecoForCausalLM` whose heads predict T and P.
+        model: the :class:`~autodeco.model.modeling.AutoDecoForCausalLM` whose heads predict T and P.
         capture: where the output head's input is recorded.
         temperature: multiplier on the head's temperature (the user's ``temperature``).
         top_p: multiplier on the head's top-p (the user's ``top_p``), capped at 1.
@@ -174,7 +174,7 @@ def dynamic_step(
     divisions, one softmax (two when the user's temperature multiplier is not 1), the features, one
     cumulative sum and one scatter back to vocabulary order, in three ``(B, V)`` float buffers. It runs
     without autograd: the logits are frozen and the features read the detached temperature, as in
-    :meth:`~autodeco.modeling.AutoDecoForCausalLM.predict`.
+    :meth:`~autodeco.model.modeling.AutoDecoForCausalLM.predict`.
     """
     config = model.config
     head_temperature = model.predict_temperature(hidden)  # (B,)
@@ -247,7 +247,7 @@ def _sort_ascending(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _features_from_ascending_probs(probs: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
-    """:func:`autodeco.heads.probability_features_from_sorted` in fewer passes, without temporaries.
+    """:func:`autodeco.core.heads.probability_features_from_sorted` in fewer passes, without temporaries.
 
     ``probs``: ``(B, V)`` probabilities sorted ascending; ``work``: a ``(B, V)`` float buffer, overwritten.
     Entropy and variance are reduced with dot products (the variance in two passes, mean then squared
@@ -269,9 +269,9 @@ NUCLEUS_TAIL_MAX_FRACTION = 0.25
 def _warp_sorted_in_place(
     scaled: torch.Tensor, sorted_indices: torch.Tensor, probs: torch.Tensor, top_p: torch.Tensor, work: torch.Tensor | None
 ) -> torch.Tensor:
-    """:func:`autodeco.decoding.warp_sorted_logits`, overwriting ``scaled`` and ``work`` instead of allocating.
+    """:func:`autodeco.core.decoding.warp_sorted_logits`, overwriting ``scaled`` and ``work`` instead of allocating.
 
-    The cumulative probabilities ascend, so the tokens that :func:`~autodeco.decoding.nucleus_removal_mask`
+    The cumulative probabilities ascend, so the tokens that :func:`~autodeco.core.decoding.nucleus_removal_mask`
     removes are a prefix of each sorted row, whose length a binary search finds. When every row's nucleus
     lies in the last ``NUCLEUS_TAIL_MAX_FRACTION`` of the sorted vocabulary, only that tail is masked and
     scattered into a ``-inf`` buffer; otherwise the whole tensor is. The result is the same either way.

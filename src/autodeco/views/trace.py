@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autodeco.jsonl import write_bytes_atomic
+from autodeco.common.jsonl import write_bytes_atomic
 
 __all__ = [
     "TokenTrace",
