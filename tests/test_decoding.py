@@ -9,10 +9,15 @@ import pytest
 import torch
 from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
+from reference import reference_features_from_sorted, reference_warp_logits
+
 from autodeco.core.decoding import (
+    NUCLEUS_TAIL_MAX_FRACTION,
+    RADIX_SORT_MIN_VOCAB,
     adjusted_log_probs,
     combine_with_user_values,
     nucleus_removal_mask,
+    sort_ascending,
     warp_logits,
 )
 from autodeco.core.heads import probability_features, probability_features_from_sorted
@@ -212,3 +217,43 @@ def test_probability_features_from_sorted_matches_unsorted():
     probs = torch.softmax(logits / (temperature[:, None] + 1e-8), dim=-1)
     from_sorted = probability_features_from_sorted(probs.sort(dim=-1).values)
     torch.testing.assert_close(from_sorted, probability_features(logits, temperature), rtol=1e-5, atol=1e-7)
+
+
+# the optimised step against the plain reference, at a real vocabulary size ------------------------
+
+REAL_VOCAB = 49_152  # SmolLM2's; above RADIX_SORT_MIN_VOCAB, so the CPU radix sort runs
+
+
+def test_sort_ascending_radix_path_equals_a_stable_sort_with_special_values():
+    assert REAL_VOCAB >= RADIX_SORT_MIN_VOCAB
+    logits = random_logits(rows=3, vocab=REAL_VOCAB, seed=21)
+    logits[0, :6] = torch.tensor([-0.0, 0.0, float("inf"), float("-inf"), float("nan"), 1e-38])
+    logits[1, 100:200] = 0.5  # ties come in vocabulary order
+    values, indices = sort_ascending(logits)
+    expected_values, expected_indices = logits.sort(dim=-1, stable=True)
+    assert torch.equal(indices, expected_indices)
+    assert torch.equal(values.nan_to_num(nan=7.0), expected_values.nan_to_num(nan=7.0))
+
+
+@pytest.mark.parametrize("vocab", [50, REAL_VOCAB])
+@pytest.mark.parametrize("peaked", [False, True], ids=["whole-vocabulary", "tail-only"])
+def test_warp_logits_equals_the_plain_reference(vocab, peaked):
+    # peaked: every nucleus lies in the last NUCLEUS_TAIL_MAX_FRACTION of the sorted vocabulary, so only
+    # that tail is masked and scattered; otherwise (a row with P = 1) the whole vocabulary is.
+    logits = random_logits(rows=3, vocab=vocab, seed=22, scale=12.0 if peaked else 1.0)
+    temperature = torch.tensor([0.7, 1.0, 1.3])
+    top_p = torch.tensor([0.3, 0.5, 0.2]) if peaked else torch.tensor([0.9, 0.5, 1.0])
+    actual, expected = warp_logits(logits, temperature, top_p), reference_warp_logits(logits, temperature, top_p)
+    nucleus_sizes = torch.isfinite(expected).sum(dim=-1)
+    assert bool(nucleus_sizes.max() <= NUCLEUS_TAIL_MAX_FRACTION * vocab) == peaked
+    assert_same_log_probs(torch.log_softmax(actual, -1), torch.log_softmax(expected, -1))
+    finite = torch.isfinite(expected)
+    torch.testing.assert_close(actual[finite], expected[finite], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("vocab", [50, REAL_VOCAB])
+def test_probability_features_from_sorted_equal_the_plain_reference(vocab):
+    logits = random_logits(rows=3, vocab=vocab, seed=23, scale=4.0)
+    probs = logits.softmax(dim=-1).sort(dim=-1).values
+    expected = reference_features_from_sorted(probs)
+    torch.testing.assert_close(probability_features_from_sorted(probs), expected, rtol=1e-5, atol=1e-7)

@@ -9,14 +9,9 @@ from conftest import force_heads
 
 from autodeco.core import losses
 from autodeco.model.modeling import AutoDecoForCausalLM
-from autodeco.evaluation.heldout import (
-    average_ranks,
-    heldout_report,
-    pearson,
-    spearman,
-    static_grid_nll,
-    teacher_forced_means,
-)
+from autodeco.core.losses import static_grid_nll
+from autodeco.core.statistics import average_ranks, pearson, spearman
+from autodeco.evaluation.heldout import heldout_report, teacher_forced_means
 
 
 def arithmetic(count, seed):

@@ -121,19 +121,34 @@ def probability_features(logits: torch.Tensor, temperature: torch.Tensor) -> tor
     return _features_from_probs(probs, top_probs)
 
 
-def probability_features_from_sorted(ascending_probs: torch.Tensor) -> torch.Tensor:
+def probability_features_from_sorted(probs: torch.Tensor, work: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`probability_features` when the probabilities are already sorted ascending.
 
-    Entropy and variance do not depend on the order, and the top tokens are the last ones,
-    so the decoding step reuses the one sort that top-p needs anyway.
+    Entropy and variance do not depend on the order, and the top tokens are the last ones, so the
+    decoding step reuses the one sort that top-p needs anyway. Entropy and variance are reduced with
+    dot products (the variance in two passes, mean then squared deviations), without temporaries:
+    this agrees with :func:`probability_features` to float32 rounding.
 
     Args:
-        ascending_probs: ``(..., V)`` probabilities sorted in ascending order.
+        probs: ``(B, V)`` probabilities sorted in ascending order.
+        work: a ``(B, V)`` float buffer to reuse (overwritten), or None to allocate one.
 
     Returns:
-        ``(..., 4)`` features.
+        ``(B, 4)`` features.
+
+    Example:
+        >>> probability_features_from_sorted(torch.full((1, 4), 0.25))  # uniform over 4 tokens
+        tensor([[0.2500, 1.3863, 0.0000, 1.0000]])
     """
-    return _features_from_probs(ascending_probs, ascending_probs[..., -TOP_MASS_TOKENS:])
+    vocab = probs.shape[-1]
+    if work is None:
+        work = torch.empty_like(probs)
+    top = probs[..., -TOP_MASS_TOKENS:]  # (B, 5) the most likely tokens
+    torch.add(probs, ENTROPY_LOG_EPSILON, out=work).log_()  # log(p + 1e-8)
+    entropy = torch.linalg.vecdot(probs, work).neg_()  # (B,)
+    torch.sub(probs, probs.mean(dim=-1, keepdim=True), out=work)
+    variance = torch.linalg.vecdot(work, work).div_(vocab - 1) if vocab > 1 else torch.full_like(entropy, float("nan"))
+    return torch.stack([top.amax(dim=-1), entropy, variance, top.sum(dim=-1)], dim=-1)  # (B, 4)
 
 
 def _features_from_probs(probs: torch.Tensor, top_probs: torch.Tensor) -> torch.Tensor:

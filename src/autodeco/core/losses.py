@@ -13,7 +13,14 @@ by the incoming gradient and needs no ``(N, V)`` tensor at all. ``chunk_size=Non
 straightforward version (every kept token's row at once, ordinary autograd), the reference the
 benchmark in ``benchmarks/loss_memory.py`` compares against.
 
-Shapes: ``B`` batch, ``L`` sequence length, ``V`` vocabulary, ``N`` kept tokens, ``C`` chunk.
+:func:`static_grid_nll` gives the same soft top-p NLL for a whole grid of static (T, P) pairs (the
+held-out comparison): for one temperature, the soft top-p mass ``sum_j p_j exp(-a * relu(c_j - P))``
+is ``c_{k-1} + exp(a * P) * sum_{j >= k} p_j exp(-a * c_j)`` with ``k`` the first sorted rank whose
+cumulative probability ``c_k`` exceeds P, so one sort, one softmax and two cumulative sums per
+temperature serve every top-p value of the grid.
+
+Shapes: ``B`` batch, ``L`` sequence length, ``V`` vocabulary, ``N`` kept tokens, ``C`` chunk,
+``G_T`` / ``G_P`` grid sizes.
 """
 
 from __future__ import annotations
@@ -269,6 +276,55 @@ def label_probability(
             for start in range(0, logits.shape[0], step)
         ]
     return torch.cat(blocks) if blocks else logits.new_zeros(0, dtype=torch.float32)
+
+
+def static_grid_nll(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperatures: torch.Tensor,
+    top_ps: torch.Tensor,
+    steepness: float = STEEPNESS,
+) -> torch.Tensor:
+    """Soft top-p NLL of every token under every static (T, P) pair, from one sort of the logits.
+
+    Equal (up to rounding) to ``soft_top_p_nll(logits, T, P, labels)`` at constant T and P.
+
+    Args:
+        logits: ``(N, V)`` base logits.
+        labels: ``(N,)`` next tokens.
+        temperatures: ``(G_T,)`` positive temperatures.
+        top_ps: ``(G_P,)`` top-p values.
+        steepness: slope of the soft mask.
+
+    Returns:
+        ``(N, G_T, G_P)`` float64 negative log-likelihoods.
+
+    Example:
+        >>> probs = torch.tensor([[0.5, 0.3, 0.2]])
+        >>> nll = static_grid_nll(probs.log(), torch.tensor([2]), torch.tensor([1.0]), torch.tensor([0.8]))
+        >>> round(nll.item(), 3)  # as soft_top_p_nll: -log(0.2 * 0.0025 / (0.8 + 0.2 * 0.0025))
+        7.387
+    """
+    sorted_logits, sorted_indices = logits.double().sort(dim=-1, descending=True)  # (N, V)
+    label_rank = (sorted_indices == labels.unsqueeze(-1)).double().argmax(dim=-1, keepdim=True)  # (N, 1)
+    top_ps = top_ps.double().to(logits.device)
+    results = []
+    for temperature in temperatures.tolist():
+        sorted_probs = (sorted_logits / max(temperature, MIN_SOFT_TOP_P_TEMPERATURE)).softmax(dim=-1)  # (N, V)
+        cumulative = sorted_probs.cumsum(dim=-1)  # (N, V)
+        decayed = sorted_probs * torch.exp(-steepness * cumulative)  # p_j exp(-a c_j)
+        tail = decayed.flip(-1).cumsum(-1).flip(-1)  # (N, V): sum over j >= k
+        tail = torch.cat([tail, tail.new_zeros(tail.shape[0], 1)], dim=-1)  # (N, V + 1): empty tail at k = V
+        first_outside = torch.searchsorted(cumulative, top_ps.expand(cumulative.shape[0], -1).contiguous(), right=True)  # (N, G_P)
+        inside = torch.where(
+            first_outside > 0, cumulative.gather(-1, (first_outside - 1).clamp(min=0)), torch.zeros_like(top_ps).expand_as(first_outside)
+        )  # (N, G_P): sum of p_j with c_j <= P
+        kept_mass = inside + torch.exp(steepness * top_ps) * tail.gather(-1, first_outside)  # (N, G_P)
+        label_prob = sorted_probs.gather(-1, label_rank)  # (N, 1)
+        label_mask = torch.exp(-steepness * torch.relu(cumulative.gather(-1, label_rank) - top_ps))  # (N, G_P)
+        kept_label = label_prob * label_mask
+        results.append(-torch.log(kept_label / (kept_mass + RENORMALIZE_EPSILON) + RENORMALIZE_EPSILON))
+    return torch.stack(results, dim=1)  # (N, G_T, G_P)
 
 
 def generator_device(generator: torch.Generator | None, fallback: torch.Tensor) -> torch.device:

@@ -12,10 +12,9 @@ Answers three questions on completion tokens the heads were not trained on:
 "Completion tokens" are the positions whose *next* token is a completion token (or the final
 EOS): exactly the positions at which the heads chose T and P while the completion was sampled.
 
-The static grid reuses each batch's base logits for every (T, P): for one temperature, the soft
-top-p mass ``sum_j p_j exp(-a * relu(c_j - P))`` is ``c_{k-1} + exp(a * P) * sum_{j >= k} p_j exp(-a * c_j)``
-with ``k`` the first sorted rank whose cumulative probability ``c_k`` exceeds P, so one sort, one
-softmax and two cumulative sums per temperature serve every top-p value of the grid.
+The static grid reuses each batch's base logits for every (T, P)
+(:func:`autodeco.core.losses.static_grid_nll`); entropy and correlations come from
+:mod:`autodeco.core.statistics`.
 
 Shapes: ``N`` tokens, ``V`` vocabulary, ``G_T`` / ``G_P`` grid sizes.
 """
@@ -28,6 +27,8 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from autodeco.core import losses
+from autodeco.core.losses import static_grid_nll
+from autodeco.core.statistics import entropy, pearson, spearman
 from autodeco.training.data import TrainingExample, collate, fit_to_length, pad_token_id, tokenize_trajectory
 
 GRID_TEMPERATURES = tuple(round(0.1 * step, 1) for step in range(1, 16))
@@ -41,108 +42,6 @@ GRID_CHUNK_ROWS = 64
 
 HELDOUT_BATCH_SIZE = 4
 """Sequences per teacher-forced forward pass."""
-
-
-# -------------------------------------------------------------------------------------- tensor math
-
-
-def static_grid_nll(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    temperatures: torch.Tensor,
-    top_ps: torch.Tensor,
-    steepness: float = losses.STEEPNESS,
-) -> torch.Tensor:
-    """Soft top-p NLL of every token under every static (T, P) pair, from one sort of the logits.
-
-    Equal (up to rounding) to ``losses.soft_top_p_nll(logits, T, P, labels)`` at constant T and P.
-
-    Args:
-        logits: ``(N, V)`` base logits.
-        labels: ``(N,)`` next tokens.
-        temperatures: ``(G_T,)`` positive temperatures.
-        top_ps: ``(G_P,)`` top-p values.
-        steepness: slope of the soft mask.
-
-    Returns:
-        ``(N, G_T, G_P)`` float64 negative log-likelihoods.
-
-    Example:
-        >>> probs = torch.tensor([[0.5, 0.3, 0.2]])
-        >>> nll = static_grid_nll(probs.log(), torch.tensor([2]), torch.tensor([1.0]), torch.tensor([0.8]))
-        >>> round(nll.item(), 3)  # as losses.soft_top_p_nll: -log(0.2 * 0.0025 / (0.8 + 0.2 * 0.0025))
-        7.387
-    """
-    sorted_logits, sorted_indices = logits.double().sort(dim=-1, descending=True)  # (N, V)
-    label_rank = (sorted_indices == labels.unsqueeze(-1)).double().argmax(dim=-1, keepdim=True)  # (N, 1)
-    top_ps = top_ps.double().to(logits.device)
-    results = []
-    for temperature in temperatures.tolist():
-        sorted_probs = (sorted_logits / max(temperature, losses.MIN_SOFT_TOP_P_TEMPERATURE)).softmax(dim=-1)  # (N, V)
-        cumulative = sorted_probs.cumsum(dim=-1)  # (N, V)
-        decayed = sorted_probs * torch.exp(-steepness * cumulative)  # p_j exp(-a c_j)
-        tail = decayed.flip(-1).cumsum(-1).flip(-1)  # (N, V): sum over j >= k
-        tail = torch.cat([tail, tail.new_zeros(tail.shape[0], 1)], dim=-1)  # (N, V + 1): empty tail at k = V
-        first_outside = torch.searchsorted(cumulative, top_ps.expand(cumulative.shape[0], -1).contiguous(), right=True)  # (N, G_P)
-        inside = torch.where(
-            first_outside > 0, cumulative.gather(-1, (first_outside - 1).clamp(min=0)), torch.zeros_like(top_ps).expand_as(first_outside)
-        )  # (N, G_P): sum of p_j with c_j <= P
-        kept_mass = inside + torch.exp(steepness * top_ps) * tail.gather(-1, first_outside)  # (N, G_P)
-        label_prob = sorted_probs.gather(-1, label_rank)  # (N, 1)
-        label_mask = torch.exp(-steepness * torch.relu(cumulative.gather(-1, label_rank) - top_ps))  # (N, G_P)
-        kept_label = label_prob * label_mask
-        results.append(-torch.log(kept_label / (kept_mass + losses.RENORMALIZE_EPSILON) + losses.RENORMALIZE_EPSILON))
-    return torch.stack(results, dim=1)  # (N, G_T, G_P)
-
-
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of ``softmax(logits)`` per row: ``(N, V) -> (N,)``.
-
-    Example:
-        >>> round(entropy(torch.zeros(1, 4)).item(), 4)  # uniform over 4: log 4
-        1.3863
-    """
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    return -(log_probs.exp() * log_probs).sum(dim=-1)
-
-
-def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Pearson correlation of two ``(N,)`` vectors (NaN when either is constant).
-
-    Example:
-        >>> pearson(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 4.0, 7.0]))
-        0.9933992677987828
-    """
-    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
-    denominator = math.sqrt(float((x * x).sum()) * float((y * y).sum()))
-    return float((x * y).sum()) / denominator if denominator > 0 else float("nan")
-
-
-def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """1-based ranks with ties sharing their average rank: ``(N,) -> (N,)`` float64.
-
-    Example:
-        >>> average_ranks(torch.tensor([10.0, 30.0, 20.0, 20.0])).tolist()
-        [1.0, 4.0, 2.5, 2.5]
-    """
-    order = values.argsort(stable=True)
-    sorted_values = values[order]
-    _, counts = torch.unique_consecutive(sorted_values, return_counts=True)
-    ends = counts.cumsum(0).double()  # last 1-based rank of each tie group
-    group_ranks = ends - (counts.double() - 1) / 2  # average of first and last rank
-    ranks = torch.empty_like(values, dtype=torch.float64)
-    ranks[order] = group_ranks.repeat_interleave(counts)
-    return ranks
-
-
-def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Spearman rank correlation (Pearson on average ranks).
-
-    Example:
-        >>> spearman(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 4.0, 70.0]))
-        1.0
-    """
-    return pearson(average_ranks(x), average_ranks(y))
 
 
 # ---------------------------------------------------------------------------------- teacher forcing

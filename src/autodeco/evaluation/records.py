@@ -23,6 +23,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from autodeco.sampling.settings import AUTODECO, GREEDY, parse_static_setting, static_setting
+
 __all__ = [
     "AUTODECO",
     "GREEDY",
@@ -33,66 +35,8 @@ __all__ = [
     "static_setting",
 ]
 
-GREEDY = "greedy"
-"""Setting key of greedy decoding (one deterministic sample per problem, seed 0)."""
-
-AUTODECO = "autodeco"
-"""Setting key of decoding with the AutoDeco heads (per-token T and P)."""
-
-SETTING_DECIMALS = 2
-"""Decimals of T and P in a static setting key."""
-
-_STATIC_PATTERN = re.compile(r"T=(\d+\.\d{2}),P=(\d+\.\d{2})")
 _TAIL_CHUNK = 1 << 16
 """Bytes read at a time from the end of a file when looking for its last line."""
-
-
-def static_setting(temperature: float, top_p: float) -> str:
-    """The canonical key of a static setting, e.g. ``"T=0.70,P=1.00"`` (2 decimals).
-
-    Args:
-        temperature: sampling temperature, > 0 (use :data:`GREEDY` for T = 0).
-        top_p: nucleus mass, in (0, 1].
-
-    Raises:
-        ValueError: quoting the bad value, also when it rounds to 0.00.
-
-    Example:
-        >>> static_setting(1, 1)
-        'T=1.00,P=1.00'
-    """
-    temperature, top_p = float(temperature), float(top_p)
-    if not math.isfinite(temperature) or round(temperature, SETTING_DECIMALS) <= 0.0:
-        raise ValueError(
-            f"temperature must be a finite number >= 0.01 (keys keep 2 decimals), got {temperature}; "
-            f"use the {GREEDY!r} setting for T = 0"
-        )
-    if not math.isfinite(top_p) or not 0.0 < top_p <= 1.0 or round(top_p, SETTING_DECIMALS) <= 0.0:
-        raise ValueError(f"top_p must be in (0, 1] and >= 0.01 (keys keep 2 decimals), got {top_p}")
-    return f"T={temperature:.{SETTING_DECIMALS}f},P={top_p:.{SETTING_DECIMALS}f}"
-
-
-def parse_static_setting(key: str) -> tuple[float, float] | None:
-    """``(temperature, top_p)`` of a static setting key; None for ``"greedy"`` and ``"autodeco"``.
-
-    Raises:
-        ValueError: for any other string, naming it and the accepted forms.
-
-    Example:
-        >>> parse_static_setting("T=0.83,P=0.91")
-        (0.83, 0.91)
-        >>> parse_static_setting("autodeco") is None
-        True
-    """
-    if key in (GREEDY, AUTODECO):
-        return None
-    match = _STATIC_PATTERN.fullmatch(key) if isinstance(key, str) else None
-    if match is None:
-        raise ValueError(
-            f"unknown setting {key!r}: expected {GREEDY!r}, {AUTODECO!r} or a static key like 'T=0.70,P=1.00' "
-            "(as made by static_setting)"
-        )
-    return float(match.group(1)), float(match.group(2))
 
 
 @dataclasses.dataclass

@@ -25,9 +25,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from autodeco.evaluation.records import AUTODECO, GREEDY, RecordWriter, SampleRecord, read_records, static_setting
+from autodeco.evaluation.records import RecordWriter, SampleRecord, read_records
 from autodeco.common.jsonl import check_resume_config, write_json_atomic
-from autodeco.sampling.rollouts import DecodingSetting
+from autodeco.sampling.settings import AUTODECO, GREEDY, DecodingSetting, static_setting
 from autodeco.common.seeds import derived_seed
 
 METHODS = ("greedy", "default", "autodeco", "meanshift", "oracle")
@@ -193,8 +193,8 @@ def _load_model(config: EvalConfig):
 def _meanshift_pair(config: EvalConfig, loaded, output: Path) -> tuple[float, float, str]:
     """(mean T, mean P, where they come from) for MeanShift: given, cached, measured, or recorded with the heads."""
     if config.meanshift is not None:
-        temperature, top_p = config.meanshift
-        return round(temperature, 2), round(top_p, 2), "given by the user"
+        given = DecodingSetting.static(*config.meanshift)  # rounded as setting keys are
+        return given.temperature, given.top_p, "given by the user"
     cached = output / MEANSHIFT_FILE
     if cached.exists():
         stored = json.loads(cached.read_text())
@@ -216,8 +216,9 @@ def _meanshift_pair(config: EvalConfig, loaded, output: Path) -> tuple[float, fl
             )
         temperature, top_p = recorded["temperature"], recorded["top_p"]
         source = recorded.get("source", "recorded in the heads checkpoint")
-    # Rounded to the 0.01 resolution of setting keys: the pair reported is the pair applied.
-    temperature, top_p = round(float(temperature), 2), round(float(top_p), 2)
+    # Rounded to the resolution of setting keys: the pair reported is the pair applied.
+    applied = DecodingSetting.static(temperature, top_p)
+    temperature, top_p = applied.temperature, applied.top_p
     write_json_atomic(cached, {"temperature": temperature, "top_p": top_p, "source": source})
     return temperature, top_p, source
 

@@ -11,17 +11,17 @@ The logits are computed once, by the base model; the step sorts them once.
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor
 
-from autodeco.core.decoding import MIN_SAMPLING_TEMPERATURE, combine_with_user_values
-from autodeco.core.heads import (
-    ENTROPY_LOG_EPSILON,
-    FEATURE_TEMPERATURE_EPSILON,
-    TOP_MASS_TOKENS,
+from autodeco.core.decoding import (
+    MIN_SAMPLING_TEMPERATURE,
+    combine_with_user_values,
+    sort_ascending,
+    warp_sorted_logits,
 )
+from autodeco.core.heads import FEATURE_TEMPERATURE_EPSILON, probability_features_from_sorted
 
 KEPT_GENERATION_FIELDS = (
     "bos_token_id",
@@ -170,29 +170,25 @@ def dynamic_step(
     Returns:
         ``(warped_logits (B, V), temperature (B,), top_p (B,))``, the values actually used.
 
-    The vocabulary-sized work is one sort (a radix sort on CPU, see :func:`_sort_ascending`), two
-    divisions, one softmax (two when the user's temperature multiplier is not 1), the features, one
-    cumulative sum and one scatter back to vocabulary order, in three ``(B, V)`` float buffers. It runs
-    without autograd: the logits are frozen and the features read the detached temperature, as in
-    :meth:`~autodeco.model.modeling.AutoDecoForCausalLM.predict`.
+    The vocabulary-sized work is one sort (:func:`~autodeco.core.decoding.sort_ascending`, a radix sort
+    on CPU), two divisions, one softmax (two when the user's temperature multiplier is not 1), the
+    features (:func:`~autodeco.core.heads.probability_features_from_sorted`), one cumulative sum and
+    one scatter back to vocabulary order (:func:`~autodeco.core.decoding.warp_sorted_logits`), in three
+    ``(B, V)`` float buffers. The heads' policy (disabled heads, detached T) is the model's own
+    (:meth:`~autodeco.model.modeling.AutoDecoForCausalLM.predict_top_p`), as in a teacher-forced forward.
     """
-    config = model.config
     head_temperature = model.predict_temperature(hidden)  # (B,)
     with torch.no_grad():
-        sorted_logits, sorted_indices = _sort_ascending(logits.float())  # (B, V); fresh, so ours to overwrite
-    feature_probs = work = None
-    if config.enable_top_p_head:
-        features = None
-        if config.use_enhanced_features:
-            with torch.no_grad():
-                feature_scale = head_temperature.detach().float().unsqueeze(-1) + FEATURE_TEMPERATURE_EPSILON  # (B, 1)
-                feature_logits = sorted_logits / feature_scale  # (B, V) ascending
-                feature_probs = feature_logits.softmax(dim=-1)  # (B, V) ascending
-                work = feature_logits  # free after the softmax
-                features = _features_from_ascending_probs(feature_probs, work)  # (B, 4)
-        head_top_p = model.top_p_head(model.to_head_dtype(hidden), head_temperature, features)
-    else:
-        head_top_p = torch.ones_like(head_temperature)
+        sorted_logits, sorted_indices = sort_ascending(logits.float())  # (B, V); fresh, so ours to overwrite
+    feature_probs = work = features = None
+    if model.reads_probability_features:
+        with torch.no_grad():
+            feature_scale = head_temperature.detach().float().unsqueeze(-1) + FEATURE_TEMPERATURE_EPSILON  # (B, 1)
+            feature_logits = sorted_logits / feature_scale  # (B, V) ascending
+            feature_probs = feature_logits.softmax(dim=-1)  # (B, V) ascending
+            work = feature_logits  # free after the softmax
+            features = probability_features_from_sorted(feature_probs, work)  # (B, 4)
+    head_top_p = model.predict_top_p(hidden, head_temperature, features)  # (B,)
     final_temperature, final_top_p = combine_with_user_values(head_temperature, head_top_p, temperature, top_p)
     final_temperature, final_top_p = final_temperature.float(), final_top_p.float()
     if not sample:
@@ -207,91 +203,5 @@ def dynamic_step(
             probs = scaled.softmax(dim=-1)
             if feature_probs is not None:
                 work = feature_probs  # the features are done with it
-        warped = _warp_sorted_in_place(scaled, sorted_indices, probs, final_top_p.detach(), work)
+        warped = warp_sorted_logits(scaled, sorted_indices, final_top_p.detach(), probs, work)
     return warped, final_temperature, final_top_p
-
-
-RADIX_SORT_MIN_VOCAB = 32768
-"""torch sorts a 1-D integer tensor of at least this many entries (its ``GRAIN_SIZE``) with a radix sort."""
-
-_FLOAT32_MAGNITUDE_BITS = 0x7FFFFFFF
-_FLOAT32_INFINITY_BITS = 0x7F800000
-
-
-def _sort_ascending(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``logits.sort(dim=-1)`` for ``(B, V)`` float32 logits, several times faster on CPU for large vocabularies.
-
-    torch sorts a 2-D float tensor with a comparison sort (about 3.7 ms for one row of 49,152 logits on a
-    2-core x86 VM), but a 1-D integer tensor of 32,768 entries or more with a radix sort (about 0.25 ms
-    there). Each row's logits are mapped to int32 keys in the same order (``-0.0`` and ``0.0`` equal,
-    NaN last, as torch orders them) and radix-sorted; the sorted values are gathered back. The values
-    equal ``logits.sort()``'s and the indices ``logits.sort(stable=True)``'s: equal logits come in
-    vocabulary order (torch's default sort leaves their order unspecified).
-    Elsewhere (GPU, small vocabularies, other dtypes) this is ``logits.sort(dim=-1)``.
-    """
-    rows, vocab = logits.shape
-    if logits.device.type != "cpu" or logits.dtype != torch.float32 or vocab < RADIX_SORT_MIN_VOCAB:
-        return logits.sort(dim=-1)
-    logits = logits.contiguous()
-    bits = logits.view(torch.int32)
-    magnitude = bits & _FLOAT32_MAGNITUDE_BITS
-    keys = torch.where(bits < 0, magnitude.neg(), magnitude)  # float order; -0.0 -> 0 like 0.0
-    keys.masked_fill_(magnitude > _FLOAT32_INFINITY_BITS, _FLOAT32_MAGNITUDE_BITS)  # every NaN last
-    values = torch.empty_like(logits)
-    indices = torch.empty((rows, vocab), dtype=torch.long)
-    sorted_keys = torch.empty(vocab, dtype=torch.int32)
-    for row in range(rows):
-        torch.sort(keys[row], stable=True, out=(sorted_keys, indices[row]))  # 1-D integer: radix sort
-        torch.index_select(logits[row], 0, indices[row], out=values[row])
-    return values, indices
-
-
-def _features_from_ascending_probs(probs: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
-    """:func:`autodeco.core.heads.probability_features_from_sorted` in fewer passes, without temporaries.
-
-    ``probs``: ``(B, V)`` probabilities sorted ascending; ``work``: a ``(B, V)`` float buffer, overwritten.
-    Entropy and variance are reduced with dot products (the variance in two passes, mean then squared
-    deviations), which agrees with the reference to float32 rounding.
-    """
-    vocab = probs.shape[-1]
-    top = probs[..., -TOP_MASS_TOKENS:]  # (B, 5) the most likely tokens
-    torch.add(probs, ENTROPY_LOG_EPSILON, out=work).log_()  # log(p + 1e-8)
-    entropy = torch.linalg.vecdot(probs, work).neg_()  # (B,)
-    torch.sub(probs, probs.mean(dim=-1, keepdim=True), out=work)
-    variance = torch.linalg.vecdot(work, work).div_(vocab - 1) if vocab > 1 else torch.full_like(entropy, float("nan"))
-    return torch.stack([top.amax(dim=-1), entropy, variance, top.sum(dim=-1)], dim=-1)  # (B, 4)
-
-
-NUCLEUS_TAIL_MAX_FRACTION = 0.25
-"""Scatter only the sorted tail that holds every row's nucleus when it is at most this fraction of the vocabulary."""
-
-
-def _warp_sorted_in_place(
-    scaled: torch.Tensor, sorted_indices: torch.Tensor, probs: torch.Tensor, top_p: torch.Tensor, work: torch.Tensor | None
-) -> torch.Tensor:
-    """:func:`autodeco.core.decoding.warp_sorted_logits`, overwriting ``scaled`` and ``work`` instead of allocating.
-
-    The cumulative probabilities ascend, so the tokens that :func:`~autodeco.core.decoding.nucleus_removal_mask`
-    removes are a prefix of each sorted row, whose length a binary search finds. When every row's nucleus
-    lies in the last ``NUCLEUS_TAIL_MAX_FRACTION`` of the sorted vocabulary, only that tail is masked and
-    scattered into a ``-inf`` buffer; otherwise the whole tensor is. The result is the same either way.
-    """
-    vocab = probs.shape[-1]
-    if work is None:
-        work = torch.empty_like(probs)
-    cumulative = torch.cumsum(probs, dim=-1, out=work)  # (B, V), non-decreasing
-    threshold = (1 - top_p).unsqueeze(-1)  # (B, 1)
-    removed_counts = torch.searchsorted(cumulative, threshold, right=True).clamp_(max=vocab - 1)  # (B, 1)
-    first, total = torch.cat(
-        [removed_counts.amin(dim=0).double(), cumulative[:, -1].sum(0, keepdim=True, dtype=torch.float64)]
-    ).tolist()
-    tail_start = int(first)
-    if vocab - tail_start <= NUCLEUS_TAIL_MAX_FRACTION * vocab and not math.isnan(total):  # NaN: the search is invalid
-        tail = scaled[:, tail_start:]  # (B, K) holds every row's nucleus
-        positions = torch.arange(tail_start, vocab, device=scaled.device)  # (K,) sorted positions
-        tail.masked_fill_(positions < removed_counts, float("-inf"))
-        return work.fill_(float("-inf")).scatter_(-1, sorted_indices[:, tail_start:], tail)
-    removed = cumulative <= threshold  # (B, V), exactly nucleus_removal_mask
-    removed[..., -1] = False
-    scaled.masked_fill_(removed, float("-inf"))
-    return work.scatter_(-1, sorted_indices, scaled)  # sorted_indices is a permutation: every entry is written

@@ -219,6 +219,25 @@ class AutoDecoForCausalLM(nn.Module):
             return torch.ones(hidden_states.shape[:-1], device=hidden_states.device)
         return self.temp_head(self.to_head_dtype(hidden_states))
 
+    @property
+    def reads_probability_features(self) -> bool:
+        """Whether the top-p head is on and reads the four probability features."""
+        return self.config.enable_top_p_head and self.config.use_enhanced_features
+
+    def predict_top_p(
+        self, hidden_states: torch.Tensor, temperature: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Top-p ``(...)`` from hidden states ``(..., H)`` and the predicted temperature ``(...)``.
+
+        The one place of the heads' policy, for training, evaluation and every decoding step: ones when
+        the head is disabled, and the temperature detached (the top-p head never trains the
+        temperature head). ``features`` are the probability features of ``logits / (T + 1e-8)``
+        (``(..., 4)``, without gradient), required when :attr:`reads_probability_features`.
+        """
+        if not self.config.enable_top_p_head:
+            return torch.ones_like(temperature)
+        return self.top_p_head(self.to_head_dtype(hidden_states), temperature.detach(), features)
+
     def predict(self, hidden_states: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-position temperature and top-p.
 
@@ -230,15 +249,11 @@ class AutoDecoForCausalLM(nn.Module):
             ``(temperature (...), top_p (...))``.
         """
         temperature = self.predict_temperature(hidden_states)
-        if not self.config.enable_top_p_head:
-            return temperature, torch.ones_like(temperature)
-        detached = temperature.detach()
         features = None
-        if self.config.use_enhanced_features:
+        if self.reads_probability_features:
             with torch.no_grad():  # logits are frozen and T is detached: the features carry no gradient
-                features = _chunked_features(logits, detached)
-        top_p = self.top_p_head(self.to_head_dtype(hidden_states), detached, features)
-        return temperature, top_p
+                features = _chunked_features(logits, temperature.detach())
+        return temperature, self.predict_top_p(hidden_states, temperature, features)
 
     def forward(
         self,

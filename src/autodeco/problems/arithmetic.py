@@ -32,7 +32,7 @@ import hashlib
 import random
 from collections.abc import Callable, Sequence
 
-from autodeco.problems.datasets import Problem
+from autodeco.problems.problem import Problem
 
 LEVELS = (1, 2, 3, 4, 5)
 """Every difficulty level the generator knows."""

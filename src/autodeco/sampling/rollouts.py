@@ -23,65 +23,7 @@ from autodeco.model.compat import CACHE_ARGUMENT, output_cache
 from autodeco.model.generation import generate_with_base
 from autodeco.sampling.inference import encode_prompts
 from autodeco.common.seeds import derived_seed  # noqa: F401  (re-exported for callers of this module)
-
-GREEDY = "greedy"
-STATIC = "static"
-AUTODECO = "autodeco"
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodingSetting:
-    """How tokens are chosen: greedily, with a static (T, P), or with the heads' per-token values."""
-
-    kind: str
-    """``"greedy"``, ``"static"`` or ``"autodeco"``."""
-    temperature: float = 1.0
-    """Static temperature (static settings only)."""
-    top_p: float = 1.0
-    """Static top-p (static settings only)."""
-
-    def __post_init__(self):
-        if self.kind not in (GREEDY, STATIC, AUTODECO):
-            raise ValueError(f"decoding kind must be one of greedy, static, autodeco; got {self.kind!r}")
-        if self.kind == STATIC and not (self.temperature > 0 and 0 < self.top_p <= 1):
-            raise ValueError(
-                f"a static setting needs temperature > 0 and 0 < top_p <= 1, got T={self.temperature}, P={self.top_p}"
-                " (use the greedy setting for T = 0)"
-            )
-
-    @classmethod
-    def greedy(cls) -> "DecodingSetting":
-        return cls(GREEDY)
-
-    @classmethod
-    def static(cls, temperature: float, top_p: float) -> "DecodingSetting":
-        return cls(STATIC, round(float(temperature), 2), round(float(top_p), 2))
-
-    @classmethod
-    def autodeco(cls) -> "DecodingSetting":
-        return cls(AUTODECO)
-
-    @property
-    def key(self) -> str:
-        """The name used in records: ``greedy``, ``autodeco`` or ``T=0.70,P=1.00``."""
-        if self.kind == STATIC:
-            from autodeco.evaluation.records import static_setting
-
-            return static_setting(self.temperature, self.top_p)
-        return self.kind
-
-    @classmethod
-    def from_key(cls, key: str) -> "DecodingSetting":
-        """Inverse of :attr:`key`."""
-        if key in (GREEDY, AUTODECO):
-            return cls(key)
-        from autodeco.evaluation.records import parse_static_setting
-
-        parsed = parse_static_setting(key)
-        if parsed is None:
-            raise ValueError(f"unknown decoding setting {key!r}: expected greedy, autodeco or T=<t>,P=<p>")
-        return cls.static(*parsed)
-
+from autodeco.sampling.settings import AUTODECO, GREEDY, STATIC, DecodingSetting  # noqa: F401  (re-exported)
 
 @dataclasses.dataclass
 class Completion:
