@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autodeco.sampling.traces import GenerationTrace, TokenTrace, write_json
+from autodeco.sampling.traces import GenerationTrace, write_json
 from autodeco.views.trace_html import write_html
 from autodeco.views.trace_png import write_png
 
@@ -40,6 +40,7 @@ def write_trace(trace: GenerationTrace, path: str | os.PathLike[str]) -> Path:
 
     Example:
         >>> import tempfile, os
+        >>> from autodeco.sampling.traces import TokenTrace
         >>> trace = GenerationTrace("Hi", [TokenTrace("!", 0.5, 0.9)], "demo", True)
         >>> write_trace(trace, os.path.join(tempfile.mkdtemp(), "t.json")).suffix
         '.json'
