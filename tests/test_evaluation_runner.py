@@ -7,6 +7,7 @@ import pytest
 
 from autodeco.evaluation.records import read_records
 from autodeco.evaluation.runner import SAMPLES_FILE, EvalConfig, evaluate, oracle_grid
+from autodeco.views.report import write_report
 
 
 def config_for(model_dir, **overrides):
@@ -19,7 +20,7 @@ def config_for(model_dir, **overrides):
 
 
 def test_every_method_is_run_on_the_same_problems_with_the_same_budget(tiny_chat_model_dir, tmp_path):
-    result = evaluate(config_for(tiny_chat_model_dir), tmp_path, progress=False)
+    result = evaluate(config_for(tiny_chat_model_dir), tmp_path, progress=False, write_report=write_report)
     records = read_records(tmp_path / SAMPLES_FILE)
     per_setting = Counter(record.setting for record in records)
     # greedy: 1 per problem; every sampled setting: 4 problems x 2 seeds x 2 samples. Default (T=1, P=1) is

@@ -1,4 +1,4 @@
-"""Tests for autodeco.evaluation.records (the samples.jsonl schema) and autodeco.evaluation.report."""
+"""Tests for autodeco.evaluation.records (the samples.jsonl schema) and the report (autodeco.evaluation.summary, autodeco.views.report)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,9 @@ from autodeco.evaluation.records import (
     read_records,
     static_setting,
 )
-from autodeco.evaluation.report import (
-    ORACLE,
-    ORACLE_LABEL,
-    build_summary,
-    headline_table,
-    pick_trace_record,
-    render_markdown,
-    write_report,
-)
+from autodeco.evaluation.summary import ORACLE, ORACLE_LABEL, build_summary, pick_trace_record
+from autodeco.views.report import write_report
+from autodeco.views.report_markdown import headline_table, render_markdown
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

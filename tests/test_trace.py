@@ -1,4 +1,4 @@
-"""Tests for autodeco.views.trace: the terminal table, HTML, PNG and JSON renderings."""
+"""Tests for autodeco.sampling.traces and the trace views: the terminal table, HTML, PNG and JSON renderings."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-import autodeco.views.trace as trace_module
-from autodeco.views.trace import (
+import autodeco.views as trace_module
+from autodeco.views import (
     UNTRAINED_WARNING,
     GenerationTrace,
     TokenTrace,
@@ -200,10 +200,10 @@ def test_png_handles_awkward_tokens(tmp_path) -> None:
 
 
 def run_with_trace_module(code: str) -> str:
-    """Runs ``code`` in a fresh Python with trace.py loaded as ``trace_module``.
+    """Runs ``code`` in a fresh Python with the views package loaded as ``trace_module``.
 
-    trace.py is loaded from its file, not through the ``autodeco`` package, so
-    the check covers this module alone and skips the package's heavy imports.
+    ``autodeco/views/__init__.py`` is loaded from its file, so the check covers
+    the trace data and views alone and skips the package's heavy imports.
     """
     loader = (
         "import importlib.util, sys; "

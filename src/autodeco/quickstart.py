@@ -159,6 +159,7 @@ def _heldout_stage(output: Path, heads: Path, sample_dir: Path, base: str, seed:
 
 def _eval_stage(output: Path, sizes: Budget, heads: Path, sample_dir: Path, seed: int, progress: bool):
     from autodeco.evaluation.runner import EvalConfig, evaluate, oracle_grid
+    from autodeco.views.report import write_report
 
     _stage_banner("4/4 eval", f"{sizes.test_problems} test problems x {sizes.seeds} seeds x {sizes.samples_per_seed} "
                   f"answers; oracle grid step {sizes.oracle_step}")
@@ -174,4 +175,4 @@ def _eval_stage(output: Path, sizes: Budget, heads: Path, sample_dir: Path, seed
         meanshift_data=str(meanshift_data), seed=seed,
         batch_size=max(1, ROWS_PER_BATCH // sizes.samples_per_seed),
     )
-    return evaluate(config, output / "eval", progress=progress)
+    return evaluate(config, output / "eval", progress=progress, write_report=write_report)

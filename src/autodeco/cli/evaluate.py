@@ -62,13 +62,15 @@ def evaluate_command(
         meanshift=_pair(meanshift, "--meanshift") if meanshift else None, meanshift_data=meanshift_data,
         data_dir=data_dir,
     )
-    result = evaluate(config, output, overwrite=overwrite)
+    from autodeco.views.report import write_report
+
+    result = evaluate(config, output, overwrite=overwrite, write_report=write_report)
     print_result(result)
 
 
 def print_result(result) -> None:
     """Print the headline table and where the report is."""
-    from autodeco.evaluation.report import headline_table
+    from autodeco.views.report_markdown import headline_table
 
     print(headline_table(result.summary))
     print(f"\nreport: {result.files.get('report.md', result.output / 'report.md')}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from autodeco.sampling.inference import generate_traces, load_for_generation
 from autodeco.pretrained import default_heads_for
-from autodeco.views.trace import format_table, write_trace
+from autodeco.views import format_table, write_trace
 
 
 def generate(

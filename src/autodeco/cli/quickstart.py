@@ -23,7 +23,7 @@ def quickstart(output: str = "runs/quickstart", budget: str = "quick", base: str
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
     result = run_quickstart(output, budget, base=base, seed=seed)
-    from autodeco.evaluation.report import headline_table
+    from autodeco.views.report_markdown import headline_table
 
     print("\n" + headline_table(result["summary"]))
     seconds = result["seconds_this_run"]

@@ -4,9 +4,9 @@
   durably and read back tolerating a half-written last line (resume after a kill).
 - :mod:`autodeco.evaluation.metrics`: pure math: unbiased Pass@k, Pass@1 over seeds, paired
   bootstrap, and the expert-guided oracle search.
-- :mod:`autodeco.evaluation.report`: the JSON summary, the Markdown table and the figures.
-
-Importing this package is cheap: matplotlib is imported only when a figure is drawn.
+- :mod:`autodeco.evaluation.summary`: every method's scores, the oracle and the paired comparisons
+  as one JSON-ready dict (rendered as ``report.md`` and figures by :mod:`autodeco.views.report`).
+- :mod:`autodeco.evaluation.runner`: ``autodeco eval``, every method on the same problems.
 """
 
 from autodeco.evaluation.metrics import (
@@ -14,6 +14,7 @@ from autodeco.evaluation.metrics import (
     PairedDifference,
     default_ks,
     mean_and_std,
+    oracle_from_outcomes,
     oracle_search,
     paired_bootstrap,
     pass_at_1_by_seed,
@@ -30,14 +31,11 @@ from autodeco.evaluation.records import (
     read_records,
     static_setting,
 )
-from autodeco.evaluation.report import (
+from autodeco.evaluation.summary import (
     ORACLE,
     ORACLE_LABEL,
     build_summary,
-    headline_table,
     pick_trace_record,
-    render_markdown,
-    write_report,
 )
 
 __all__ = [
@@ -51,8 +49,8 @@ __all__ = [
     "SampleRecord",
     "build_summary",
     "default_ks",
-    "headline_table",
     "mean_and_std",
+    "oracle_from_outcomes",
     "oracle_search",
     "paired_bootstrap",
     "parse_static_setting",
@@ -62,7 +60,5 @@ __all__ = [
     "pick_best",
     "pick_trace_record",
     "read_records",
-    "render_markdown",
     "static_setting",
-    "write_report",
 ]

@@ -26,6 +26,7 @@ __all__ = [
     "PairedDifference",
     "default_ks",
     "mean_and_std",
+    "oracle_from_outcomes",
     "oracle_search",
     "paired_bootstrap",
     "pass_at_1_by_seed",
@@ -382,6 +383,36 @@ def oracle_search(
     top_p_curve = _curve(rounded, [(temperature, p) for p in candidates], by="top_p")
     top_p = pick_best(top_p_curve, default=DEFAULT_TOP_P)
     return OracleChoice(temperature, top_p, temperature_curve, top_p_curve)
+
+
+def oracle_from_outcomes(
+    correct: dict[tuple[float, float], dict[str, dict[int, list[bool]]]],
+    temperatures: list[float],
+    top_ps: list[float],
+) -> tuple[OracleChoice, dict[tuple[float, float], tuple[float, float]]]:
+    """:func:`oracle_search` on each point's mean Pass@1 over seeds: the oracle of the runner and the report.
+
+    Args:
+        correct: ``(temperature, top_p) -> problem id -> seed -> outcomes`` of every static point evaluated.
+        temperatures: the temperature grid (see :func:`oracle_search`).
+        top_ps: the top-p grid; may be empty to stop after step 1.
+
+    Returns:
+        The :class:`OracleChoice`, and ``(temperature, top_p) -> (mean, std)`` of Pass@1 over seeds
+        for every point of ``correct``.
+
+    Raises:
+        ValueError: naming the grid points that have no outcomes.
+
+    Example:
+        >>> correct = {(0.5, 1.0): {"p": {0: [True], 1: [True]}}, (1.0, 1.0): {"p": {0: [False], 1: [True]}}}
+        >>> choice, levels = oracle_from_outcomes(correct, [0.5, 1.0], [])
+        >>> choice.temperature, levels[(1.0, 1.0)][0]
+        (0.5, 0.5)
+    """
+    levels = {point: mean_and_std(list(pass_at_1_by_seed(by_problem).values())) for point, by_problem in correct.items()}
+    choice = oracle_search({point: mean for point, (mean, _) in levels.items()}, temperatures, top_ps)
+    return choice, levels
 
 
 def _grid_value(value: float) -> float:

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from autodeco.evaluation.records import RecordWriter, SampleRecord, read_records
@@ -142,13 +143,31 @@ class EvalResult:
     output: Path
     summary: dict
     files: dict[str, Path]
+    """The report's files (empty when no ``write_report`` was given)."""
     seconds_generating: float
     samples_generated: int
 
 
-def evaluate(config: EvalConfig, output: str | Path, *, overwrite: bool = False, progress: bool = True) -> EvalResult:
-    """Run (or resume) an evaluation into the folder ``output`` and write its report."""
-    from autodeco.evaluation.report import build_summary, write_report
+def evaluate(
+    config: EvalConfig,
+    output: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    write_report: Callable[[Path, dict, list[SampleRecord]], dict[str, Path]] | None = None,
+) -> EvalResult:
+    """Run (or resume) an evaluation into the folder ``output`` and summarise it.
+
+    Args:
+        config: what to evaluate.
+        output: the run folder (``run.json``, ``samples.jsonl``; resumed when it holds a matching run).
+        overwrite: discard an existing evaluation in ``output`` instead of resuming it.
+        progress: show progress bars.
+        write_report: called as ``write_report(output, summary, records)`` to render the report
+            (``autodeco eval`` passes :func:`autodeco.views.report.write_report`); the files it
+            returns become :attr:`EvalResult.files`. None: no report is written.
+    """
+    from autodeco.evaluation.summary import build_summary
     from autodeco.problems import load_problems
 
     output = Path(output)
@@ -173,7 +192,7 @@ def evaluate(config: EvalConfig, output: str | Path, *, overwrite: bool = False,
     records = read_records(output / SAMPLES_FILE)
     summary = build_summary(run_config, records)
     summary["throughput"] = generator.throughput()
-    files = write_report(output, summary, records)
+    files = write_report(output, summary, records) if write_report is not None else {}
     return EvalResult(output, summary, files, generator.seconds, generator.generated)
 
 
@@ -271,21 +290,14 @@ def _first_stage_settings(config: EvalConfig, methods: dict[str, str]) -> list[D
 
 
 def _best_oracle_temperature(config: EvalConfig, samples: Path, problems) -> float:
-    """Step 1 of the oracle: the temperature with the best mean Pass@1 over seeds at P = 1.0 (as the report computes it)."""
-    from collections import defaultdict
-
-    from autodeco.evaluation.metrics import mean_and_std, oracle_search, pass_at_1_by_seed
+    """Step 1 of the oracle: the temperature with the best mean Pass@1 over seeds at P = 1.0 (as the summary computes it)."""
+    from autodeco.evaluation.metrics import oracle_from_outcomes
+    from autodeco.evaluation.summary import outcomes_by_setting, static_outcomes
 
     wanted = {problem.id for problem in problems}
-    outcomes = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))  # setting -> problem -> seed -> [bool]
-    for record in read_records(samples):
-        if record.problem_id in wanted:
-            outcomes[record.setting][record.problem_id][record.seed].append(record.correct)
-    scores = {}
-    for temperature in config.oracle_temperatures:
-        by_seed = pass_at_1_by_seed(outcomes[static_setting(temperature, 1.0)])
-        scores[(float(temperature), 1.0)] = mean_and_std(list(by_seed.values()))[0] if by_seed else 0.0
-    return oracle_search(scores, list(config.oracle_temperatures), []).temperature
+    records = [record for record in read_records(samples) if record.problem_id in wanted]
+    choice, _ = oracle_from_outcomes(static_outcomes(outcomes_by_setting(records)), list(config.oracle_temperatures), [])
+    return choice.temperature
 
 
 # ---------------------------------------------------------------------------------------------- generation

@@ -9,7 +9,7 @@ import torch
 
 from autodeco.model.base_model import EMBEDDED_MODEL, load_tokenizer
 from autodeco.model.modeling import AutoDecoForCausalLM
-from autodeco.views.trace import GenerationTrace, TokenTrace
+from autodeco.sampling.traces import GenerationTrace, TokenTrace
 
 
 @dataclasses.dataclass

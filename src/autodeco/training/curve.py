@@ -7,11 +7,11 @@ the log back to its checkpoint's step (:func:`truncate_log`), so the log reads a
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
-from autodeco.common.jsonl import append_jsonl, read_jsonl_tolerant, rewrite_jsonl_atomic, write_bytes_atomic
+from autodeco.common.figures import save_png, subplots
+from autodeco.common.jsonl import append_jsonl, read_jsonl_tolerant, rewrite_jsonl_atomic
 
 LOG_FILE = "log.jsonl"
 CURVE_FILE = "training_curve.png"
@@ -38,13 +38,8 @@ def write_training_curve(output: Path) -> Path | None:
     rows = read_log(output)
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
     steps = [row["step"] for row in rows]
-    figure, (loss_axes, value_axes) = pyplot.subplots(1, 2, figsize=(11, 4))
+    figure, (loss_axes, value_axes) = subplots(1, 2, (11, 4), layout=None)
     for key, label in (("loss", "total"), ("temperature_loss", "temperature"), ("top_p_loss", "top-p")):
         loss_axes.plot(steps, [row[key] for row in rows], label=label)
     loss_axes.set(xlabel="step", ylabel="loss", title="training losses")
@@ -57,10 +52,4 @@ def write_training_curve(output: Path) -> Path | None:
     value_axes.set(xlabel="step", ylabel="value", title="predicted T and P (mean ± std, completion tokens)")
     value_axes.legend()
     figure.tight_layout()
-    buffer = io.BytesIO()
-    try:
-        figure.savefig(buffer, format="png", dpi=100)
-    finally:
-        pyplot.close(figure)
-    target = write_bytes_atomic(output / CURVE_FILE, buffer.getvalue())
-    return target
+    return save_png(figure, output / CURVE_FILE, dpi=100)
