@@ -7,8 +7,8 @@ import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from autodeco.model.compat import CACHE_ARGUMENT
-from autodeco.sampling.inference import load_for_generation, render_prompt
 from autodeco.model.modeling import AutoDecoOutput
+from autodeco.sampling.inference import load_for_generation, render_prompt
 from autodeco.sampling.rollouts import DecodingSetting, complete, prefill
 
 

@@ -7,9 +7,8 @@ import math
 
 import pytest
 import torch
-from transformers import TemperatureLogitsWarper, TopPLogitsWarper
-
 from reference import reference_features_from_sorted, reference_warp_logits
+from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
 from autodeco.core.decoding import (
     NUCLEUS_TAIL_MAX_FRACTION,

@@ -64,8 +64,8 @@ def test_a_resume_folder_from_another_configuration_is_refused(tiny_chat_model_d
 
 
 def test_meanshift_uses_the_heads_teacher_forced_means_on_heldout_trajectories(tiny_chat_model_dir, tmp_path):
-    from autodeco.sampling.inference import load_for_generation
     from autodeco.evaluation.heldout import teacher_forced_means
+    from autodeco.sampling.inference import load_for_generation
 
     heldout = tmp_path / "heldout.jsonl"
     rows = [{"prompt": "What is 2 + 2?", "completion": "4"}, {"prompt": "What is 3 * 3?", "completion": "It is 9."}]

@@ -8,10 +8,10 @@ import torch
 from conftest import force_heads
 
 from autodeco.core import losses
-from autodeco.model.modeling import AutoDecoForCausalLM
 from autodeco.core.losses import static_grid_nll
 from autodeco.core.statistics import average_ranks, pearson, spearman
 from autodeco.evaluation.heldout import heldout_report, teacher_forced_means
+from autodeco.model.modeling import AutoDecoForCausalLM
 
 
 def arithmetic(count, seed):

@@ -17,8 +17,8 @@ import json
 import time
 from pathlib import Path
 
-from autodeco.model.base_model import EMBEDDED_MODEL
 from autodeco.common.jsonl import write_json_atomic
+from autodeco.model.base_model import EMBEDDED_MODEL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,9 +131,9 @@ def _train_stage(output: Path, sizes: Budget, sample_dir: Path, base: str, seed:
 
 
 def _heldout_stage(output: Path, heads: Path, sample_dir: Path, base: str, seed: int) -> dict | None:
+    from autodeco.evaluation.heldout import heldout_report
     from autodeco.sampling.inference import load_for_generation
     from autodeco.training.data import read_trajectories
-    from autodeco.evaluation.heldout import heldout_report
 
     path = output / "heldout.json"
     if path.exists():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from autodeco.sampling.inference import generate_traces, load_for_generation
 from autodeco.pretrained import default_heads_for
+from autodeco.sampling.inference import generate_traces, load_for_generation
 from autodeco.views import format_table, write_trace
 
 

@@ -136,10 +136,10 @@ def heldout(
         no_grid: skip the static (T, P) grid search.
         json_output: also write the full report (both models, the grid) to this JSON file.
     """
+    from autodeco.evaluation.heldout import heldout_report
     from autodeco.model.base_model import load_tokenizer
     from autodeco.model.modeling import AutoDecoForCausalLM
     from autodeco.training.data import read_trajectories
-    from autodeco.evaluation.heldout import heldout_report
 
     if max_examples is not None and max_examples < 1:
         raise ValueError(f"max_examples must be >= 1, got {max_examples}")

@@ -21,7 +21,6 @@ Shapes: ``N`` tokens, ``V`` vocabulary, ``G_T`` / ``G_P`` grid sizes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 
 import torch

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
-import re
 import warnings
 from pathlib import Path
 from typing import Any

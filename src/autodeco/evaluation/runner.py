@@ -26,10 +26,10 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from autodeco.evaluation.records import RecordWriter, SampleRecord, read_records
 from autodeco.common.jsonl import check_resume_config, write_json_atomic
-from autodeco.sampling.settings import AUTODECO, GREEDY, DecodingSetting, static_setting
 from autodeco.common.seeds import derived_seed
+from autodeco.evaluation.records import RecordWriter, SampleRecord, read_records
+from autodeco.sampling.settings import AUTODECO, GREEDY, DecodingSetting, static_setting
 
 METHODS = ("greedy", "default", "autodeco", "meanshift", "oracle")
 """Built-in method names, in report order."""
@@ -200,8 +200,8 @@ def evaluate(
 
 
 def _load_model(config: EvalConfig):
-    from autodeco.sampling.inference import load_for_generation
     from autodeco.pretrained import default_heads_for
+    from autodeco.sampling.inference import load_for_generation
 
     heads = config.heads or default_heads_for(config.base)
     loaded = load_for_generation(heads, config.base)
@@ -219,8 +219,8 @@ def _meanshift_pair(config: EvalConfig, loaded, output: Path) -> tuple[float, fl
         stored = json.loads(cached.read_text())
         return stored["temperature"], stored["top_p"], stored["source"]
     if config.meanshift_data is not None:
-        from autodeco.training.data import read_trajectories
         from autodeco.evaluation.heldout import teacher_forced_means
+        from autodeco.training.data import read_trajectories
 
         trajectories = read_trajectories([config.meanshift_data])
         temperature, top_p, tokens = teacher_forced_means(loaded.model, loaded.tokenizer, trajectories)

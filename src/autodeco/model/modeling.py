@@ -14,6 +14,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 from transformers.utils import ModelOutput
 
 from autodeco.core import losses
+from autodeco.core.heads import TemperatureHead, TopPHead, probability_features
 from autodeco.model.base_model import load_base_model
 from autodeco.model.checkpoint import BASE_PREFIX, CheckpointError, read_checkpoint, write_checkpoint
 from autodeco.model.compat import CACHE_ARGUMENT, output_cache
@@ -24,7 +25,6 @@ from autodeco.model.generation import (
     generate_with_base,
     output_head,
 )
-from autodeco.core.heads import TemperatureHead, TopPHead, probability_features
 
 FEATURE_CHUNK_ROWS = 256
 """Positions per chunk when computing the top-p features of a whole sequence (bounds memory)."""

@@ -30,7 +30,6 @@ Files are read in order and never shuffled; ``limit`` keeps the first problems.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import warnings

@@ -19,11 +19,12 @@ import inspect
 
 import torch
 
+from autodeco.common.seeds import derived_seed  # noqa: F401  (re-exported for callers of this module)
 from autodeco.model.compat import CACHE_ARGUMENT, output_cache
 from autodeco.model.generation import generate_with_base
 from autodeco.sampling.inference import encode_prompts
-from autodeco.common.seeds import derived_seed  # noqa: F401  (re-exported for callers of this module)
 from autodeco.sampling.settings import AUTODECO, GREEDY, STATIC, DecodingSetting  # noqa: F401  (re-exported)
+
 
 @dataclasses.dataclass
 class Completion:

@@ -20,7 +20,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from autodeco.model.base_model import EMBEDDED_MODEL
 from autodeco.common.jsonl import (
     append_jsonl,
     check_resume_config,
@@ -28,8 +27,9 @@ from autodeco.common.jsonl import (
     rewrite_jsonl_atomic,
     write_json_atomic,
 )
-from autodeco.sampling.rollouts import DecodingSetting
 from autodeco.common.seeds import derived_seed
+from autodeco.model.base_model import EMBEDDED_MODEL
+from autodeco.sampling.rollouts import DecodingSetting
 
 TRAIN_FILE = "trajectories.jsonl"
 HELDOUT_FILE = "heldout.jsonl"
@@ -133,8 +133,8 @@ def is_heldout(problem_id: str, fraction: float, seed: int) -> bool:
 
 def sample_trajectories(config: SampleConfig, output: str | Path, *, overwrite: bool = False, progress: bool = True):
     """Run (or resume) rejection sampling into the folder ``output``; returns :class:`SampleStats`."""
-    from autodeco.problems.answers import score
     from autodeco.problems import load_problems
+    from autodeco.problems.answers import score
 
     output = Path(output)
     problems = load_problems(

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from autodeco.core.losses import IGNORE_INDEX
 from autodeco.common.seeds import derived_seed
+from autodeco.core.losses import IGNORE_INDEX
 
 BAD_LINE_CHOICES = ("stop", "skip")
 """What to do with a malformed line: stop with an error naming it, or skip it and count it."""

@@ -14,7 +14,13 @@ from pathlib import Path
 
 from autodeco.common.jsonl import write_bytes_atomic
 from autodeco.sampling.traces import UNTRAINED_WARNING, GenerationTrace, TokenTrace
-from autodeco.views.colors import TEMPERATURE_ANCHORS, TEMPERATURE_RANGE, temperature_color, temperature_rgb, text_color_on
+from autodeco.views.colors import (
+    TEMPERATURE_ANCHORS,
+    TEMPERATURE_RANGE,
+    temperature_color,
+    temperature_rgb,
+    text_color_on,
+)
 
 __all__ = ["html_page", "write_html"]
 
