@@ -110,3 +110,79 @@ def test_sample_and_eval_commands_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert status == 1 and "--static takes T,P" in err
     status, out, err = run(capsys, "eval", "--base", tiny_model_dir, "--output", tmp_path / "x", "--oracle-step", 0.3)
     assert status == 1 and "divide 1.0 evenly" in err
+
+
+# flags derived from the config dataclasses ------------------------------------------------------
+
+
+def _help(capsys, command):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["train", "sample"])
+def test_every_config_field_is_a_documented_flag(capsys, command):
+    import dataclasses
+
+    from autodeco.cli import COMMANDS
+    from autodeco.cli._parser import field_docs
+
+    config_class, exclude, flags = COMMANDS[command].__config__
+    text = " ".join(_help(capsys, command).split())
+    docs = field_docs(config_class)
+    for field in dataclasses.fields(config_class):
+        if field.name in exclude or field.name in ("base", "seed"):
+            continue
+        flag = "--" + flags.get(field.name, field.name.replace("_", "-"))
+        assert flag in text, f"{config_class.__name__}.{field.name} has no flag {flag}"
+        assert docs[field.name].split()[0] in text, f"{field.name}'s help is not its docstring"
+
+
+def test_help_shows_each_default_once(capsys):
+    import re
+
+    from autodeco.cli import COMMANDS
+
+    for command in COMMANDS:
+        text = " ".join(_help(capsys, command).split())
+        assert "(default: None)" not in text
+        assert not re.search(r"default[^-]*\(default:", text), f"autodeco {command} --help gives a default twice"
+
+
+def test_temperature_flags_say_whether_they_multiply(capsys):
+    assert "not a multiplier" in " ".join(_help(capsys, "sample").split())
+    assert "a multiplier, not an absolute value" in " ".join(_help(capsys, "generate").split())
+
+
+def test_config_flags_reach_the_config(monkeypatch):
+    import autodeco.training.recipe as recipe
+
+    seen = {}
+
+    def fake_train_heads(config, **kwargs):
+        seen["config"] = config
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipe, "train_heads", fake_train_heads)
+    status = main(["train", "t.jsonl", "--max-grad-norm", "none", "--batch-size", "3", "--no-dft-weighting",
+                   "--no-use-enhanced-features", "--preset", "paper"])
+    config = seen["config"]
+    assert status == 130
+    assert config.max_grad_norm is None and config.per_device_batch_size == 3
+    assert not config.dft_weighting and not config.use_enhanced_features
+    assert config.learning_rate == 5e-6  # unset flags keep the preset's values
+
+
+@pytest.mark.parametrize("command", ["", "train", "sample", "eval", "generate", "quickstart", "init"])
+def test_help_does_not_load_torch(command):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom autodeco.cli import main\n"
+        f"try:\n    main({[command, '--help'] if command else ['--help']!r})\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -298,6 +298,6 @@ def test_cli_num_epochs_replaces_the_quick_step_count(train_file, tmp_path, monk
     monkeypatch.setattr(recipe, "train_heads", record)
     train([str(train_file)], output=str(tmp_path))
     train([str(train_file)], output=str(tmp_path), num_epochs=3.0)
-    train([str(train_file)], output=str(tmp_path), num_epochs=3.0, max_steps=5, no_dft_weighting=True, basic_features=True)
+    train([str(train_file)], output=str(tmp_path), num_epochs=3.0, max_steps=5, dft_weighting=False, use_enhanced_features=False)
     assert [(config.max_steps, config.num_epochs) for config in seen] == [(24, 1.0), (None, 3.0), (5, 3.0)]
     assert seen[2].dft_weighting is False and seen[2].use_enhanced_features is False

@@ -26,18 +26,21 @@ class CommandError(Exception):
     """A user-facing failure: printed without a traceback, exit status 1."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``autodeco`` parser; with ``command``, only that subcommand's flags are built (the rest list their summary)."""
     parser = argparse.ArgumentParser(
         prog="autodeco", description="Language models that choose their own temperature and top-p, token by token."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, function in COMMANDS.items():
-        add_command(subparsers, name, function)
+        add_command(subparsers, name, function, with_arguments=command is None or name == command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    arguments = vars(build_parser().parse_args(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((word for word in argv if not word.startswith("-")), None)
+    arguments = vars(build_parser(command if command in COMMANDS else None).parse_args(argv))
     function = arguments.pop("_function")
     arguments.pop("command")
     try:

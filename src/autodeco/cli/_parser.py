@@ -2,28 +2,65 @@
 
 Positional parameters without a default become positional arguments (``list[str]`` takes any
 number); the rest become ``--flags`` (``snake_case`` -> ``--kebab-case``); a ``bool`` flag
-defaulting to False is a switch.
+defaulting to False is a switch, one defaulting to True a ``--name/--no-name`` pair.
+
+A command that takes a config dataclass is declared with :func:`config_command`: every field of
+the dataclass (less those the function takes itself) becomes a flag too, named after the field,
+typed by its annotation and documented by the field's own docstring, so flags and help are never
+copied by hand. Only the flags the user gives reach the function (as keyword arguments), so unset
+ones keep the dataclass's (or a preset's) values.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
+import functools
 import inspect
 import re
+import textwrap
 import typing
 
+NONE_WORDS = ("none", "None")
+"""What an optional number's flag accepts for None (e.g. ``--max-grad-norm none``)."""
 
-def add_command(subparsers, name: str, function) -> None:
-    """Add ``function`` as subcommand ``name``."""
+
+def config_command(config_class, *, exclude: tuple[str, ...] = (), flags: dict[str, str] | None = None):
+    """Declare that the decorated command also takes ``config_class``'s fields as flags.
+
+    Args:
+        config_class: a dataclass whose fields are documented with attribute docstrings.
+        exclude: fields that are not flags (set by the command itself).
+        flags: field -> flag name, where a field's flag is not its kebab-case name.
+    """
+
+    def decorate(function):
+        function.__config__ = (config_class, tuple(exclude), dict(flags or {}))
+        return function
+
+    return decorate
+
+
+def add_command(subparsers, name: str, function, *, with_arguments: bool = True) -> None:
+    """Add ``function`` as subcommand ``name`` (its flags only when ``with_arguments``: they may import more)."""
     summary, arg_help = _parse_docstring(function.__doc__ or "")
     parser = subparsers.add_parser(
-        name, help=summary.splitlines()[0] if summary else None, description=summary,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        name, help=summary.splitlines()[0] if summary else None, description=summary, formatter_class=_HelpFormatter,
     )
-    hints = typing.get_type_hints(function)
-    for parameter in inspect.signature(function).parameters.values():
-        _add_parameter(parser, parameter, hints.get(parameter.name, str), arg_help.get(parameter.name, ""))
     parser.set_defaults(_function=function)
+    if not with_arguments:
+        return
+    hints = typing.get_type_hints(function)
+    own = set()
+    for parameter in inspect.signature(function).parameters.values():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            continue
+        own.add(parameter.name)
+        _add_parameter(parser, parameter, hints.get(parameter.name, str), arg_help.get(parameter.name, ""))
+    if hasattr(function, "__config__"):
+        config_class, exclude, flags = function.__config__
+        _add_config_fields(parser, config_class, skip=own | set(exclude), flags=flags)
 
 
 def _add_parameter(parser, parameter: inspect.Parameter, hint, help_text: str) -> None:
@@ -31,6 +68,8 @@ def _add_parameter(parser, parameter: inspect.Parameter, hint, help_text: str) -
     flag = "--" + parameter.name.replace("_", "-")
     if parameter.default is inspect.Parameter.empty:
         parser.add_argument(parameter.name, type=kind, nargs="*" if is_list else None, help=help_text)
+    elif kind is bool and parameter.default:
+        parser.add_argument(flag, dest=parameter.name, action=argparse.BooleanOptionalAction, default=True, help=help_text)
     elif kind is bool:
         parser.add_argument(flag, dest=parameter.name, action="store_true", help=help_text)
     else:
@@ -40,10 +79,82 @@ def _add_parameter(parser, parameter: inspect.Parameter, hint, help_text: str) -
         )
 
 
+def _add_config_fields(parser, config_class, *, skip: set[str], flags: dict[str, str]) -> None:
+    hints = typing.get_type_hints(config_class)
+    docs = field_docs(config_class)
+    group = parser.add_argument_group(f"settings ({config_class.__name__})")
+    for field in dataclasses.fields(config_class):
+        if field.name in skip or not field.init:
+            continue
+        kind, is_list = _base_type(hints[field.name])
+        optional = type(None) in typing.get_args(hints[field.name])
+        flag = "--" + flags.get(field.name, field.name.replace("_", "-"))
+        default = field.default if field.default is not dataclasses.MISSING else None
+        help_text = docs.get(field.name, "").replace("%", "%%")
+        if not (default is None or default is False) and "default" not in help_text:
+            help_text += f" (default: {default})"
+        common = {"dest": field.name, "default": argparse.SUPPRESS, "help": help_text}
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+        else:
+            converter = _optional(kind) if optional and kind in (int, float) else kind
+            group.add_argument(flag, type=converter, nargs="+" if is_list else None, metavar=kind.__name__.upper(), **common)
+
+
+def _optional(kind):
+    """A converter that reads ``none`` as None and anything else as ``kind``."""
+
+    def convert(text: str):
+        return None if text in NONE_WORDS else kind(text)
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+@functools.lru_cache(maxsize=None)
+def field_docs(config_class) -> dict[str, str]:
+    """``{field: docstring}`` of a dataclass whose fields are followed by a string literal, as in this project.
+
+    Example:
+        >>> from autodeco.training.config import TrainConfig
+        >>> field_docs(TrainConfig)["mode"]
+        'joint trains both heads; temperature or top-p trains and enables that head only.'
+    """
+    try:
+        source = textwrap.dedent(inspect.getsource(config_class))
+    except (OSError, TypeError):
+        return {}
+    body = ast.parse(source).body[0].body
+    docs = {}
+    for statement, following in zip(body, body[1:]):
+        if (
+            isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
+            and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            text = " ".join(inspect.cleandoc(following.value.value).split())
+            docs[statement.target.id] = text.replace("``", "")
+    return docs
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows a parameter's default once: only when its help text does not already speak of one."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        default = action.default
+        if (
+            "default" in help_text or default is None or default is False or default is argparse.SUPPRESS
+            or isinstance(action, argparse._StoreTrueAction) or not action.option_strings
+        ):
+            return help_text
+        return f"{help_text} (default: %(default)s)"
+
+
 def _base_type(hint) -> tuple[type, bool]:
     """(element type, is it a list) of an annotation like ``int``, ``str | None`` or ``list[str]``."""
     arguments = [argument for argument in typing.get_args(hint) if argument is not type(None)]
-    if typing.get_origin(hint) is list:
+    if typing.get_origin(hint) in (list, tuple):
         return (arguments[0] if arguments else str), True
     if arguments:  # Optional[X] / X | None
         return _base_type(arguments[0])

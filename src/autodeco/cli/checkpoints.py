@@ -5,9 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from autodeco.model.base_model import EMBEDDED_MODEL
-from autodeco.model.checkpoint import read_checkpoint, write_checkpoint
-from autodeco.model.config import AutoDecoConfig
-from autodeco.model.modeling import AutoDecoForCausalLM
 
 
 def init(
@@ -15,7 +12,7 @@ def init(
     base: str = EMBEDDED_MODEL,
     no_temperature_head: bool = False,
     no_top_p_head: bool = False,
-    no_probability_features: bool = False,
+    use_enhanced_features: bool = True,
     seed: int = 0,
     trust_remote_code: bool = False,
 ):
@@ -26,13 +23,15 @@ def init(
         base: base model: hub id, local folder or embedded:SmolLM2-135M-Instruct.
         no_temperature_head: disable the temperature head (T = 1).
         no_top_p_head: disable the top-p head (P = 1).
-        no_probability_features: the top-p head reads only the hidden state and T.
+        use_enhanced_features: the top-p head reads the four probability features besides the hidden state and T (the official default).
         seed: seed for the heads' initial weights.
         trust_remote_code: allow the base's own modelling code.
     """
+    from autodeco.model.modeling import AutoDecoForCausalLM
+
     model = AutoDecoForCausalLM.from_base(
         base, enable_temperature_head=not no_temperature_head, enable_top_p_head=not no_top_p_head,
-        use_enhanced_features=not no_probability_features, seed=seed, trust_remote_code=trust_remote_code,
+        use_enhanced_features=use_enhanced_features, seed=seed, trust_remote_code=trust_remote_code,
     )
     path = model.save_pretrained(out)
     print(f"fresh heads for {base} saved to {path} ({_size(path)}, {model.num_head_parameters():,} parameters)")
@@ -46,6 +45,8 @@ def merge(heads: str, out: str, base: str | None = None):
         out: folder to write.
         base: base model to merge with (default: the one the heads record).
     """
+    from autodeco.model.modeling import AutoDecoForCausalLM
+
     model = AutoDecoForCausalLM.from_pretrained(heads, base_model=base)
     path = model.save_pretrained(out, merged=True)
     print(f"merged checkpoint written to {path} ({_size(path)})")
@@ -59,6 +60,8 @@ def split(merged: str, out: str, base: str | None = None):
         out: folder to write.
         base: base model reference to record (default: the one the merged checkpoint records).
     """
+    from autodeco.model.checkpoint import read_checkpoint, write_checkpoint
+
     contents = read_checkpoint(merged)
     config = contents.config
     if base is not None:
@@ -75,8 +78,10 @@ def info(path: str):
     Args:
         path: checkpoint folder.
     """
+    from autodeco.model.checkpoint import read_checkpoint
+
     contents = read_checkpoint(path)
-    config: AutoDecoConfig = contents.config
+    config = contents.config
     parameters = sum(tensor.numel() for tensor in contents.head_tensors.values())
     trained = {True: "yes", False: "no (fresh heads)", None: "unknown (not recorded)"}[config.trained]
     origin = "autodeco" if config.trained is not None else "official AutoDeco format"

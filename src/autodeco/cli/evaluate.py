@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from autodeco.evaluation.runner import METHODS, EvalConfig, evaluate, oracle_grid
-
 
 def evaluate_command(
     dataset: str = "arithmetic",
@@ -50,6 +48,8 @@ def evaluate_command(
         data_dir: folder with dataset files (default: $AUTODECO_DATA_DIR).
         overwrite: discard an existing evaluation in OUTPUT instead of resuming it.
     """
+    from autodeco.evaluation.runner import METHODS, EvalConfig, evaluate, oracle_grid
+
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     temperatures, top_ps = oracle_grid(oracle_step)

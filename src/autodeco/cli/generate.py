@@ -5,10 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from autodeco.pretrained import default_heads_for
-from autodeco.sampling.inference import generate_traces, load_for_generation
-from autodeco.views import format_table, write_trace
-
 
 def generate(
     prompts: list[str],
@@ -37,8 +33,8 @@ def generate(
         heads: heads checkpoint folder (default: the heads shipped for the embedded model; fresh heads for other bases).
         base: base model: hub id, local folder or embedded:SmolLM2-135M-Instruct (default: the one the heads record, else the embedded model).
         max_new_tokens: maximum number of generated tokens per prompt.
-        temperature: multiplier on every predicted temperature (0 = greedy).
-        top_p: multiplier on every predicted top-p (capped at 1).
+        temperature: a multiplier, not an absolute value: each token's T is the head's T times this (0 = greedy).
+        top_p: a multiplier, not an absolute value: each token's top-p is the head's times this, capped at 1.
         greedy: decode greedily (the heads' values are still traced).
         seed: random seed for sampling and for fresh heads.
         batch_size: prompts generated together.
@@ -47,6 +43,10 @@ def generate(
         trace_dir: folder for the HTML/PNG/JSON traces.
         fresh_heads: use fresh, untrained heads (seeded by --seed) instead of the shipped ones.
     """
+    from autodeco.pretrained import default_heads_for
+    from autodeco.sampling.inference import generate_traces, load_for_generation
+    from autodeco.views import format_table, write_trace
+
     texts = _collect_prompts(prompts, file)
     if heads is None and not fresh_heads:
         heads = default_heads_for(base)

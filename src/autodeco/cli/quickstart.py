@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from autodeco.model.base_model import EMBEDDED_MODEL
-from autodeco.quickstart import BUDGETS, run_quickstart
 
 
 def quickstart(output: str = "runs/quickstart", budget: str = "quick", base: str = EMBEDDED_MODEL, seed: int = 0):
@@ -16,10 +15,12 @@ def quickstart(output: str = "runs/quickstart", budget: str = "quick", base: str
 
     Args:
         output: folder for every stage's outputs.
-        budget: quick (about 15 minutes on a 2-core CPU), standard or large.
+        budget: quick, standard or large (their sizes and measured times: the README, or autodeco.quickstart.BUDGETS).
         base: base model (default: the embedded SmolLM2-135M-Instruct).
         seed: random seed of every stage.
     """
+    from autodeco.quickstart import BUDGETS, run_quickstart
+
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
     result = run_quickstart(output, budget, base=base, seed=seed)

@@ -9,91 +9,44 @@ import json
 import sys
 from pathlib import Path
 
+from autodeco.cli._parser import config_command
+from autodeco.training.config import TrainConfig
 
+
+@config_command(TrainConfig, exclude=("data", "output_dir", "base", "heads", "seed"), flags={"per_device_batch_size": "batch-size"})
 def train(
     data: list[str],
     output: str = "autodeco-train",
     preset: str = "quick",
     base: str | None = None,
     heads: str | None = None,
-    mode: str = "joint",
-    learning_rate: float | None = None,
-    max_steps: int | None = None,
-    num_epochs: float | None = None,
-    batch_size: int | None = None,
-    gradient_accumulation_steps: int | None = None,
-    max_length: int | None = None,
-    warmup_steps: int | None = None,
-    schedule: str | None = None,
-    weight_decay: float | None = None,
-    save_every: int | None = None,
-    keep_last: int | None = None,
-    log_every: int | None = None,
-    dtype: str | None = None,
-    easy_token_drop: float | None = None,
-    steepness: float | None = None,
-    no_dft_weighting: bool = False,
-    basic_features: bool = False,
     seed: int = 0,
-    on_bad_line: str = "stop",
-    overlong: str = "truncate",
     overwrite: bool = False,
     no_progress: bool = False,
+    **settings,
 ):
     """Train the temperature and top-p heads on the base model's own verified trajectories.
 
     Restarting with the same --output resumes from the newest checkpoint; a finished run is left
-    as it is. Flags left unset take the preset's value.
+    as it is. Every other setting is a flag below (from TrainConfig); those left unset take the
+    preset's value, so "default" there means the quick preset's.
 
     Args:
         data: JSONL files of verified trajectories (written by `autodeco sample`).
         output: folder for checkpoints, log.jsonl, training_curve.png and the final heads (OUTPUT/heads).
-        preset: quick (the embedded model on a CPU in minutes) or paper (lr 5e-6, batch 1 x accumulation 4, max length 12000, one epoch).
+        preset: quick (the embedded model on a CPU in minutes) or paper (lr 5e-6, batch 1 x accumulation 4, max length 12000, one epoch, bfloat16).
         base: base model: hub id, local folder or embedded:SmolLM2-135M-Instruct (default: the --heads' base, else the embedded model).
         heads: heads checkpoint to start from (default: fresh heads seeded with --seed).
-        mode: joint (both heads), temperature or top-p (train and enable that head only).
-        learning_rate: peak AdamW learning rate.
-        max_steps: optimizer steps (quick preset: 24; paper preset: one epoch).
-        num_epochs: passes over the data (used when --max-steps is not given; overrides the quick preset's step count).
-        batch_size: sequences per process per forward pass.
-        gradient_accumulation_steps: forward passes per optimizer step.
-        max_length: most tokens per trajectory (prompt + completion + EOS).
-        warmup_steps: steps of linear learning-rate warmup.
-        schedule: after the warmup: constant or cosine.
-        weight_decay: AdamW weight decay.
-        save_every: write a checkpoint every this many steps.
-        keep_last: checkpoints to keep.
-        log_every: write a log.jsonl line every this many steps.
-        dtype: base model dtype: float32, bfloat16, float16 or auto.
-        easy_token_drop: probability of dropping an easy token from the temperature loss (paper: 0.6).
-        steepness: slope of the soft top-p mask (paper: 30).
-        no_dft_weighting: do not weight token losses by the base probability of the label.
-        basic_features: the top-p head reads only the hidden state and T (no probability features).
         seed: seed of fresh heads, the data order and the easy-token drops.
-        on_bad_line: a malformed data line: stop (error naming file:line) or skip (counted).
-        overlong: a trajectory longer than --max-length: truncate its completion, or skip it.
         overwrite: delete this folder's previous training files and start again.
         no_progress: no progress bar.
     """
-    from autodeco.training.config import PRESETS, TrainConfig
     from autodeco.training.recipe import train_heads
 
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    explicit = {
-        "learning_rate": learning_rate, "max_steps": max_steps, "num_epochs": num_epochs,
-        "per_device_batch_size": batch_size, "gradient_accumulation_steps": gradient_accumulation_steps,
-        "max_length": max_length, "warmup_steps": warmup_steps, "schedule": schedule, "weight_decay": weight_decay,
-        "save_every": save_every, "keep_last": keep_last, "log_every": log_every, "dtype": dtype,
-        "easy_token_drop": easy_token_drop, "steepness": steepness,
-    }
-    overrides = {name: value for name, value in explicit.items() if value is not None}
-    if num_epochs is not None and max_steps is None:
-        overrides["max_steps"] = None  # a number of epochs asked for: not the preset's step count
+    if "num_epochs" in settings and "max_steps" not in settings:
+        settings["max_steps"] = None  # a number of epochs asked for: not the preset's step count
     config = TrainConfig.from_preset(
-        preset, data=list(data), output_dir=output, base=base, heads=heads, mode=mode, seed=seed,
-        on_bad_line=on_bad_line, overlong=overlong, dft_weighting=not no_dft_weighting,
-        use_enhanced_features=not basic_features, **overrides,
+        preset, data=list(data), output_dir=output, base=base, heads=heads, seed=seed, **settings
     )
     result = train_heads(config, overwrite=overwrite, progress=not no_progress)
     if not result.main_process:

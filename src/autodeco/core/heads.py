@@ -57,7 +57,7 @@ class TemperatureHead(nn.Module):
 class TopPHead(nn.Module):
     """``[h, T, features] -> Linear(H + 1 + 4, 256) -> ReLU -> Linear(256, 1) -> sigmoid``.
 
-    Without the probability features (``use_probability_features=False``) the input is ``[h, T]``.
+    Without the probability features (``use_enhanced_features=False``) the input is ``[h, T]``.
 
     Example:
         >>> head = TopPHead(hidden_size=8)
@@ -66,10 +66,10 @@ class TopPHead(nn.Module):
         torch.Size([3])
     """
 
-    def __init__(self, hidden_size: int, use_probability_features: bool = True, width: int = HEAD_WIDTH):
+    def __init__(self, hidden_size: int, use_enhanced_features: bool = True, width: int = HEAD_WIDTH):
         super().__init__()
-        self.use_probability_features = use_probability_features
-        extra = 1 + (NUM_PROBABILITY_FEATURES if use_probability_features else 0)
+        self.use_enhanced_features = use_enhanced_features
+        extra = 1 + (NUM_PROBABILITY_FEATURES if use_enhanced_features else 0)
         self.mlp = _two_layer_mlp(hidden_size + extra, width)
 
     def forward(
@@ -90,7 +90,7 @@ class TopPHead(nn.Module):
             top-p values ``(...)`` in (0, 1).
         """
         parts = [hidden_states, temperature.unsqueeze(-1).to(hidden_states.dtype)]
-        if self.use_probability_features:
+        if self.use_enhanced_features:
             if probability_features is None:
                 raise ValueError("this top-p head reads probability features; pass probability_features")
             parts.append(probability_features.to(hidden_states.dtype))

@@ -32,14 +32,7 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
-"""Labels equal to this are not trained on (prompt tokens, padding)."""
-
-EASY_TOKEN_DROP = 0.6
-"""Probability of dropping a token whose base-model argmax already equals the label."""
-
-STEEPNESS = 30.0
-"""Slope ``alpha`` of the soft top-p mask ``exp(-alpha * relu(c - P))``."""
+from autodeco.core.defaults import EASY_TOKEN_DROP, IGNORE_INDEX, STEEPNESS  # noqa: F401  (re-exported)
 
 MIN_LOSS_TEMPERATURE = 1e-2
 """The temperature loss divides logits by ``max(T, 0.01)``."""

@@ -15,8 +15,10 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
 """Name of the embedded default base model."""
@@ -72,6 +74,7 @@ def embedded_model_dir() -> Path:
 
 
 def _convert_embedded(target: Path) -> None:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = embedded_gguf_path()

@@ -87,7 +87,7 @@ class AutoDecoForCausalLM(nn.Module):
         self.llm.requires_grad_(False)
         self.llm.eval()
         self.temp_head = TemperatureHead(config.hidden_size)
-        self.top_p_head = TopPHead(config.hidden_size, use_probability_features=config.use_enhanced_features)
+        self.top_p_head = TopPHead(config.hidden_size, use_enhanced_features=config.use_enhanced_features)
         device = output_head(llm).weight.device
         self.temp_head.to(device)
         self.top_p_head.to(device)

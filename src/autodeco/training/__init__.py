@@ -7,12 +7,9 @@
 - ``curve``: the training log (``log.jsonl``) and its plot (``training_curve.png``).
 
 Held-out evaluation of trained heads lives with the rest of evaluation, in
-:mod:`autodeco.evaluation.heldout`.
+:mod:`autodeco.evaluation.heldout`. The names below are imported on first use, so reading
+:class:`TrainConfig` (the command line's ``--help``, say) does not load torch.
 """
-
-from autodeco.training.config import PRESETS, TrainConfig
-from autodeco.training.data import DataReport, TrainingDataError, TrainingExample, build_training_set
-from autodeco.training.recipe import TrainResult, train_heads
 
 __all__ = [
     "PRESETS",
@@ -24,3 +21,22 @@ __all__ = [
     "build_training_set",
     "train_heads",
 ]
+
+_LAZY = {
+    "PRESETS": "autodeco.training.config",
+    "TrainConfig": "autodeco.training.config",
+    "DataReport": "autodeco.training.data",
+    "TrainingDataError": "autodeco.training.data",
+    "TrainingExample": "autodeco.training.data",
+    "build_training_set": "autodeco.training.data",
+    "TrainResult": "autodeco.training.recipe",
+    "train_heads": "autodeco.training.recipe",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'autodeco.training' has no attribute {name!r}")

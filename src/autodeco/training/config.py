@@ -11,8 +11,13 @@ import math
 import os
 from typing import Any
 
-from autodeco.core import losses
-from autodeco.training.data import BAD_LINE_CHOICES, OVERLONG_CHOICES
+from autodeco.core import defaults
+
+BAD_LINE_CHOICES = ("stop", "skip")
+"""What to do with a malformed line: stop with an error naming it, or skip it and count it."""
+
+OVERLONG_CHOICES = ("truncate", "skip")
+"""What to do with a trajectory longer than ``max_length``: cut its completion, or leave it out."""
 
 MODES = ("joint", "temperature", "top-p")
 """Which heads train: both (the paper's default), or one alone (the other stays as it is and is disabled)."""
@@ -92,13 +97,13 @@ class TrainConfig:
     use_enhanced_features: bool = True
     """The top-p head reads the four probability features (the default of ``AutoDecoConfig`` and the official checkpoints)."""
 
-    easy_token_drop: float = losses.EASY_TOKEN_DROP
+    easy_token_drop: float = defaults.EASY_TOKEN_DROP
     """Probability of dropping a token the base model already predicts (temperature loss)."""
 
     dft_weighting: bool = True
     """Weight each token's loss by the base model's probability of its label."""
 
-    steepness: float = losses.STEEPNESS
+    steepness: float = defaults.STEEPNESS
     """Slope of the soft top-p mask."""
 
     learning_rate: float = QUICK_PRESET["learning_rate"]
@@ -114,7 +119,7 @@ class TrainConfig:
     """AdamW decoupled weight decay (Hugging Face Trainer's default, 0)."""
 
     max_grad_norm: float | None = 1.0
-    """Clip the global gradient norm to this (Hugging Face Trainer's default); None: no clipping."""
+    """Clip the global gradient norm to this (Hugging Face Trainer's default); None (``--max-grad-norm none``): no clipping."""
 
     max_steps: int | None = QUICK_PRESET["max_steps"]
     """Optimizer steps; None: ``ceil(num_epochs * examples / global batch)``."""

@@ -27,12 +27,7 @@ import torch
 
 from autodeco.common.seeds import derived_seed
 from autodeco.core.losses import IGNORE_INDEX
-
-BAD_LINE_CHOICES = ("stop", "skip")
-"""What to do with a malformed line: stop with an error naming it, or skip it and count it."""
-
-OVERLONG_CHOICES = ("truncate", "skip")
-"""What to do with a trajectory longer than ``max_length``: cut its completion, or leave it out."""
+from autodeco.training.config import BAD_LINE_CHOICES, OVERLONG_CHOICES  # noqa: F401  (re-exported)
 
 REQUIRED_FIELDS = ("prompt", "completion")
 """Fields every line must hold, as non-empty strings."""
