@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -32,10 +33,8 @@ import torch
 from autodeco.checkpoint import read_checkpoint
 from autodeco.modeling import AutoDecoForCausalLM
 from autodeco.training.config import TrainConfig
-from autodeco.training.recipe import train_heads
+from autodeco.training.recipe import configure_deepspeed, train_heads
 from test_train_distributed import free_port, write_data
-
-pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install -r requirements/lock-deepspeed.txt)")
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 ZERO3_CONFIG = REPOSITORY / "configs" / "accelerate" / "deepspeed_zero3.yaml"
@@ -80,8 +79,36 @@ def relative_difference(one: dict, two: dict) -> float:
     return max(((two[name] - tensor).abs().max() / tensor.abs().max()).item() for name, tensor in one.items())
 
 
+def fake_deepspeed_accelerator(deepspeed_config: dict, num_processes: int = 2):
+    from accelerate.utils import DistributedType
+
+    plugin = SimpleNamespace(deepspeed_config=deepspeed_config)
+    return SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, num_processes=num_processes,
+                           state=SimpleNamespace(deepspeed_plugin=plugin))
+
+
+@pytest.mark.parametrize("max_grad_norm, expected", [(1.0, 1.0), (0.25, 0.25), (None, 0.0)])
+def test_batch_and_clipping_settings_reach_deepspeed_explicitly(tmp_path, max_grad_norm, expected):
+    deepspeed_config = json.loads(ZERO3_JSON.read_text())  # "auto" everywhere, as shipped
+    config = TrainConfig(data=["t.jsonl"], output_dir=str(tmp_path), dtype="bfloat16", max_grad_norm=max_grad_norm,
+                         per_device_batch_size=3, gradient_accumulation_steps=4)
+    configure_deepspeed(fake_deepspeed_accelerator(deepspeed_config), config)
+    assert deepspeed_config["gradient_clipping"] == expected  # 0.0 written out: DeepSpeed's default would clip at 1.0
+    assert deepspeed_config["train_micro_batch_size_per_gpu"] == 3
+    assert deepspeed_config["gradient_accumulation_steps"] == 1  # the recipe accumulates by hand
+    assert deepspeed_config["train_batch_size"] == 6
+
+
+def test_a_deepspeed_precision_other_than_the_training_dtype_is_refused_naming_both(tmp_path):
+    deepspeed_config = json.loads(ZERO3_JSON.read_text())  # bf16.enabled: true
+    config = TrainConfig(data=["t.jsonl"], output_dir=str(tmp_path), dtype="float32")
+    with pytest.raises(ValueError, match=r"computes the base in bfloat16 but the training dtype is 'float32'; pass --dtype bfloat16"):
+        configure_deepspeed(fake_deepspeed_accelerator(deepspeed_config), config)
+
+
 @pytest.mark.slow
 def test_zero3_partitions_the_base_and_trains_the_same_heads_as_one_process(tiny_chat_model_dir, tmp_path):
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install --no-deps -r requirements/lock-deepspeed.txt)")
     data = write_data(tmp_path / "trajectories.jsonl")
     common = {
         "data": [str(data)], "base": str(tiny_chat_model_dir), "max_steps": STEPS, "learning_rate": 1e-3,
@@ -119,11 +146,12 @@ def test_zero3_partitions_the_base_and_trains_the_same_heads_as_one_process(tiny
 
     # The base really was partitioned: every one of its large tensors is empty outside its forward pass.
     summary = next(line for line in (first_log + log).splitlines() if line.startswith("ZeRO-3: base partitioned"))
-    assert "across 2 processes" in summary, summary
+    assert "while loading (zero3_init_flag) across 2 processes" in summary, summary
+    assert summary.endswith("DeepSpeed gradient_clipping 1.0"), summary  # TrainConfig.max_grad_norm, explicitly
     partitioned, total_tensors = (int(value) for value in summary.split(": ")[2].split(" tensors")[0].split(" of "))
     assert partitioned >= total_tensors - 5, summary  # the tiny model's norms (32 values) stay whole
     held = [int(value) for value in summary.split("[")[1].split("]")[0].split(", ")]
-    total = int(summary.rsplit(" of ", 1)[1])
+    total = int(summary.split("] of ")[1].split(";")[0])
     assert all(value < 0.6 * total for value in held), summary
 
     stored = json.loads((output / "train_config.json").read_text())

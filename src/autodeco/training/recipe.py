@@ -262,9 +262,11 @@ def train_heads(config: TrainConfig, *, overwrite: bool = False, progress: bool 
     if accelerator.is_main_process:
         state.prepare_output(output, {**settings, "num_examples": len(examples), "total_steps": total_steps})
 
-    model = place_model(load_model(config, settings["base"]), accelerator, config)
+    model = load_model(config, settings["base"])
+    partitioned_while_loading = is_partitioned(model.llm)  # zero3_init_flag: true
+    model = place_model(model, accelerator, config)
     if uses_deepspeed(accelerator):
-        _say(accelerator, partition_summary(model.llm, accelerator))
+        _say(accelerator, partition_summary(model, accelerator, partitioned_while_loading))
     parameters = trainable_parameters(model)
     optimizer = torch.optim.AdamW(
         parameters, lr=config.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPSILON, weight_decay=config.weight_decay
@@ -483,13 +485,18 @@ def place_model(model, accelerator, config: TrainConfig):
     return model.to(accelerator.device)
 
 
-def partition_summary(llm, accelerator) -> str:
-    """One line on how ZeRO-3 split the base: tensors partitioned, and the values each process holds.
+def is_partitioned(module) -> bool:
+    """Whether DeepSpeed ZeRO-3 has partitioned any of ``module``'s parameters (they carry a ``ds_id``)."""
+    return any(hasattr(parameter, "ds_id") for parameter in module.parameters())
+
+
+def partition_summary(model, accelerator, partitioned_while_loading: bool) -> str:
+    """One line on how ZeRO-3 split the base: tensors partitioned, the values each process holds, clipping.
 
     A partitioned parameter is an empty tensor outside its module's forward pass; its shard is in
-    ``ds_tensor``. Parameters below ``stage3_param_persistence_threshold`` stay whole everywhere.
+    ``ds_tensor``. Parameters below ``stage3_param_persistence_threshold`` may stay whole everywhere.
     """
-    parameters = list(llm.parameters())
+    parameters = list(model.llm.parameters())
     partitioned = [parameter for parameter in parameters if hasattr(parameter, "ds_id") and parameter.numel() == 0]
     total = sum(getattr(parameter, "ds_numel", parameter.numel()) for parameter in parameters)
     held = sum(parameter.ds_tensor.numel() for parameter in partitioned) + sum(
@@ -498,10 +505,12 @@ def partition_summary(llm, accelerator) -> str:
     counts = torch.tensor([len(partitioned), held], dtype=torch.float64, device=accelerator.device)
     gathered = accelerator.gather(counts.unsqueeze(0)).reshape(-1, 2)  # (processes, 2)
     per_process = ", ".join(f"{int(values)}" for values in gathered[:, 1].tolist())
+    when = "while loading (zero3_init_flag)" if partitioned_while_loading else "after loading"
     return (
-        f"ZeRO-3: base partitioned across {accelerator.num_processes} processes: "
+        f"ZeRO-3: base partitioned {when} across {accelerator.num_processes} processes: "
         f"{int(gathered[:, 0].min())} of {len(parameters)} tensors partitioned, "
-        f"values held per process [{per_process}] of {total}"
+        f"values held per process [{per_process}] of {total}; "
+        f"DeepSpeed gradient_clipping {model._deepspeed_engine.gradient_clipping()}"
     )
 
 
