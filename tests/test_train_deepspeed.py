@@ -40,7 +40,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 ZERO3_CONFIG = REPOSITORY / "configs" / "accelerate" / "deepspeed_zero3.yaml"
 ZERO3_JSON = REPOSITORY / "configs" / "deepspeed" / "zero3.json"
 RELATIVE_TOLERANCE = 1e-6
-STEPS = 6
+STEPS = 12
 
 
 def float32_deepspeed_json(folder: Path) -> Path:

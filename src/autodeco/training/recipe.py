@@ -29,6 +29,7 @@ moment resumes, and on CPU with a fixed seed ends with the same heads as an unin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -262,7 +263,8 @@ def train_heads(config: TrainConfig, *, overwrite: bool = False, progress: bool 
     if accelerator.is_main_process:
         state.prepare_output(output, {**settings, "num_examples": len(examples), "total_steps": total_steps})
 
-    model = load_model(config, settings["base"])
+    with base_loading(accelerator):
+        model = load_model(config, settings["base"])
     partitioned_while_loading = is_partitioned(model.llm)  # zero3_init_flag: true
     model = place_model(model, accelerator, config)
     if uses_deepspeed(accelerator):
@@ -392,6 +394,28 @@ def uses_deepspeed(accelerator) -> bool:
     from accelerate.utils import DistributedType
 
     return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+@contextlib.contextmanager
+def base_loading(accelerator):
+    """Load the base as the DeepSpeed plugin's ``zero3_init_flag`` says (outside DeepSpeed: nothing to do).
+
+    accelerate registers the DeepSpeed config with transformers whatever the flag, and transformers
+    then always builds the model inside ``deepspeed.zero.Init`` (partitioned while loading). With
+    ``zero3_init_flag: false`` the registration is lifted while the base loads, so that each process
+    loads it whole and DeepSpeed partitions it when it takes it, as the flag promises.
+    """
+    plugin = accelerator.state.deepspeed_plugin if uses_deepspeed(accelerator) else None
+    if plugin is None or plugin.zero3_init_flag:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
 
 
 def deepspeed_precision(deepspeed_config: dict) -> str | None:
