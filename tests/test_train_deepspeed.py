@@ -20,6 +20,7 @@ minute, cached in ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensi
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -142,7 +143,8 @@ def test_zero3_partitions_the_base_and_trains_the_same_heads_as_one_process(tiny
     resumed = subprocess.run(command, capture_output=True, text=True, env=launch_environment(), timeout=400)
     log = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, log[-4000:]
-    assert "resuming from" in log and "checkpoint-3" in log, log[-4000:]
+    resumed_at = re.search(r"resuming from \S*checkpoint-(\d+)", log)
+    assert resumed_at is not None and int(resumed_at.group(1)) >= 3, log[-4000:]
 
     # The base really was partitioned: every one of its large tensors is empty outside its forward pass.
     summary = next(line for line in (first_log + log).splitlines() if line.startswith("ZeRO-3: base partitioned"))
