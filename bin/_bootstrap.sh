@@ -23,5 +23,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$venv/bin/python" -c "import torch, transformers, accelerate, deepspeed, autodeco" || { echo "autodeco: setup failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
+# DeepSpeed JIT-compiles its CPU communication op (deepspeed_shm_comm) on the first launch without
+# a GPU: about a minute. The build belongs to this environment's DeepSpeed sources (ninja rebuilds
+# it when they are reinstalled, and another venv sharing ~/.cache would rebuild it back and forth),
+# so it is kept in the venv and reused until the environment is rebuilt.
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$venv/torch_extensions}"
 # shellcheck disable=SC1091
 source "$venv/bin/activate"
