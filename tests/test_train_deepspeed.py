@@ -179,3 +179,20 @@ def test_zero3_partitions_the_base_and_trains_the_same_heads_as_one_process(tiny
     assert [row["kept_tokens"] for row in rows_one] == [row["kept_tokens"] for row in rows_zero3]
     assert [row["loss"] for row in rows_one] == pytest.approx([row["loss"] for row in rows_zero3], rel=1e-6)
     assert not [folder for folder in output.iterdir() if folder.name.startswith(".")]
+
+
+def test_heads_take_their_shape_from_ds_shape_when_the_output_head_is_partitioned(tiny_causal_lm):
+    import copy
+
+    llm = copy.deepcopy(tiny_causal_lm("llama"))
+    weight = llm.lm_head.weight
+    full_shape = tuple(weight.shape)
+    weight.data = torch.empty(0)  # what ZeRO-3 leaves on every process outside the forward pass
+    weight.ds_shape = torch.Size(full_shape)
+    model = AutoDecoForCausalLM.from_base(llm, seed=0)
+    assert (model.config.vocab_size, model.config.hidden_size) == full_shape == (128, 32)
+    assert model.temp_head.mlp[0].weight.shape[1] == 32
+
+    del weight.ds_shape
+    with pytest.raises(ValueError, match=r"weight of shape \(0,\).*ds_shape"):
+        AutoDecoForCausalLM.from_base(llm, seed=0)
