@@ -68,6 +68,22 @@ def output_head(llm) -> torch.nn.Module:
     return head
 
 
+def output_head_shape(llm) -> tuple[int, int]:
+    """``(vocab_size, hidden_size)`` of the output head, also when DeepSpeed ZeRO-3 has partitioned it.
+
+    A partitioned weight is an empty tensor on every process (``weight.shape == (0,)``); DeepSpeed
+    keeps the full shape in ``weight.ds_shape``, which is read instead.
+    """
+    weight = output_head(llm).weight
+    shape = tuple(getattr(weight, "ds_shape", None) or weight.shape)
+    if len(shape) != 2 or 0 in shape:
+        raise ValueError(
+            f"the output head of {type(llm).__name__} has a weight of shape {shape}, not (vocab, hidden); "
+            "AutoDeco needs a linear output layer (a partitioned weight must carry DeepSpeed's ds_shape)"
+        )
+    return shape[0], shape[1]
+
+
 def sanitized_generation_config(base_config: GenerationConfig | None) -> GenerationConfig:
     """A generation config holding only the base's token ids and lengths, so no sampling default slips in."""
     kept = {}

@@ -24,6 +24,7 @@ from autodeco.model.generation import (
     capture_output_head_input,
     generate_with_base,
     output_head,
+    output_head_shape,
 )
 
 FEATURE_CHUNK_ROWS = 256
@@ -121,10 +122,10 @@ class AutoDecoForCausalLM(nn.Module):
             llm, reference = base, getattr(base, "name_or_path", None) or None
         else:
             llm, reference = load_base_model(base, dtype=dtype, trust_remote_code=trust_remote_code), str(base)
-        head = output_head(llm)
+        vocab_size, hidden_size = output_head_shape(llm)  # the full shape, also under ZeRO-3 partitioning
         config = AutoDecoConfig(
-            hidden_size=head.weight.shape[1],
-            vocab_size=head.weight.shape[0],
+            hidden_size=hidden_size,
+            vocab_size=vocab_size,
             base_model_name_or_path=reference,
             base_model_type=llm.config.model_type,
             enable_temperature_head=enable_temperature_head,
@@ -401,8 +402,7 @@ class AutoDecoForCausalLM(nn.Module):
 
 def check_base_fits(config: AutoDecoConfig, llm: nn.Module) -> None:
     """Refuse a base whose hidden size, vocabulary or type differs from what the heads were made for."""
-    head = output_head(llm)
-    hidden_size, vocab_size = head.weight.shape[1], head.weight.shape[0]
+    vocab_size, hidden_size = output_head_shape(llm)
     if hidden_size != config.hidden_size:
         raise CheckpointError(
             f"heads expect hidden size {config.hidden_size} (base {config.base_model_name_or_path!r}) but the "
