@@ -93,14 +93,20 @@ def reset_peak() -> None:
 
 def run_worker(arguments: argparse.Namespace) -> None:
     import torch
+    import transformers.models.llama.modeling_llama  # noqa: F401  (imported before the first reading:
 
+    from autodeco.model.modeling import AutoDecoForCausalLM  # noqa: F401   their code is not the base's memory)
     from autodeco.training.config import TrainConfig
     from autodeco.training.recipe import (
-        accumulate_gradients, base_loading, configure_deepspeed, is_partitioned, load_model, make_accelerator, place_model, trainable_parameters,
+        accumulate_gradients,
+        base_loading,
+        configure_deepspeed,
+        is_partitioned,
+        load_model,
+        make_accelerator,
+        place_model,
+        trainable_parameters,
     )
-
-    import transformers.models.llama.modeling_llama  # noqa: F401  (imported before the first reading:
-    from autodeco.modeling import AutoDecoForCausalLM  # noqa: F401   their code is not the base's memory)
 
     torch.set_num_threads(1)
     accelerator = make_accelerator()

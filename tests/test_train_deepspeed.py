@@ -31,12 +31,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_train_distributed import free_port, write_data
 
-from autodeco.checkpoint import read_checkpoint
-from autodeco.modeling import AutoDecoForCausalLM
+from autodeco.model.checkpoint import read_checkpoint
+from autodeco.model.modeling import AutoDecoForCausalLM
 from autodeco.training.config import TrainConfig
 from autodeco.training.recipe import configure_deepspeed, train_heads
-from test_train_distributed import free_port, write_data
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 ZERO3_CONFIG = REPOSITORY / "configs" / "accelerate" / "deepspeed_zero3.yaml"
