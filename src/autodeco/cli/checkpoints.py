@@ -20,7 +20,7 @@ def init(
 
     Args:
         out: folder to write (config.json + model.safetensors, a few MB).
-        base: base model: hub id, local folder or embedded:SmolLM2-135M-Instruct.
+        base: base model: hub id, local folder (recorded as an absolute path) or embedded:SmolLM2-135M-Instruct.
         no_temperature_head: disable the temperature head (T = 1).
         no_top_p_head: disable the top-p head (P = 1).
         use_enhanced_features: the top-p head reads the four probability features besides the hidden state and T (the official default).
@@ -78,10 +78,11 @@ def info(path: str):
     Args:
         path: checkpoint folder.
     """
-    from autodeco.model.checkpoint import read_checkpoint
+    from autodeco.model.checkpoint import check_finite, non_finite_tensors, read_checkpoint
 
     contents = read_checkpoint(path)
     config = contents.config
+    broken = non_finite_tensors(contents.head_tensors)
     parameters = sum(tensor.numel() for tensor in contents.head_tensors.values())
     trained = {True: "yes", False: "no (fresh heads)", None: "unknown (not recorded)"}[config.trained]
     origin = "autodeco" if config.trained is not None else "official AutoDeco format"
@@ -96,6 +97,7 @@ def info(path: str):
         ("top-p head", "enabled" if config.enable_top_p_head else "disabled (P = 1)"),
         ("top-p features", "max prob, entropy, variance, top-5 mass" if config.use_enhanced_features else "none"),
         ("head parameters", f"{parameters:,}"),
+        ("head weights", f"NOT FINITE in {len(broken)} tensor(s): unusable" if broken else "finite"),
         ("trained", trained),
         ("files", ", ".join(f"{file.name} ({_size(file)})" for file in contents.weight_files)),
     ]
@@ -104,6 +106,7 @@ def info(path: str):
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+    check_finite(contents.head_tensors, path)  # after the table: the error names each broken tensor, exit status 1
 
 
 def _size(path: Path) -> str:

@@ -164,3 +164,59 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, trust_remote_code: bool =
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(resolve_base(name_or_path), trust_remote_code=trust_remote_code)
+
+
+def base_reference(name_or_path: str | os.PathLike) -> str:
+    """How a base is recorded in a checkpoint: an existing local folder as an absolute path, anything else as given.
+
+    A relative path would name another folder (or nothing) once the command runs elsewhere.
+    """
+    if is_embedded(name_or_path):
+        return str(name_or_path)
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else str(name_or_path)
+
+
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+"""Config fields that hold a model's context length, in the order they are read."""
+
+
+def context_length(llm) -> int | None:
+    """The number of positions the base model was made for (``max_position_embeddings``), or None when unknown."""
+    config = getattr(llm, "config", None)
+    for candidate in (config, getattr(config, "text_config", None)):
+        for field in CONTEXT_FIELDS:
+            value = getattr(candidate, field, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+def input_vocabulary_size(llm) -> int | None:
+    """How many token ids the base model can embed (ids ``>=`` this raise IndexError inside the model)."""
+    embeddings = llm.get_input_embeddings() if hasattr(llm, "get_input_embeddings") else None
+    weight = getattr(embeddings, "weight", None)
+    if weight is not None:
+        shape = tuple(getattr(weight, "ds_shape", None) or weight.shape)
+        if len(shape) == 2 and shape[0] > 0:
+            return shape[0]
+    value = getattr(getattr(llm, "config", None), "vocab_size", None)
+    return value if isinstance(value, int) else None
+
+
+def check_token_ids(llm, input_ids: torch.Tensor, source: str = "the prompt") -> None:
+    """Refuse token ids the base cannot embed (a tokenizer with more tokens than the model), before the model sees them.
+
+    Raises:
+        BaseModelError: naming the largest id and both sizes.
+    """
+    vocabulary = input_vocabulary_size(llm)
+    if vocabulary is None or input_ids.numel() == 0:
+        return
+    largest = int(input_ids.max())
+    if largest >= vocabulary or int(input_ids.min()) < 0:
+        raise BaseModelError(
+            f"{source} holds token id {largest if largest >= vocabulary else int(input_ids.min())} but the base model "
+            f"embeds only ids 0..{vocabulary - 1}: the tokenizer does not belong to this base model (its vocabulary "
+            "is larger). Use the base's own tokenizer (pass --base with the folder that holds both)"
+        )

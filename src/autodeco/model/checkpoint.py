@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -29,6 +30,9 @@ BASE_PREFIX = "llm."
 HEADS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_STAGING_TAG = "autodeco-staging"
+_BACKUP_TAG = "autodeco-old"
+"""Hidden folders beside a checkpoint while it is written: ``.NAME.<tag>.<writer pid>.<random>``."""
 
 
 class CheckpointError(ValueError):
@@ -54,6 +58,7 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
         CheckpointError: naming the file and what is wrong with it.
     """
     folder = Path(path).expanduser()
+    recover_interrupted_swap(folder)
     if not folder.exists():
         raise CheckpointError(f"checkpoint {str(folder)!r} does not exist")
     if not folder.is_dir():
@@ -79,19 +84,47 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
     return CheckpointContents(folder, config, head_tensors, weight_files, merged)
 
 
-def _read_json(file: Path) -> dict:
+def non_finite_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Tensors holding NaN or infinite values, each with a count (``{"temp_head.mlp.0.weight": "3 NaN"}``)."""
+    found = {}
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+            found[name] = ", ".join(part for part in (f"{nan} NaN" * bool(nan), f"{inf} infinite" * bool(inf)) if part)
+    return found
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse head tensors holding NaN or infinite values (they would load and then fail while decoding).
+
+    Raises:
+        CheckpointError: naming each bad tensor.
+    """
+    bad = non_finite_tensors(tensors)
+    if bad:
+        listed = "; ".join(f"{name} ({count})" for name, count in bad.items())
+        raise CheckpointError(
+            f"{source}: head weights are not finite: {listed}. The heads are broken (training diverged or the "
+            "file was damaged); use an earlier checkpoint or train again"
+        )
+
+
+def _read_json(file: Path):
     if not file.exists():
         raise CheckpointError(f"{str(file)!r} is missing: an AutoDeco checkpoint folder needs its config.json")
     try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{str(file)!r} is not valid JSON ({error})") from None
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{str(file)!r} is not valid JSON ({error}); restore it or re-save the checkpoint") from None
 
 
 def _weight_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        weight_map = _read_json(index).get("weight_map", {})
+        content = _read_json(index)
+        weight_map = content.get("weight_map") if isinstance(content, dict) else None
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{str(index)!r} has no weight_map object; restore it or re-save the checkpoint")
         return [folder / name for name in sorted(set(weight_map.values()))]
     files = sorted(folder.glob("*.safetensors"))
     if files:
@@ -111,23 +144,121 @@ def write_checkpoint(
 ) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into ``path`` atomically.
 
-    The folder is built beside the target and swapped in, so an interrupted save never leaves
-    a half-written checkpoint where a good one was.
+    The folder is built beside the target (``.NAME.autodeco-staging.PID.*``) and swapped in, so an
+    interrupted save never leaves a half-written checkpoint where a good one was. Staging folders
+    left by a killed writer are removed first, and a swap cut short is completed
+    (:func:`recover_interrupted_swap`). Files get the user's usual permissions (umask), like any other.
     """
     target = Path(path).expanduser().resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    _make_parent(target)
+    recover_interrupted_swap(target)
+    remove_stale_staging(target.parent)
+    staging = _hidden_folder(target, _STAGING_TAG)
     try:
         unique = _without_shared_storage(tensors)
         save_file(unique, staging / HEADS_FILE, metadata={"format": "pt"})
         (staging / CONFIG_FILE).write_text(json.dumps(config.to_json_dict(), indent=2, sort_keys=False) + "\n")
         for name, content in (extra_files or {}).items():
             (staging / name).write_text(content)
+        _apply_umask(staging)
         _swap_in(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _make_parent(target: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise CheckpointError(
+            f"cannot save into {str(target)!r}: a part of {str(target.parent)!r} is a file, not a folder; choose another path"
+        ) from None
+    except PermissionError:
+        raise CheckpointError(f"cannot create {str(target.parent)!r}: permission denied; choose a folder you can write") from None
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise CheckpointError(f"cannot save into {str(target.parent)!r}: it is not writable; choose a folder you can write")
+
+
+def _hidden_folder(target: Path, tag: str) -> Path:
+    """A new folder ``.NAME.<tag>.<pid>.<random>`` beside ``target``, created with the user's umask."""
+    folder = target.parent / f".{target.name}.{tag}.{os.getpid()}.{secrets.token_hex(4)}"
+    folder.mkdir()
+    return folder
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give the folder and its files the modes a plain ``mkdir``/``open`` would (0755/0644 under umask 022).
+
+    ``save_file`` and friends may create files 0600; a checkpoint is meant to be shared like its config.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for file in folder.iterdir():
+        if file.is_file():
+            file.chmod(0o666 & ~umask)
+
+
+def _writer(folder: Path, tag: str) -> int | None:
+    """The writer's pid recorded in a hidden folder's name, or None when the name is not ours."""
+    parts = folder.name.rsplit(".", 3)
+    if len(parts) != 4 or parts[1] != tag or not parts[2].isdigit() or not folder.name.startswith("."):
+        return None
+    return int(parts[2])
+
+
+def _is_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_staging(parent: Path) -> list[Path]:
+    """Remove staging folders in ``parent`` left by a killed writer (ours by name, writer no longer running)."""
+    removed = []
+    if not parent.is_dir():
+        return removed
+    for folder in parent.iterdir():
+        pid = _writer(folder, _STAGING_TAG)
+        if pid is not None and folder.is_dir() and not _is_alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def recover_interrupted_swap(target: Path) -> None:
+    """Finish a checkpoint swap cut short by a kill.
+
+    :func:`_swap_in` moves the old checkpoint to ``.NAME.autodeco-old.PID.*/checkpoint`` and then the new
+    one into place. Killed between the two renames, ``NAME`` is missing: the old checkpoint is moved
+    back (with a warning). Killed after both, the leftover backup is deleted. Folders whose writer still
+    runs are left alone.
+    """
+    target = Path(target).expanduser()
+    parent = target.parent
+    if not parent.is_dir():
+        return
+    prefix = f".{target.name}.{_BACKUP_TAG}."
+    for backup in sorted(parent.glob(f"{prefix}*")):
+        pid = _writer(backup, _BACKUP_TAG)
+        if pid is None or not backup.is_dir() or _is_alive(pid) or not backup.name.startswith(prefix):
+            continue
+        previous = backup / "checkpoint"
+        if not target.exists() and previous.is_dir():
+            os.replace(previous, target)
+            warnings.warn(
+                f"restored the checkpoint {str(target)!r} from {backup.name}: an earlier save was killed while "
+                "swapping it in", stacklevel=2,
+            )
+        shutil.rmtree(backup, ignore_errors=True)
 
 
 def _without_shared_storage(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -148,8 +279,9 @@ def _swap_in(staging: Path, target: Path) -> None:
         os.replace(staging, target)
         return
     if not target.is_dir():
-        raise CheckpointError(f"cannot save into {str(target)!r}: it is a file")
-    backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+        raise CheckpointError(f"cannot save into {str(target)!r}: it is a file; choose another path or remove it")
+    backup = _hidden_folder(target, _BACKUP_TAG)
     os.replace(target, backup / "checkpoint")
+    # A kill here leaves the old checkpoint in the backup only: recover_interrupted_swap restores it.
     os.replace(staging, target)
     shutil.rmtree(backup, ignore_errors=True)

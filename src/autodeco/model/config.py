@@ -64,8 +64,17 @@ class AutoDecoConfig:
     def __post_init__(self):
         for name in ("hidden_size", "vocab_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("enable_temperature_head", "enable_top_p_head", "use_enhanced_features"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be true or false (a JSON boolean), got {value!r}")
+        if self.trained is not None and not isinstance(self.trained, bool):
+            raise ValueError(f"trained must be true, false or null, got {self.trained!r}")
+        for name in ("training", "base_config"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a mapping, got {getattr(self, name)!r}")
         if not (self.enable_temperature_head or self.enable_top_p_head):
             raise ValueError(
                 "at least one head must be enabled (enable_temperature_head or enable_top_p_head); "
@@ -102,35 +111,60 @@ class AutoDecoConfig:
         Raises:
             ValueError: naming the file and the missing or wrong field.
         """
+        if not isinstance(content, dict):
+            raise ValueError(
+                f"{source} holds a JSON {type(content).__name__}, not an object: it is not an AutoDeco config.json "
+                "(restore the file, or re-save the checkpoint)"
+            )
         if content.get("model_type") != "autodeco":
             raise ValueError(
                 f"{source} has model_type {content.get('model_type')!r}, not 'autodeco': this is not an "
                 "AutoDeco checkpoint (to wrap a plain model, use AutoDecoForCausalLM.from_base or `autodeco init`)"
             )
-        extras = content.get("autodeco") or {}
-        hidden_size = content.get("temperature_hidden_size") or content.get("hidden_size")
-        if hidden_size is None:
-            hidden_size = _text_config(content).get("hidden_size")
-        vocab_size = extras.get("vocab_size") or content.get("vocab_size") or _text_config(content).get("vocab_size")
+        extras = _mapping(content, "autodeco", source)
+        text_config = _mapping(content, "text_config", source)
+        training = _mapping(extras, "training", source, "autodeco.training")
+        hidden_size = _first_given(
+            content.get("temperature_hidden_size"), content.get("hidden_size"), text_config.get("hidden_size")
+        )
+        vocab_size = _first_given(extras.get("vocab_size"), content.get("vocab_size"), text_config.get("vocab_size"))
         if hidden_size is None or vocab_size is None:
             raise ValueError(f"{source} lacks hidden_size or vocab_size; the heads cannot be sized")
         base_config = {key: value for key, value in content.items() if key not in _OWN_KEYS}
-        if content.get("base_model_type"):
-            base_config["model_type"] = content["base_model_type"]
-        return cls(
-            hidden_size=int(hidden_size),
-            vocab_size=int(vocab_size),
-            base_model_name_or_path=content.get("base_model_name_or_path") or content.get("_name_or_path") or None,
-            base_model_type=content.get("base_model_type"),
-            enable_temperature_head=bool(content.get("enable_temperature_head", True)),
-            enable_top_p_head=bool(content.get("enable_top_p_head", True)),
-            use_enhanced_features=bool(content.get("use_enhanced_features", True)),
-            trained=extras.get("trained") if "autodeco" in content else None,
-            training=dict(extras.get("training") or {}),
-            base_config=base_config,
-        )
+        base_model_type = content.get("base_model_type")
+        reference = content.get("base_model_name_or_path") or content.get("_name_or_path") or None
+        for name, value in (("base_model_type", base_model_type), ("base_model_name_or_path", reference)):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{source}: {name} must be a string, got {value!r}; fix it in the file")
+        if base_model_type:
+            base_config["model_type"] = base_model_type
+        try:
+            return cls(
+                hidden_size=hidden_size,
+                vocab_size=vocab_size,
+                base_model_name_or_path=reference,
+                base_model_type=base_model_type,
+                enable_temperature_head=content.get("enable_temperature_head", True),
+                enable_top_p_head=content.get("enable_top_p_head", True),
+                use_enhanced_features=content.get("use_enhanced_features", True),
+                trained=extras.get("trained") if "autodeco" in content else None,
+                training=dict(training),
+                base_config=base_config,
+            )
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}; fix the value in the file (or re-save the checkpoint)") from None
 
 
-def _text_config(content: dict[str, Any]) -> dict[str, Any]:
-    # Multimodal configs (Gemma-3) keep the language model's fields under text_config.
-    return content.get("text_config") or {}
+def _mapping(content: dict[str, Any], key: str, source: str, name: str | None = None) -> dict[str, Any]:
+    """``content[key]`` when it is a JSON object, ``{}`` when absent or null; anything else is refused."""
+    value = content.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{source}: {name or key!r} must be a JSON object, got {value!r}; fix or remove it")
+    return value
+
+
+def _first_given(*values: Any) -> Any:
+    """The first value that is not None (a size of 0 is kept, so that it is refused rather than skipped)."""
+    return next((value for value in values if value is not None), None)

@@ -11,6 +11,7 @@ The logits are computed once, by the base model; the step sorts them once.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor
@@ -34,6 +35,67 @@ KEPT_GENERATION_FIELDS = (
     "cache_implementation",
 )
 """What a base model's ``generation_config`` may contribute: tokens and lengths, never sampling settings."""
+
+
+UNSUPPORTED_MODES = {
+    "num_beams": "beam search",
+    "num_beam_groups": "group beam search",
+    "penalty_alpha": "contrastive search",
+    "assistant_model": "assisted generation",
+    "prompt_lookup_num_tokens": "prompt-lookup decoding",
+    "constraints": "constrained beam search",
+    "force_words_ids": "constrained beam search",
+    "dola_layers": "DoLa decoding",
+}
+"""``generate()`` arguments that choose a decoding mode dynamic decoding does not define, with the mode's name.
+
+Beam and group search would rank beams by the sum of log-probabilities of *warped* logits (a score
+the heads' values make meaningless); contrastive, assisted and DoLa decoding bypass or re-score
+the per-step logits the heads warp.
+"""
+
+
+def check_multiplier(name: str, value, *, zero_allowed: bool) -> float:
+    """A user's temperature or top-p multiplier as a float, refusing NaN, infinity, negatives (and 0 for top-p).
+
+    Raises:
+        ValueError: quoting the value and the allowed range.
+    """
+    allowed = ">= 0 (0 means greedy)" if zero_allowed else "> 0 (it multiplies each predicted value; 1 keeps them)"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number {allowed}, but is {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number) or number < 0 or (number == 0 and not zero_allowed):
+        raise ValueError(f"{name} must be a finite number {allowed}, but is {value!r}")
+    return number
+
+
+def _is_active(name: str, value) -> bool:
+    if value is None or value is False:
+        return False
+    if name in ("num_beams", "num_beam_groups"):
+        return value != 1
+    if name == "penalty_alpha":
+        return value != 0
+    return True
+
+
+def check_decoding_mode(kwargs: dict, generation_config=None) -> None:
+    """Refuse the ``generate()`` modes listed in :data:`UNSUPPORTED_MODES`, from keywords or a ``GenerationConfig``.
+
+    Raises:
+        ValueError: naming the argument, its value and what to do instead.
+    """
+    for name, mode in UNSUPPORTED_MODES.items():
+        value = kwargs.get(name, getattr(generation_config, name, None))
+        if _is_active(name, value):
+            shown = type(value).__name__ if name == "assistant_model" else repr(value)
+            raise ValueError(
+                f"{name}={shown} asks for {mode}, which dynamic decoding does not support: the heads warp each "
+                "sampled step's logits. Drop it (sample several sequences with num_return_sequences instead), "
+                "or run the base model's own generate() on model.llm"
+            )
 
 
 class OutputHeadInputCapture:
@@ -109,8 +171,9 @@ def generate_with_base(
     """The base model's own ``generate()`` with exactly the sampling the caller asks for.
 
     The base's ``generation_config`` is swapped for :func:`sanitized_generation_config` during the
-    call, so its defaults (``top_k=50``, penalties, ...) do not apply; ``top_k`` is off. A static
-    ``(temperature, top_p)`` is applied by transformers' own warpers.
+    call, so its defaults (``top_k=50``, penalties, ...) do not apply; ``top_k`` is off unless passed.
+    A static ``(temperature, top_p)`` is applied by transformers' own warpers, after ``logits_processor``;
+    so are ``top_k``, ``min_p``, ``typical_p``, ... when passed in ``kwargs``.
 
     Args:
         llm: a causal LM.
@@ -118,7 +181,7 @@ def generate_with_base(
         sample: sample (True) or decode greedily (False; temperature and top-p are then ignored).
         temperature, top_p: static sampling values (used only when sampling).
         logits_processor: a ``LogitsProcessorList`` run before the warpers.
-        **kwargs: any other ``generate()`` argument.
+        **kwargs: any other ``generate()`` argument (``top_k`` here replaces the default of no top-k).
     """
     original = llm.generation_config
     llm.generation_config = sanitized_generation_config(original)
@@ -126,7 +189,7 @@ def generate_with_base(
         sampling = {"temperature": float(temperature), "top_p": float(top_p), "top_k": 0} if sample else {}
         return llm.generate(
             input_ids, attention_mask=attention_mask, do_sample=sample, logits_processor=logits_processor,
-            **sampling, **kwargs,
+            **{**sampling, **kwargs},
         )
     finally:
         llm.generation_config = original
@@ -144,10 +207,8 @@ class AutoDecoLogitsProcessor(LogitsProcessor):
     """
 
     def __init__(self, model, capture: OutputHeadInputCapture, temperature: float, top_p: float, sample: bool):
-        if temperature <= 0:
-            raise ValueError(f"temperature multiplier must be > 0 when sampling, got {temperature}")
-        if top_p <= 0:
-            raise ValueError(f"top_p multiplier must be > 0, got {top_p}")
+        temperature = check_multiplier("temperature", temperature, zero_allowed=False)
+        top_p = check_multiplier("top_p", top_p, zero_allowed=False)
         self.model = model
         self.capture = capture
         self.temperature = temperature

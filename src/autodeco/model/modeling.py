@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,14 @@ from transformers.utils import ModelOutput
 
 from autodeco.core import losses
 from autodeco.core.heads import TemperatureHead, TopPHead, probability_features
-from autodeco.model.base_model import load_base_model
-from autodeco.model.checkpoint import BASE_PREFIX, CheckpointError, read_checkpoint, write_checkpoint
+from autodeco.model.base_model import base_reference, check_token_ids, context_length, load_base_model
+from autodeco.model.checkpoint import BASE_PREFIX, CheckpointError, check_finite, read_checkpoint, write_checkpoint
 from autodeco.model.compat import CACHE_ARGUMENT, output_cache
 from autodeco.model.config import AutoDecoConfig
 from autodeco.model.generation import (
     AutoDecoLogitsProcessor,
+    check_decoding_mode,
+    check_multiplier,
     capture_output_head_input,
     generate_with_base,
     output_head,
@@ -121,7 +124,7 @@ class AutoDecoForCausalLM(nn.Module):
         if isinstance(base, nn.Module):
             llm, reference = base, getattr(base, "name_or_path", None) or None
         else:
-            llm, reference = load_base_model(base, dtype=dtype, trust_remote_code=trust_remote_code), str(base)
+            llm, reference = load_base_model(base, dtype=dtype, trust_remote_code=trust_remote_code), base_reference(base)
         vocab_size, hidden_size = output_head_shape(llm)  # the full shape, also under ZeRO-3 partitioning
         config = AutoDecoConfig(
             hidden_size=hidden_size,
@@ -160,12 +163,18 @@ class AutoDecoForCausalLM(nn.Module):
             CheckpointError: missing or corrupt files, no recorded base, or heads that do not fit the base.
         """
         contents = read_checkpoint(path)
+        check_finite(contents.head_tensors, str(contents.path))
         config = contents.config
         if isinstance(base_model, nn.Module):
             llm = base_model
+            check_base_fits(
+                config, llm, given=getattr(base_model, "name_or_path", None) or type(base_model).__name__,
+                heads=str(contents.path),
+            )
         elif base_model is not None:
             llm = load_base_model(base_model, dtype=dtype, trust_remote_code=trust_remote_code)
-            config = dataclasses.replace(config, base_model_name_or_path=str(base_model))
+            check_base_fits(config, llm, given=str(base_model), heads=str(contents.path))
+            config = dataclasses.replace(config, base_model_name_or_path=base_reference(base_model))
         elif contents.merged:
             llm = _load_merged_base(contents.path, config, dtype, trust_remote_code)
         else:
@@ -180,8 +189,9 @@ class AutoDecoForCausalLM(nn.Module):
         return model
 
     def load_head_tensors(self, tensors: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-        """Load ``temp_head.*`` / ``top_p_head.*`` tensors, refusing any whose shape does not fit."""
+        """Load ``temp_head.*`` / ``top_p_head.*`` tensors, refusing any whose shape does not fit or that hold NaN/inf."""
         expected = self.head_state_dict()
+        check_finite({name: tensor for name, tensor in tensors.items() if name in expected}, source)
         missing = sorted(set(expected) - set(tensors))
         if missing:
             raise CheckpointError(f"{source} lacks head tensors {missing}")
@@ -332,21 +342,45 @@ class AutoDecoForCausalLM(nn.Module):
         stopping criteria all work) with none of the base's sampling defaults (``top_k=50``,
         repetition penalties, ...): only what you pass here applies.
 
+        What each sampling argument means here, step by step:
+
+        1. the base model's logits; logits processors that transformers puts first
+           (``repetition_penalty``, ``no_repeat_ngram_size``, ``bad_words_ids``, ``min_new_tokens``, ...)
+           and then ``logits_processor`` change them;
+        2. the heads predict T and P; ``temperature`` and ``top_p`` multiply them; the logits are
+           divided by T and cut to the top-P nucleus;
+        3. transformers' warpers then act on those warped logits: ``top_k`` keeps the k most likely
+           tokens of the nucleus, ``min_p``, ``typical_p``, ``epsilon_cutoff``, ``eta_cutoff`` likewise
+           (each off unless passed);
+        4. a token is sampled (or, with ``do_sample=False`` or ``temperature=0``, the most likely one is taken).
+
+        Beam search (``num_beams > 1``), group beam, contrastive, assisted, prompt-lookup, constrained
+        and DoLa decoding are refused: they score or re-rank beyond the single sampled step the heads warp.
+
+        A prompt must be shorter than the base's context (``max_position_embeddings``); when prompt
+        plus ``max_new_tokens`` would run past it, ``max_new_tokens`` is lowered to fit, with a warning.
+
         Args:
             input_ids: ``(B, L)`` prompt ids (left-padded for batches).
             attention_mask: ``(B, L)``.
             do_sample: sample with the heads' values (True, the default) or decode greedily (False).
-            temperature: multiplier on each predicted temperature (default 1; 0 means greedy).
-            top_p: multiplier on each predicted top-p, capped at 1 (default 1).
-            generation_config: a ``GenerationConfig``; its temperature/top_p act as multipliers too.
+            temperature: multiplier on each predicted temperature: a finite number >= 0 (default 1; 0 means greedy).
+            top_p: multiplier on each predicted top-p, capped at 1: a finite number > 0 (default 1).
+            generation_config: a ``GenerationConfig``; its temperature/top_p act as multipliers too
+                (its ``top_k`` is ignored, since ``GenerationConfig`` sets 50 by default: pass ``top_k=`` instead).
             logits_processor: extra processors, applied before the heads' warping.
             return_dict_in_generate: return an :class:`AutoDecoGenerateOutput` with ``temperatures``
                 and ``top_ps`` (``(B, new_tokens)``), the values actually used.
-            **kwargs: any other ``generate()`` argument (``max_new_tokens``, ``streamer``, ...).
+            **kwargs: any other ``generate()`` argument (``max_new_tokens``, ``streamer``, ``top_k``, ``min_p``, ...).
 
         Returns:
             token ids ``(B, L + new_tokens)``, or an :class:`AutoDecoGenerateOutput`.
+
+        Raises:
+            ValueError: a NaN, infinite or negative ``temperature``/``top_p`` (or ``top_p`` 0), an
+                unsupported decoding mode, a prompt as long as the context, or token ids the base cannot embed.
         """
+        check_decoding_mode(kwargs, generation_config)
         if generation_config is not None:
             generation_config = generation_config.__class__.from_dict(generation_config.to_dict())
             temperature = generation_config.temperature if temperature is None else temperature
@@ -354,8 +388,11 @@ class AutoDecoForCausalLM(nn.Module):
             generation_config.temperature, generation_config.top_p, generation_config.top_k = None, None, None
             do_sample = generation_config.do_sample if generation_config.do_sample is not None else do_sample
             generation_config.do_sample = None
-        temperature = 1.0 if temperature is None else float(temperature)
-        top_p = 1.0 if top_p is None else float(top_p)
+        temperature = 1.0 if temperature is None else check_multiplier("temperature", temperature, zero_allowed=True)
+        top_p = 1.0 if top_p is None else check_multiplier("top_p", top_p, zero_allowed=False)
+        if input_ids is not None:
+            check_token_ids(self.llm, input_ids)
+            self._fit_context(input_ids.shape[1], kwargs, generation_config)
         sample = do_sample and temperature != 0.0
         if not sample and not return_dict_in_generate:
             return self._base_generate(input_ids, attention_mask, generation_config, logits_processor, kwargs, sample=False)
@@ -374,6 +411,27 @@ class AutoDecoForCausalLM(nn.Module):
             eos = generation_config.eos_token_id
         temperatures, top_ps = self._blank_after_end(output.sequences, temperatures, top_ps, eos)
         return AutoDecoGenerateOutput(**dict(output), temperatures=temperatures, top_ps=top_ps)
+
+    def _fit_context(self, prompt_length: int, kwargs: dict, generation_config) -> None:
+        """Refuse a prompt that fills the base's context; lower ``max_new_tokens`` that would run past it."""
+        limit = context_length(self.llm)
+        if limit is None:
+            return
+        if prompt_length >= limit:
+            raise ValueError(
+                f"the prompt is {prompt_length} tokens but the base model's context holds {limit} "
+                f"(max_position_embeddings), leaving no room to generate; shorten the prompt below {limit} tokens"
+            )
+        requested = kwargs.get("max_new_tokens", getattr(generation_config, "max_new_tokens", None))
+        if isinstance(requested, int) and prompt_length + requested > limit:
+            warnings.warn(
+                f"prompt ({prompt_length} tokens) + max_new_tokens ({requested}) exceeds the base model's context of "
+                f"{limit} positions; generating at most {limit - prompt_length} new tokens",
+                stacklevel=3,
+            )
+            kwargs["max_new_tokens"] = limit - prompt_length
+            if generation_config is not None:
+                generation_config.max_new_tokens = limit - prompt_length
 
     def _base_generate(self, input_ids, attention_mask, generation_config, processors, kwargs, *, sample: bool):
         if generation_config is not None:
@@ -400,23 +458,31 @@ class AutoDecoForCausalLM(nn.Module):
         return sum(tensor.numel() for tensor in self.head_state_dict().values())
 
 
-def check_base_fits(config: AutoDecoConfig, llm: nn.Module) -> None:
-    """Refuse a base whose hidden size, vocabulary or type differs from what the heads were made for."""
+def check_base_fits(config: AutoDecoConfig, llm: nn.Module, *, given: str | None = None, heads: str | None = None) -> None:
+    """Refuse a base whose hidden size, vocabulary or type differs from what the heads were made for.
+
+    Args:
+        config: the heads' config; its ``base_model_name_or_path`` is the base they were made for.
+        llm: the base model given.
+        given: how the given base was named (for the message), when it differs from the recorded one.
+        heads: where the heads come from (for the message).
+    """
     vocab_size, hidden_size = output_head_shape(llm)
+    made_for = f"heads{f' in {heads!r}' if heads else ''} were made for base {config.base_model_name_or_path!r}"
+    given_base = f"the given base {given!r}" if given else "the given base model"
+    advice = "load them with the base they were trained on (or pass that base with --base)"
     if hidden_size != config.hidden_size:
         raise CheckpointError(
-            f"heads expect hidden size {config.hidden_size} (base {config.base_model_name_or_path!r}) but the "
-            f"given base model has hidden size {hidden_size}; load them with the base they were trained on"
+            f"{made_for} (hidden size {config.hidden_size}) but {given_base} has hidden size {hidden_size}; {advice}"
         )
     if vocab_size != config.vocab_size:
         raise CheckpointError(
-            f"heads expect a vocabulary of {config.vocab_size} (base {config.base_model_name_or_path!r}) but the "
-            f"given base model has {vocab_size}; load them with the base they were trained on"
+            f"{made_for} (vocabulary of {config.vocab_size}) but {given_base} has {vocab_size}; {advice}"
         )
     base_type = getattr(getattr(llm, "config", None), "model_type", None)
     if config.base_model_type and base_type and base_type != config.base_model_type:
         raise CheckpointError(
-            f"heads were made for a {config.base_model_type!r} base but the given base is {base_type!r}"
+            f"{made_for} (a {config.base_model_type!r} model) but {given_base} is a {base_type!r} model; {advice}"
         )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from autodeco.model.base_model import EMBEDDED_MODEL, load_tokenizer
+from autodeco.model.base_model import EMBEDDED_MODEL, check_token_ids, context_length, load_tokenizer
 from autodeco.model.modeling import AutoDecoForCausalLM
 from autodeco.sampling.traces import GenerationTrace, TokenTrace
 
@@ -70,14 +70,43 @@ def render_prompt(tokenizer, prompt: str, chat_template: bool = True) -> str:
     return prompt
 
 
-def encode_prompts(tokenizer, texts: list[str], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Tokenize rendered prompts as one left-padded batch (``input_ids``, ``attention_mask``)."""
+def encode_prompts(
+    tokenizer, texts: list[str], device: torch.device | str = "cpu", llm=None
+) -> dict[str, torch.Tensor]:
+    """Tokenize rendered prompts as one left-padded batch (``input_ids``, ``attention_mask``).
+
+    With ``llm`` (the base model), prompts are checked against it first: a prompt as long as its
+    context (``max_position_embeddings``) is refused, never truncated (a cut prompt would be answered
+    as if whole), and so are token ids it cannot embed (a tokenizer larger than the model).
+
+    Raises:
+        ValueError: naming the prompt, its length and the limit, or the token id and the vocabulary size.
+    """
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     has_template = bool(getattr(tokenizer, "chat_template", None))
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not has_template)
+    if llm is not None:
+        check_prompts_fit(llm, batch["input_ids"], batch["attention_mask"])
     return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+
+
+def check_prompts_fit(llm, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    """Refuse prompts longer than the base's context (leaving no room to generate) or with ids it cannot embed."""
+    check_token_ids(llm, input_ids[attention_mask.bool()])
+    limit = context_length(llm)
+    if limit is None:
+        return
+    lengths = attention_mask.sum(dim=1).tolist()
+    too_long = [(row, length) for row, length in enumerate(lengths) if length >= limit]
+    if too_long:
+        row, length = too_long[0]
+        raise ValueError(
+            f"prompt {row + 1} of the batch is {length} tokens but the base model's context holds {limit} "
+            f"(max_position_embeddings), leaving no room to generate; prompts are not truncated: "
+            f"shorten it below {limit} tokens ({len(too_long)} prompt(s) too long)"
+        )
 
 
 def generate_traces(
@@ -112,7 +141,7 @@ def generate_traces(
     rendered = [render_prompt(tokenizer, prompt, chat_template) for prompt in prompts]
     traces = []
     for start in range(0, len(prompts), batch_size):
-        batch = encode_prompts(tokenizer, rendered[start : start + batch_size], model.device)
+        batch = encode_prompts(tokenizer, rendered[start : start + batch_size], model.device, llm=model.llm)
         output = model.generate(
             **batch, max_new_tokens=max_new_tokens, do_sample=not greedy, temperature=temperature, top_p=top_p,
             return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id, streamer=streamer,
@@ -128,7 +157,7 @@ def generate_traces(
 def _trace_for_row(tokenizer, prompt, token_ids, temperatures, top_ps, loaded: LoadedModel) -> GenerationTrace:
     kept = ~torch.isnan(temperatures)
     token_ids = token_ids[kept].tolist()
-    pieces = token_pieces(tokenizer, token_ids)
+    pieces = token_pieces(tokenizer, token_ids, skip_special_tokens=True)
     tokens = [
         TokenTrace(text=piece, temperature=float(temperature), top_p=float(top_p))
         for piece, temperature, top_p in zip(pieces, temperatures[kept].tolist(), top_ps[kept].tolist())
@@ -136,11 +165,15 @@ def _trace_for_row(tokenizer, prompt, token_ids, temperatures, top_ps, loaded: L
     return GenerationTrace(prompt=prompt, tokens=tokens, model=loaded.description, heads_trained=loaded.heads_trained)
 
 
-def token_pieces(tokenizer, token_ids: list[int]) -> list[str]:
-    """Each token's text as the difference of successive decodes, so multi-byte characters come out whole."""
+def token_pieces(tokenizer, token_ids: list[int], *, skip_special_tokens: bool = False) -> list[str]:
+    """Each token's text as the difference of successive decodes, so multi-byte characters come out whole.
+
+    With ``skip_special_tokens``, special tokens (``<|im_end|>``, ``</s>``) get an empty piece, so the
+    text reads as the model's answer while every token keeps its place (and its T and P).
+    """
     pieces, previous = [], ""
     for end in range(1, len(token_ids) + 1):
-        text = tokenizer.decode(token_ids[:end], skip_special_tokens=False)
+        text = tokenizer.decode(token_ids[:end], skip_special_tokens=skip_special_tokens)
         pieces.append(text[len(previous) :] if text.startswith(previous) else text)
         previous = text
     return pieces

@@ -67,7 +67,7 @@ def prefill(llm, tokenizer, rendered_prompts: list[str]) -> PromptBatch:
     keys equal those ``generate()`` would have produced itself.
     """
     device = next(llm.parameters()).device
-    encoded = encode_prompts(tokenizer, rendered_prompts, device)
+    encoded = encode_prompts(tokenizer, rendered_prompts, device, llm=llm)
     input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
     if input_ids.shape[1] < 2:
         return PromptBatch(input_ids, attention_mask, None)
