@@ -12,6 +12,7 @@ Pickle files (``.bin``, ``.pt``) are never opened.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import secrets
@@ -221,12 +222,15 @@ def _is_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_staging(parent: Path) -> list[Path]:
-    """Remove staging folders in ``parent`` left by a killed writer (ours by name, writer no longer running)."""
+def remove_stale_staging(parent: Path, name: str | None = None) -> list[Path]:
+    """Remove staging folders in ``parent`` left by a killed writer (ours by name, writer no longer running).
+
+    With ``name``, only those of the checkpoint ``name``.
+    """
     removed = []
     if not parent.is_dir():
         return removed
-    for folder in parent.iterdir():
+    for folder in parent.glob(f".{glob.escape(name)}.{_STAGING_TAG}.*" if name else ".*"):
         pid = _writer(folder, _STAGING_TAG)
         if pid is not None and folder.is_dir() and not _is_alive(pid):
             shutil.rmtree(folder, ignore_errors=True)
@@ -239,15 +243,15 @@ def recover_interrupted_swap(target: Path) -> None:
 
     :func:`_swap_in` moves the old checkpoint to ``.NAME.autodeco-old.PID.*/checkpoint`` and then the new
     one into place. Killed between the two renames, ``NAME`` is missing: the old checkpoint is moved
-    back (with a warning). Killed after both, the leftover backup is deleted. Folders whose writer still
-    runs are left alone.
+    back (with a warning) and the unfinished new one deleted. Killed after both, the leftover backup is
+    deleted. Folders whose writer still runs are left alone.
     """
     target = Path(target).expanduser()
     parent = target.parent
     if not parent.is_dir():
         return
     prefix = f".{target.name}.{_BACKUP_TAG}."
-    for backup in sorted(parent.glob(f"{prefix}*")):
+    for backup in sorted(parent.glob(f"{glob.escape(prefix)}*")):
         pid = _writer(backup, _BACKUP_TAG)
         if pid is None or not backup.is_dir() or _is_alive(pid) or not backup.name.startswith(prefix):
             continue
@@ -259,6 +263,7 @@ def recover_interrupted_swap(target: Path) -> None:
                 "swapping it in", stacklevel=2,
             )
         shutil.rmtree(backup, ignore_errors=True)
+    remove_stale_staging(parent, name=target.name)
 
 
 def _without_shared_storage(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
