@@ -60,12 +60,13 @@ def split(merged: str, out: str, base: str | None = None):
         out: folder to write.
         base: base model reference to record (default: the one the merged checkpoint records).
     """
+    from autodeco.model.base_model import base_reference
     from autodeco.model.checkpoint import read_checkpoint, write_checkpoint
 
     contents = read_checkpoint(merged)
     config = contents.config
     if base is not None:
-        config.base_model_name_or_path = base
+        config.base_model_name_or_path = base_reference(base)
     if not config.base_model_name_or_path:
         raise ValueError(f"{merged!r} records no base model; pass --base so the heads know what they belong to")
     path = write_checkpoint(out, config, contents.head_tensors)
