@@ -79,6 +79,7 @@ def test_a_second_run_on_a_locked_folder_fails_at_once_naming_the_pid(tiny_chat_
             ("sample", "--dataset", "arithmetic", "--limit", 2, "--base", tiny_chat_model_dir, "--output", output),
             ("eval", "--limit", 2, "--base", tiny_chat_model_dir, "--methods", "greedy", "--output", output),
             ("train", tmp_path / "none.jsonl", "--output", output),
+            ("quickstart", "--base", tiny_chat_model_dir, "--output", output),
         ):
             (tmp_path / "none.jsonl").write_text('{"prompt": "1+1?", "completion": "2"}\n')
             result = cli_process(*argv)
