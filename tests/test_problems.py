@@ -23,7 +23,7 @@ from autodeco.problems import (
     load_problems,
 )
 from autodeco.problems.arithmetic import DEFAULT_COUNTS, generate_items, split_of
-from autodeco.problems.datasets import parse_hub_id, record_format
+from autodeco.problems.datasets import content_id, parse_hub_id, record_format
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"benchmark data folder {DATA_DIR} is absent")
@@ -147,6 +147,11 @@ def test_load_arithmetic_defaults_and_limit():
 # JSONL files ----------------------------------------------------------------------------------
 
 
+def cid(name: str, question: str, answer: str) -> str:
+    """The content id of the first problem with this question and answer in file ``name``."""
+    return content_id(name, question, answer, {})
+
+
 def write_jsonl(path: Path, lines: list) -> Path:
     path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
     return path
@@ -159,8 +164,8 @@ def test_gsm8k_format(tmp_path):
     ])  # fmt: skip
     problems = load_problems(str(path))
     assert [(p.id, p.question, p.answer, p.template, p.difficulty) for p in problems] == [
-        ("g.jsonl:1", "Q1?", "4", "gsm8k", None),
-        ("g.jsonl:2", "Q2?", "1234", "gsm8k", None),
+        (cid("g.jsonl", "Q1?", "4"), "Q1?", "4", "gsm8k", None),
+        (cid("g.jsonl", "Q2?", "1234"), "Q2?", "1234", "gsm8k", None),
     ]
     assert problems[0].source == str(path)
     assert problems[0].prompt() == "Q1?" + BOXED_SUFFIX
@@ -181,8 +186,8 @@ def test_math_format_uses_level_and_unique_id(tmp_path):
     problems = load_problems(str(path))
     assert [(p.id, p.answer, p.template, p.difficulty) for p in problems] == [
         ("test/algebra/1.json", "\\frac{1}{2}", "math", 2),
-        ("m.jsonl:2", "3", "math", 5),
-        ("m.jsonl:3", "4", "math", 1),
+        (cid("m.jsonl", "B", "3"), "3", "math", 5),
+        (cid("m.jsonl", "C", "4"), "4", "math", 1),
     ]
     assert [p.question for p in load_problems(str(path), levels=(1, 2))] == ["A", "C"]
     assert [p.question for p in load_problems(str(path), levels=(1, 2), limit=1)] == ["A"]
@@ -195,8 +200,8 @@ def test_generic_format_and_blank_lines(tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", lines)
     problems = load_problems(str(path))
     assert [(p.id, p.answer, p.template) for p in problems] == [
-        ("p.jsonl:2", "3", "generic"),
-        ("p.jsonl:4", "4", "generic"),
+        (cid("p.jsonl", "Say 3", "3"), "3", "generic"),
+        (cid("p.jsonl", "Say 4", "4"), "4", "generic"),
     ]
 
 
@@ -233,7 +238,7 @@ def test_malformed_lines_are_skipped_with_one_warning(tmp_path):
     with pytest.warns(UserWarning, match=expected) as caught:
         problems = load_problems(str(path), on_bad_line="skip")
     assert len(caught) == 1
-    assert [(p.id, p.answer) for p in problems] == [("bad.jsonl:1", "1"), ("bad.jsonl:5", "5")]
+    assert [(p.id, p.answer) for p in problems] == [(cid("bad.jsonl", "P1", "1"), "1"), (cid("bad.jsonl", "P5", "5"), "5")]
 
 
 @pytest.mark.parametrize(
@@ -291,7 +296,7 @@ def test_named_dataset_from_the_environment_variable(monkeypatch, tmp_path):
     write_jsonl(tmp_path / "gsm8k_train.jsonl", [{"question": "Q", "answer": "#### 7"}])
     monkeypatch.setenv("AUTODECO_DATA_DIR", str(tmp_path))
     [problem] = load_problems("gsm8k", split="train")
-    assert (problem.id, problem.source, problem.answer) == ("gsm8k_train.jsonl:1", "gsm8k", "7")
+    assert (problem.id, problem.source, problem.answer) == (cid("gsm8k_train.jsonl", "Q", "7"), "gsm8k", "7")
 
 
 @pytest.mark.parametrize(
@@ -354,7 +359,7 @@ def test_real_benchmark_files():
         assert len({problem.id for problem in problems}) == count, name
         assert all(isinstance(problem.answer, str) and problem.answer for problem in problems), name
     aime25 = load_problems("aime25", data_dir=DATA_DIR)
-    assert (aime25[0].answer, aime25[0].template, aime25[0].id) == ("70", "competition", "aime25.jsonl:1")
+    assert (aime25[0].answer, aime25[0].template, aime25[0].id) == ("70", "competition", cid("aime25.jsonl", aime25[0].question, "70"))
     gsm8k = load_problems("gsm8k", data_dir=DATA_DIR)
     assert gsm8k[0].answer == "18" and all("," not in problem.answer for problem in gsm8k)
     assert len(load_problems("gsm8k", split="train", data_dir=DATA_DIR)) == 7473

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from autodeco.common.jsonl import write_json_atomic
+from autodeco.common.runlock import run_lock
 from autodeco.model.base_model import EMBEDDED_MODEL
 
 
@@ -67,7 +68,11 @@ def run_quickstart(output: str | Path = "runs/quickstart", budget: str = "quick"
         raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
     sizes = BUDGETS[budget]
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    with run_lock(output, "quickstart"):  # each stage also locks its own folder
+        return _run_stages(output, budget, sizes, base, seed, progress)
+
+
+def _run_stages(output: Path, budget: str, sizes: Budget, base: str, seed: int, progress: bool) -> dict:
     timings = {}
 
     def timed(stage: str, function, *args):

@@ -59,7 +59,7 @@ def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = read_utf8(path).split("\n")
     rows = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -72,6 +72,28 @@ def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict]:
                 break
             raise ValueError(f"{path}:{number}: not valid JSON ({error.msg}); fix or delete that line") from None
     return rows
+
+
+def read_utf8(path: str | os.PathLike) -> str:
+    """The text of a UTF-8 file; bytes that are not UTF-8 give a ValueError naming the file and the line.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "binary.jsonl"
+        >>> _ = path.write_bytes(b'{"a": 1}\\n\\xff\\n')
+        >>> read_utf8(path)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: .../binary.jsonl:2: not UTF-8 text (byte 0xff); is it a text (JSONL) file? ...
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x}); is it a text (JSONL) file? "
+            "Pass the file written by autodeco, or convert it to UTF-8"
+        ) from None
 
 
 def rewrite_jsonl_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
@@ -97,7 +119,7 @@ def check_resume_config(path: str | os.PathLike, current: dict, *, what: str, fi
     path = Path(path)
     if not path.exists():
         return False
-    stored = json.loads(path.read_text(encoding="utf-8"))
+    stored = json.loads(read_utf8(path))
     differing = differing_settings(stored, current, stored_label="there")
     if differing:
         raise ValueError(

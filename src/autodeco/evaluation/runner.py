@@ -26,7 +26,9 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from autodeco.common.fingerprint import files_fingerprint, model_reference_fingerprint, tensors_fingerprint
 from autodeco.common.jsonl import check_resume_config, write_json_atomic
+from autodeco.common.runlock import run_lock
 from autodeco.common.seeds import derived_seed
 from autodeco.evaluation.records import RecordWriter, SampleRecord, read_records
 from autodeco.sampling.settings import AUTODECO, GREEDY, DecodingSetting, static_setting
@@ -122,6 +124,10 @@ class EvalConfig:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
+        from autodeco.problems.answers import SCORERS
+
+        if self.scorer not in SCORERS:
+            raise ValueError(f"unknown scorer {self.scorer!r}; use one of {', '.join(SCORERS)}")
         for temperature, top_p in self.static:
             static_setting(temperature, top_p)  # validates
         if "oracle" in self.methods:
@@ -167,22 +173,33 @@ def evaluate(
             (``autodeco eval`` passes :func:`autodeco.views.report.write_report`); the files it
             returns become :attr:`EvalResult.files`. None: no report is written.
     """
-    from autodeco.evaluation.summary import build_summary
     from autodeco.problems import load_problems
 
     output = Path(output)
     problems = load_problems(config.dataset, split=config.split, limit=config.limit, seed=config.seed,
                              data_dir=config.data_dir)
+    meanshift_trajectories = _meanshift_trajectories(config)
     loaded = _load_model(config)
-    if overwrite:
-        for name in (CONFIG_FILE, SAMPLES_FILE, MEANSHIFT_FILE):
-            (output / name).unlink(missing_ok=True)
-    output.mkdir(parents=True, exist_ok=True)
-    meanshift = _meanshift_pair(config, loaded, output) if "meanshift" in config.methods else None
-    run_config = _run_config(config, loaded, problems, meanshift)
-    fix = "choose another output folder or pass --overwrite to start again"
-    if not check_resume_config(output / CONFIG_FILE, _comparable(run_config), what="evaluation", fix=fix):
-        write_json_atomic(output / CONFIG_FILE, _comparable(run_config))
+    with run_lock(output, "eval"):
+        if overwrite:
+            for name in (CONFIG_FILE, SAMPLES_FILE, MEANSHIFT_FILE):
+                (output / name).unlink(missing_ok=True)
+        meanshift = (
+            _meanshift_pair(config, loaded, output, meanshift_trajectories) if "meanshift" in config.methods else None
+        )
+        run_config = _run_config(config, loaded, problems, meanshift)
+        _check_same_problems(output / CONFIG_FILE, run_config)
+        fix = "choose another output folder or pass --overwrite to start again"
+        if not check_resume_config(output / CONFIG_FILE, _comparable(run_config), what="evaluation", fix=fix):
+            write_json_atomic(output / CONFIG_FILE, _comparable(run_config))
+        if meanshift is not None and config.meanshift is None and not (output / MEANSHIFT_FILE).exists():
+            write_json_atomic(output / MEANSHIFT_FILE, dict(zip(("temperature", "top_p", "source"), meanshift)))
+        return _generate_and_summarise(config, loaded, problems, run_config, output, progress, write_report)
+
+
+def _generate_and_summarise(config, loaded, problems, run_config, output: Path, progress: bool, write_report):
+    from autodeco.evaluation.summary import build_summary
+
     generator = _Generator(config, loaded, problems, output / SAMPLES_FILE, progress)
     generator.run(_first_stage_settings(config, run_config["methods"]), stage="settings")
     if "oracle" in config.methods:
@@ -209,8 +226,21 @@ def _load_model(config: EvalConfig):
     return loaded
 
 
-def _meanshift_pair(config: EvalConfig, loaded, output: Path) -> tuple[float, float, str]:
-    """(mean T, mean P, where they come from) for MeanShift: given, cached, measured, or recorded with the heads."""
+def _meanshift_trajectories(config: EvalConfig) -> list | None:
+    """The trajectories of ``--meanshift-data`` (read and checked before anything is loaded), or None."""
+    if "meanshift" not in config.methods or config.meanshift is not None or config.meanshift_data is None:
+        return None
+    from autodeco.training.data import read_trajectories
+
+    return read_trajectories([config.meanshift_data], what="--meanshift-data file")
+
+
+def _meanshift_pair(config: EvalConfig, loaded, output: Path, trajectories) -> tuple[float, float, str]:
+    """(mean T, mean P, where they come from) for MeanShift: given, cached, measured, or recorded with the heads.
+
+    Writes nothing: the caller caches a measured pair in ``meanshift.json`` once the run's
+    configuration (which records the data's fingerprint) is checked.
+    """
     if config.meanshift is not None:
         given = DecodingSetting.static(*config.meanshift)  # rounded as setting keys are
         return given.temperature, given.top_p, "given by the user"
@@ -218,11 +248,9 @@ def _meanshift_pair(config: EvalConfig, loaded, output: Path) -> tuple[float, fl
     if cached.exists():
         stored = json.loads(cached.read_text())
         return stored["temperature"], stored["top_p"], stored["source"]
-    if config.meanshift_data is not None:
+    if trajectories is not None:
         from autodeco.evaluation.heldout import teacher_forced_means
-        from autodeco.training.data import read_trajectories
 
-        trajectories = read_trajectories([config.meanshift_data])
         temperature, top_p, tokens = teacher_forced_means(loaded.model, loaded.tokenizer, trajectories)
         source = f"teacher-forced means over {tokens} completion tokens of {config.meanshift_data}"
     else:
@@ -237,9 +265,27 @@ def _meanshift_pair(config: EvalConfig, loaded, output: Path) -> tuple[float, fl
         source = recorded.get("source", "recorded in the heads checkpoint")
     # Rounded to the resolution of setting keys: the pair reported is the pair applied.
     applied = DecodingSetting.static(temperature, top_p)
-    temperature, top_p = applied.temperature, applied.top_p
-    write_json_atomic(cached, {"temperature": temperature, "top_p": top_p, "source": source})
-    return temperature, top_p, source
+    return applied.temperature, applied.top_p, source
+
+
+def _check_same_problems(stored_file: Path, run_config: dict) -> None:
+    """Refuse a resume whose problems changed (ids follow question and answer), naming a few of them."""
+    if not stored_file.exists():
+        return
+    stored = json.loads(stored_file.read_text(encoding="utf-8")).get("problem_ids")
+    if stored is None or stored == run_config["problem_ids"]:
+        return
+    current = set(run_config["problem_ids"])
+    gone = [problem_id for problem_id in stored if problem_id not in current]
+    new = [problem_id for problem_id in run_config["problem_ids"] if problem_id not in set(stored)]
+    parts = [f"{len(items)} {label} (e.g. {items[0]!r})" for label, items in
+             (("no longer in the data", gone), ("new", new)) if items] or ["the same problems in another order"]
+    raise ValueError(
+        f"{stored_file.parent} holds an evaluation of other problems than {run_config['dataset']} now has: "
+        f"{'; '.join(parts)}; a question or an answer was edited, or lines were added, removed or moved, so "
+        "stored answers would be scored against other problems; choose another output folder or pass --overwrite "
+        "to start again"
+    )
 
 
 def _run_config(config: EvalConfig, loaded, problems, meanshift) -> dict:
@@ -272,6 +318,12 @@ def _run_config(config: EvalConfig, loaded, problems, meanshift) -> dict:
             if "oracle" in config.methods else None
         ),
         "meanshift_source": meanshift[2] if meanshift is not None else None,
+        "base_fingerprint": model_reference_fingerprint(loaded.model.config.base_model_name_or_path),
+        "heads_fingerprint": tensors_fingerprint(loaded.model.head_state_dict()),
+        "meanshift_data_fingerprint": (
+            files_fingerprint([config.meanshift_data])
+            if meanshift is not None and config.meanshift is None and config.meanshift_data is not None else None
+        ),
         "prompt_template": problems[0].template if problems else None,
     }
 

@@ -30,6 +30,8 @@ Files are read in order and never shuffled; ``limit`` keeps the first problems.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import warnings
@@ -70,6 +72,9 @@ RECORD_FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "generic": (("question", "problem", "prompt"), ("answer", "gt", "ground_truth")),
 }
 """Format -> (question fields, answer fields); the first field present is used."""
+
+CONTENT_ID_LENGTH = 10
+"""Hex digits of the question-and-answer hash in a file problem's id."""
 
 GSM8K_MARKER = "####"
 """GSM8K solutions end with ``#### <final answer>``."""
@@ -202,7 +207,9 @@ def dataset_path(name: str, split: str = "test", data_dir: str | os.PathLike | N
 def read_jsonl(path: str | os.PathLike, *, source: str | None = None, on_bad_line: str = "stop") -> list[Problem]:
     """Problems from a JSONL file, format detected from its first valid record; blank lines are ignored.
 
-    Ids are ``<file name>:<line number>`` (1-based), or the record's ``unique_id`` in MATH format.
+    Ids follow content, not line numbers: ``<file name>:<hash of question and answer>`` (a second
+    identical record gets ``#2``, ...), or the record's ``unique_id`` in MATH format. Inserting or
+    moving lines keeps every other problem's id; editing a question or an answer changes its id.
 
     Raises:
         DataError: a malformed line or record (``on_bad_line="stop"``), or no problems.
@@ -215,8 +222,8 @@ def read_jsonl(path: str | os.PathLike, *, source: str | None = None, on_bad_lin
         [('2', 'competition')]
     """
     path = Path(path)
-    with path.open(encoding="utf-8") as file:
-        numbered = ((number, line) for number, line in enumerate(file, start=1) if line.strip())
+    with path.open("rb") as file:
+        numbered = ((number, line) for number, line in _text_lines(file, path) if line.strip())
         return _problems_from_records(
             _json_lines(numbered, path.name), where=str(path), id_prefix=path.name,
             source=source or str(path), on_bad_line=on_bad_line,
@@ -293,6 +300,35 @@ def _check_arguments(source, split, limit, on_bad_line, levels) -> None:
         raise ValueError(f"split must be 'train' or 'test' for arithmetic problems, got {split!r}")
 
 
+def _text_lines(file, path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a file opened in binary mode; a line that is not UTF-8 is a DataError naming it."""
+    for number, raw in enumerate(file, start=1):
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DataError(
+                f"{path}, line {number}: not UTF-8 text (byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the "
+                "line); is this a JSONL file? Pass a UTF-8 JSONL file with one JSON object per line"
+            ) from None
+
+
+def content_id(prefix: str, question: str, answer: str, seen: dict[str, int]) -> str:
+    """``<prefix>:<short hash of question and answer>``, with ``#n`` for the n-th identical problem.
+
+    ``seen`` counts the ids handed out so far in this file (updated in place).
+
+    Example:
+        >>> seen = {}
+        >>> first, again = content_id("f", "1 + 1?", "2", seen), content_id("f", "1 + 1?", "2", seen)
+        >>> again == first + "#2", first.startswith("f:"), len(first)
+        (True, True, 12)
+    """
+    digest = hashlib.sha256(json.dumps([question, answer], ensure_ascii=False).encode("utf-8")).hexdigest()
+    base = f"{prefix}:{digest[:CONTENT_ID_LENGTH]}"
+    seen[base] = seen.get(base, 0) + 1
+    return base if seen[base] == 1 else f"{base}#{seen[base]}"
+
+
 def _json_lines(numbered_lines: Iterable[tuple[int, str]], name: str) -> Iterator[tuple[int, Any]]:
     """``(line number, record)``; a line that is not JSON yields a DataError in place of its record."""
     for number, line in numbered_lines:
@@ -308,6 +344,7 @@ def _problems_from_records(
     problems: list[Problem] = []
     detected: str | None = None
     skipped: list[tuple[int, str]] = []
+    seen: dict[str, int] = {}
     for number, record in records:
         try:
             if isinstance(record, DataError):
@@ -318,7 +355,10 @@ def _problems_from_records(
                 detected = record_format(record)
                 if detected is None:
                     raise DataError(f"record has the fields {sorted(record)}, which fit no known format")
-            problems.append(problem_from_record(record, detected, id=f"{id_prefix}:{number}", source=source))
+            problem = problem_from_record(record, detected, id=f"{id_prefix}:{number}", source=source)
+            if problem.id == f"{id_prefix}:{number}":  # no id of its own (MATH's unique_id): one from its content
+                problem = dataclasses.replace(problem, id=content_id(id_prefix, problem.question, problem.answer, seen))
+            problems.append(problem)
         except DataError as error:
             if on_bad_line == "stop":
                 raise DataError(

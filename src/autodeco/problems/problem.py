@@ -37,8 +37,8 @@ class Problem:
     """One problem with a checkable answer."""
 
     id: str
-    """Unique within its dataset and stable across runs: ``arithmetic/test/17``, ``gsm8k_test.jsonl:42``
-    (1-based line number) or the record's own id (MATH's ``unique_id``)."""
+    """Unique within its dataset and stable across runs: ``arithmetic/test/17``, ``gsm8k_test.jsonl:3f2a9c1b07``
+    (a hash of question and answer, ``#2`` for a repeat) or the record's own id (MATH's ``unique_id``)."""
 
     question: str
     """The raw problem text."""

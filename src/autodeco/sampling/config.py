@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from autodeco.model.base_model import EMBEDDED_MODEL
 from autodeco.sampling.settings import DecodingSetting
@@ -49,7 +50,7 @@ class SampleConfig:
             raise ValueError(f"limit must be >= 1 (or None for all), got {self.limit}")
         if self.samples_per_prompt < 1:
             raise ValueError(f"samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
+        if not (math.isfinite(self.temperature) and self.temperature >= 0) or not 0 < self.top_p <= 1:
             raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {self.temperature} and {self.top_p}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError(
@@ -57,6 +58,10 @@ class SampleConfig:
             )
         if not 0 <= self.heldout_fraction < 1:
             raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+        from autodeco.problems.answers import SCORERS
+
+        if self.scorer not in SCORERS:
+            raise ValueError(f"unknown scorer {self.scorer!r}; use one of {', '.join(SCORERS)}")
 
     @property
     def setting(self) -> DecodingSetting:

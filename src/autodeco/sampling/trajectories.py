@@ -3,14 +3,16 @@
 This is the label-free supervision of PAPER.md section 3: nobody labels temperatures, the model's
 own correct trajectories are the data. Output folder::
 
-    sample_config.json   the settings (a restart with other settings is refused)
+    sample_config.json   the settings and the base's fingerprint (a restart with other ones is refused)
     trajectories.jsonl   accepted answers for training: prompt, completion, answer, source, seed, ...
     heldout.jsonl        accepted answers of held-out problems (for held-out NLL and MeanShift)
     progress.jsonl       one line per finished problem (attempts, accepted): what a restart skips
     stats.json           acceptance statistics
+    run.lock             held by the running process (a second run on the folder is refused)
 
 Appends are durable per batch, so a killed run loses at most the batch in flight; a restart drops
-any answers of unfinished problems and carries on.
+any answers of unfinished problems and carries on. Problem ids follow content, so a restart after
+lines were inserted samples the new problems only, and one after an answer was edited is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from autodeco.common.fingerprint import model_reference_fingerprint
 from autodeco.common.jsonl import (
     append_jsonl,
     check_resume_config,
@@ -27,6 +30,7 @@ from autodeco.common.jsonl import (
     rewrite_jsonl_atomic,
     write_json_atomic,
 )
+from autodeco.common.runlock import run_lock
 from autodeco.common.seeds import derived_seed
 from autodeco.sampling.config import SampleConfig  # noqa: F401  (re-exported)
 
@@ -71,7 +75,15 @@ def is_heldout(problem_id: str, fraction: float, seed: int) -> bool:
 
 
 def sample_trajectories(config: SampleConfig, output: str | Path, *, overwrite: bool = False, progress: bool = True):
-    """Run (or resume) rejection sampling into the folder ``output``; returns :class:`SampleStats`."""
+    """Run (or resume) rejection sampling into the folder ``output``; returns :class:`SampleStats`.
+
+    Everything is checked before anything is written (the problems, the stored run's settings and
+    problems, the base model), and the folder is locked for the run (see :mod:`autodeco.common.runlock`).
+
+    Raises:
+        ValueError: bad data or settings, a folder holding another run or problems that changed, or
+            a folder in use by another process.
+    """
     from autodeco.problems import load_problems
     from autodeco.problems.answers import score
 
@@ -79,46 +91,82 @@ def sample_trajectories(config: SampleConfig, output: str | Path, *, overwrite: 
     problems = load_problems(
         config.source, split=config.split, limit=config.limit, seed=config.seed, data_dir=config.data_dir
     )
-    _prepare_folder(output, config, overwrite)
-    finished = _finished_problems(output)
-    todo = [problem for problem in problems if problem.id not in finished]
-    started, new_tokens = time.perf_counter(), 0
-    if todo:
-        new_tokens = _sample_missing(config, output, todo, score, progress)
-    stats = _statistics(output, problems, time.perf_counter() - started, new_tokens)
-    write_json_atomic(output / STATS_FILE, {**dataclasses.asdict(stats), "acceptance_rate": stats.acceptance_rate})
+    with run_lock(output, "sample"):
+        if overwrite:
+            for name in (TRAIN_FILE, HELDOUT_FILE, PROGRESS_FILE, CONFIG_FILE, STATS_FILE):
+                (output / name).unlink(missing_ok=True)
+        record = _run_record(config, problems)
+        fix = "choose another output folder or pass --overwrite to start again"
+        resuming = check_resume_config(output / CONFIG_FILE, record, what="sampling run", fix=fix)
+        finished = _finished_problems(output)
+        _check_same_problems(output, finished, problems)
+        todo = [problem for problem in problems if problem.id not in finished]
+        loaded = _load_base(config) if todo else None  # a bad base fails here, before anything is written
+        if not resuming:
+            write_json_atomic(output / CONFIG_FILE, record)
+        _drop_unfinished(output, finished)
+        started, new_tokens = time.perf_counter(), 0
+        if todo:
+            new_tokens = _sample_missing(config, loaded, output, todo, score, progress)
+        stats = _statistics(output, problems, time.perf_counter() - started, new_tokens)
+        write_json_atomic(output / STATS_FILE, {**dataclasses.asdict(stats), "acceptance_rate": stats.acceptance_rate})
     return stats
 
 
-def _prepare_folder(output: Path, config: SampleConfig, overwrite: bool) -> None:
-    if overwrite and output.exists():
-        for name in (TRAIN_FILE, HELDOUT_FILE, PROGRESS_FILE, CONFIG_FILE, STATS_FILE):
-            (output / name).unlink(missing_ok=True)
-    output.mkdir(parents=True, exist_ok=True)
-    current = dataclasses.asdict(config)
-    fix = "choose another output folder or pass --overwrite to start again"
-    if not check_resume_config(output / CONFIG_FILE, current, what="sampling run", fix=fix):
-        write_json_atomic(output / CONFIG_FILE, current)
+def _run_record(config: SampleConfig, problems) -> dict:
+    """What ``sample_config.json`` records: the settings and the base model's fingerprint.
+
+    The problems are not compared as a whole (a resume may add problems: inserted lines, a larger
+    limit); :func:`_check_same_problems` refuses one whose finished problems changed.
+    """
+    return {**dataclasses.asdict(config), "base_fingerprint": model_reference_fingerprint(config.base)}
 
 
 def _finished_problems(output: Path) -> dict[str, dict]:
-    """Problems a previous run finished; answers written for unfinished ones (a killed batch) are dropped."""
-    finished = {row["problem_id"]: row for row in read_jsonl_tolerant(output / PROGRESS_FILE)}
+    """Problems a previous run finished (``progress.jsonl``), by id."""
+    return {row["problem_id"]: row for row in read_jsonl_tolerant(output / PROGRESS_FILE)}
+
+
+def _check_same_problems(output: Path, finished: dict[str, dict], problems) -> None:
+    """Refuse to resume when problems the stored run finished are no longer in the data.
+
+    Problem ids follow content (question and answer), so an edited answer or question shows up
+    here as a finished problem that no longer exists; its answers would otherwise stay in the
+    training set, checked against the old answer.
+    """
+    current = {problem.id for problem in problems}
+    gone = [problem_id for problem_id in finished if problem_id not in current]
+    if gone:
+        shown = ", ".join(map(repr, gone[:3])) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")
+        raise ValueError(
+            f"{output} holds answers to {len(gone)} problem(s) that are no longer in the data ({shown}): a question "
+            "or an answer was edited, or lines were removed or moved past --limit, so the stored answers were "
+            "checked against other problems; choose another output folder or pass --overwrite to start again"
+        )
+
+
+def _drop_unfinished(output: Path, finished: dict[str, dict]) -> None:
+    """Drop answers written for unfinished problems (a killed batch) and a torn last progress line."""
     for name in (TRAIN_FILE, HELDOUT_FILE):
         if (output / name).exists():
             kept = [row for row in read_jsonl_tolerant(output / name) if row["problem_id"] in finished]
             rewrite_jsonl_atomic(output / name, kept)
-    rewrite_jsonl_atomic(output / PROGRESS_FILE, list(finished.values()))  # also drops a torn last line
-    return finished
+    if (output / PROGRESS_FILE).exists():
+        rewrite_jsonl_atomic(output / PROGRESS_FILE, list(finished.values()))
 
 
-def _sample_missing(config: SampleConfig, output: Path, todo, score, progress: bool) -> int:
+def _load_base(config: SampleConfig):
+    from autodeco.sampling.inference import load_for_generation
+
+    return load_for_generation(None, config.base, seed=config.seed)
+
+
+def _sample_missing(config: SampleConfig, loaded, output: Path, todo, score, progress: bool) -> int:
     from tqdm.auto import tqdm
 
-    from autodeco.sampling.inference import load_for_generation, render_prompt
+    from autodeco.sampling.inference import render_prompt
     from autodeco.sampling.rollouts import complete, prefill
 
-    loaded = load_for_generation(None, config.base, seed=config.seed)
     model, tokenizer = loaded.model, loaded.tokenizer
     bar = tqdm(total=len(todo), desc="sampling", unit="problem", disable=not progress)
     accepted_total = attempts_total = new_tokens = 0

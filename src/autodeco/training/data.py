@@ -110,7 +110,8 @@ class DataReport:
 
 
 def read_trajectories(
-    paths: list[str | os.PathLike], *, on_bad_line: str = "stop", report: DataReport | None = None
+    paths: list[str | os.PathLike], *, on_bad_line: str = "stop", report: DataReport | None = None,
+    what: str = "training file",
 ) -> list[Trajectory]:
     """Read and validate trajectory JSONL files.
 
@@ -119,6 +120,7 @@ def read_trajectories(
         on_bad_line: ``"stop"``: raise on the first malformed line; ``"skip"``: leave it out and
             record it in ``report.bad_lines``.
         report: filled with counts (a new one is made when None).
+        what: what the files are, for messages (``"training file"``, ``"--meanshift-data file"``).
 
     Returns:
         The valid trajectories, in file order.
@@ -138,13 +140,20 @@ def read_trajectories(
         raise ValueError(f"on_bad_line must be one of {BAD_LINE_CHOICES}, got {on_bad_line!r}")
     report = report if report is not None else DataReport()
     trajectories = []
-    for path in _existing_files(paths):
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
+    for path in _existing_files(paths, what):
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                location = f"{path}:{number}"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise TrainingDataError(
+                        f"{what} {location}: not UTF-8 text (byte 0x{raw[error.start]:02x}); is it a JSONL file "
+                        "written by `autodeco sample`? Pass that file, or convert it to UTF-8"
+                    ) from None
                 if not line.strip():
                     continue
                 report.lines += 1
-                location = f"{path}:{number}"
                 try:
                     trajectories.append(parse_trajectory(line, location))
                 except TrainingDataError as error:
@@ -178,15 +187,15 @@ def parse_trajectory(line: str, location: str) -> Trajectory:
     return Trajectory(record["prompt"], record["completion"], location, None if problem_id is None else str(problem_id))
 
 
-def _existing_files(paths: list[str | os.PathLike]) -> list[Path]:
+def _existing_files(paths: list[str | os.PathLike], what: str = "training file") -> list[Path]:
     if not paths:
-        raise TrainingDataError("no training file given; pass one or more JSONL files written by `autodeco sample`")
+        raise TrainingDataError(f"no {what} given; pass one or more JSONL files written by `autodeco sample`")
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            raise TrainingDataError(f"training data {str(path)!r} is a folder; pass the JSONL file(s) inside it")
+            raise TrainingDataError(f"{what} {str(path)!r} is a folder; pass the JSONL file(s) inside it")
         if not path.is_file():
-            raise TrainingDataError(f"training file {str(path)!r} does not exist")
+            raise TrainingDataError(f"{what} {str(path)!r} does not exist")
         files.append(path)
     return files
 

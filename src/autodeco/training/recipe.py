@@ -241,6 +241,11 @@ def train_heads(config: TrainConfig, *, overwrite: bool = False, progress: bool 
     """
     accelerator = make_accelerator()
     configure_deepspeed(accelerator, config)
+    with state.run_folder_lock(Path(config.output_dir), accelerator):  # one run per folder
+        return _train_locked(config, accelerator, overwrite=overwrite, progress=progress)
+
+
+def _train_locked(config: TrainConfig, accelerator, *, overwrite: bool, progress: bool) -> TrainResult:
     output = Path(config.output_dir)
     heads_dir = output / state.HEADS_DIR
     if overwrite and accelerator.is_main_process:
@@ -260,13 +265,13 @@ def train_heads(config: TrainConfig, *, overwrite: bool = False, progress: bool 
     )
     _say(accelerator, f"data: {report.summary()}")
     total_steps = config.total_steps(len(examples), accelerator.num_processes)
-    if accelerator.is_main_process:
-        state.prepare_output(output, {**settings, "num_examples": len(examples), "total_steps": total_steps})
 
     with base_loading(accelerator):
         model = load_model(config, settings["base"])
     partitioned_while_loading = is_partitioned(model.llm)  # zero3_init_flag: true
     model = place_model(model, accelerator, config)
+    if accelerator.is_main_process:  # only now: a bad base or init heads leaves no record behind
+        state.prepare_output(output, {**settings, "num_examples": len(examples), "total_steps": total_steps})
     if uses_deepspeed(accelerator):
         _say(accelerator, partition_summary(model, accelerator, partitioned_while_loading))
     parameters = trainable_parameters(model)

@@ -2,7 +2,9 @@
 
 Output folder::
 
-    train_config.json       the settings (a restart with different ones is refused)
+    train_config.json       the settings and the fingerprints of data, base and initial heads
+                            (a restart with different ones is refused)
+    run.lock                held by the running process (a second run on the folder is refused)
     log.jsonl               one line per logging step: losses, learning rate, kept tokens, T/P stats
     training_curve.png      losses and mean +- std of T and P against the step
     checkpoint-<step>/      heads (config.json, model.safetensors) + training_state.{safetensors,json}
@@ -16,17 +18,21 @@ the learning-rate schedule and the data order are functions of the step, so noth
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from autodeco.common.fingerprint import model_reference_fingerprint, tensors_fingerprint
+from autodeco.common.runlock import run_lock
 from autodeco.model.base_model import EMBEDDED_MODEL
 from autodeco.training.config import TrainConfig
 from autodeco.training.curve import CURVE_FILE, LOG_FILE, write_training_curve
@@ -66,14 +72,52 @@ def resolved_base(config: TrainConfig) -> str:
 def run_settings(config: TrainConfig, num_processes: int) -> dict[str, Any]:
     """What ``train_config.json`` records: every setting, the resolved base, the data's fingerprint."""
     settings = dataclasses.asdict(config)
+    base = resolved_base(config)
     settings.update(
-        base=resolved_base(config),
+        base=base,
+        base_fingerprint=model_reference_fingerprint(base),
+        heads_fingerprint=_heads_fingerprint(config.heads),
         data=[str(Path(path).resolve()) for path in config.data],
         data_fingerprint=data_fingerprint(config.data),
         num_processes=num_processes,
         global_batch_size=config.global_batch_size(num_processes),
     )
     return settings
+
+
+def _heads_fingerprint(heads: str | None) -> str | None:
+    """The fingerprint of the initial heads' tensors (None: fresh heads)."""
+    if heads is None:
+        return None
+    from autodeco.model.checkpoint import read_checkpoint
+
+    return tensors_fingerprint(read_checkpoint(heads).head_tensors)
+
+
+@contextlib.contextmanager
+def run_folder_lock(output: Path, accelerator) -> Iterator[None]:
+    """Hold the run folder's lock (:func:`autodeco.common.runlock.run_lock`) for a training run.
+
+    Only the main process takes it (the others work in the same folder on its behalf); every
+    process learns whether it got it, so that all of them stop together when another run holds it.
+
+    Raises:
+        ValueError: another process holds the folder (on every process of this run).
+    """
+    refused: ValueError | None = None
+    with contextlib.ExitStack() as stack:
+        if accelerator.is_main_process:
+            try:
+                stack.enter_context(run_lock(output, "train"))
+            except ValueError as error:
+                refused = error
+        if accelerator.num_processes > 1:
+            flag = torch.tensor([0.0 if refused is None else 1.0], device=accelerator.device)
+            if accelerator.reduce(flag, reduction="sum").item() > 0 and refused is None:
+                raise ValueError(f"{output} cannot be used: the main process of this run refused it (see its message)")
+        if refused is not None:
+            raise refused
+        yield
 
 
 def settings_that_matter(settings: dict[str, Any]) -> dict[str, Any]:
