@@ -239,3 +239,15 @@ def test_non_utf8_argument_is_a_clear_error():
     assert "autodeco: error: argument 1 is not UTF-8 text (b'\\xff\\xfe')" in err
     result = run_subprocess(["generate", os.fsdecode(b"caf\xe9")])
     assert result.returncode == 1 and "argument 2 is not UTF-8 text" in result.stderr.decode()
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_unknown_scorer_is_refused_before_the_run_folder_is_written(command, tmp_path, tiny_chat_model_dir, capsys):
+    output = tmp_path / "run"
+    refused(capsys, command, "--scorer", "regex", "--output", output, "--base", tiny_chat_model_dir,
+            says=("--scorer must be one of math-verify, exact", "'regex'"))
+    assert not output.exists()
+
+
+def test_prompt_file_that_is_a_folder_is_named(tmp_path, capsys):
+    refused(capsys, "generate", "--file", tmp_path, says=(f"prompt file {str(tmp_path)!r} is a folder",))

@@ -51,6 +51,7 @@ OS_ERROR_HINTS = {
     errno.EDQUOT: "the disk quota is exceeded: free some space, or choose a path on another disk",
     errno.ENAMETOOLONG: "choose a shorter path",
     errno.ENOENT: "check the path",
+    errno.EPIPE: "the output was closed before autodeco finished writing it",
 }
 """What to do about an operating-system error, by its errno."""
 

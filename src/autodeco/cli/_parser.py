@@ -89,6 +89,12 @@ def check_at_least(flag: str, value: int | None, minimum: int = 1, *, none: str 
         raise ValueError(f"{flag} must be >= {minimum}, got {value}{none}")
 
 
+def check_choice(flag: str, value, choices) -> None:
+    """Refuse a value not among ``choices`` before any work starts (and before anything is written)."""
+    if value is not None and value not in choices:
+        raise ValueError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+
+
 def config_errors(config_class, flags: dict[str, str]):
     """Re-raise a config's ValueError with each field name followed by the flag that sets it.
 

@@ -48,9 +48,11 @@ def evaluate_command(
         data_dir: folder with dataset files (default: $AUTODECO_DATA_DIR).
         overwrite: discard an existing evaluation in OUTPUT instead of resuming it.
     """
-    from autodeco.cli._parser import check_at_least
+    from autodeco.cli._parser import check_at_least, check_choice
     from autodeco.evaluation.runner import METHODS, EvalConfig, evaluate, oracle_grid
+    from autodeco.problems.answers import SCORERS
 
+    check_choice("--scorer", scorer, SCORERS)  # before the run folder is written
     check_at_least("--seeds", seeds)
     check_at_least("--samples-per-seed", samples_per_seed)
     check_at_least("--batch-size", batch_size)

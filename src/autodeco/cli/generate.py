@@ -110,6 +110,8 @@ def _collect_prompts(prompts: list[str], file: str | None) -> list[str]:
     texts = [prompt for prompt in prompts if prompt != "-"]
     if file is not None:
         path = Path(file)
+        if path.is_dir():
+            raise ValueError(f"prompt file {file!r} is a folder; give a text file with one prompt per line")
         if not path.is_file():
             raise FileNotFoundError(f"prompt file {file!r} does not exist")
         text = _read_text(lambda: path.read_text(encoding="utf-8"), f"prompt file {file!r}")

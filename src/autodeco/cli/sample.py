@@ -21,8 +21,11 @@ def sample(output: str = "runs/sample", overwrite: bool = False, **settings):
         output: output folder.
         overwrite: discard an existing run in OUTPUT instead of resuming it.
     """
+    from autodeco.cli._parser import check_choice
+    from autodeco.problems.answers import SCORERS
     from autodeco.sampling.trajectories import sample_trajectories
 
+    check_choice("--scorer", settings.get("scorer"), SCORERS)  # before the run folder is written
     with config_errors(SampleConfig, FLAGS):
         config = SampleConfig(**settings)
     stats = sample_trajectories(config, output, overwrite=overwrite)
