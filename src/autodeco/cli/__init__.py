@@ -9,7 +9,7 @@ import sys
 import traceback
 
 from autodeco.cli import checkpoints, evaluate, generate, quickstart, sample, train
-from autodeco.cli._parser import add_command, check_numbers
+from autodeco.cli._parser import add_command, check_numbers, flag_names
 
 COMMANDS = {
     "quickstart": quickstart.quickstart,
@@ -96,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"autodeco: error: {error}", file=sys.stderr)
         return 1
     command = next((word for word in argv if not word.startswith("-")), None)
-    arguments = vars(build_parser(command if command in COMMANDS else None).parse_args(argv))
+    parser = build_parser(command if command in COMMANDS else None)
+    arguments = vars(parser.parse_args(argv))
     function = arguments.pop("_function")
-    flags = arguments.pop("_flags", {})
-    arguments.pop("command")
+    flags = flag_names(parser, arguments.pop("command"))
     try:
         check_numbers(arguments, flags)
         function(**arguments)

@@ -49,7 +49,7 @@ def add_command(subparsers, name: str, function, *, with_arguments: bool = True)
     parser = subparsers.add_parser(
         name, help=summary.splitlines()[0] if summary else None, description=summary, formatter_class=_HelpFormatter,
     )
-    parser.set_defaults(_function=function, _flags={})
+    parser.set_defaults(_function=function)
     if not with_arguments:
         return
     hints = typing.get_type_hints(function)
@@ -62,10 +62,15 @@ def add_command(subparsers, name: str, function, *, with_arguments: bool = True)
     if hasattr(function, "__config__"):
         config_class, exclude, flags = function.__config__
         _add_config_fields(parser, config_class, skip=own | set(exclude), flags=flags)
-    parser.set_defaults(_flags={
+
+
+def flag_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
+    """``{destination: flag}`` of subcommand ``command`` of ``parser`` (e.g. ``{"top_p": "--top-p"}``)."""
+    subparsers = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    return {
         action.dest: action.option_strings[0] if action.option_strings else action.dest
-        for action in parser._actions if action.dest not in ("help", argparse.SUPPRESS)
-    })
+        for action in subparsers.choices[command]._actions
+    }
 
 
 def check_numbers(arguments: dict, flags: dict[str, str]) -> None:
