@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
+import traceback
 
 from autodeco.cli import checkpoints, evaluate, generate, quickstart, sample, train
-from autodeco.cli._parser import add_command
+from autodeco.cli._parser import add_command, check_numbers, flag_names
 
 COMMANDS = {
     "quickstart": quickstart.quickstart,
@@ -37,18 +40,81 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+OS_ERROR_HINTS = {
+    errno.EACCES: "check the permissions, or choose another path",
+    errno.EPERM: "check the permissions, or choose another path",
+    errno.EROFS: "the file system is read-only: choose a path on a writable disk",
+    errno.ENOTDIR: "a part of this path is a file, not a folder: choose another path",
+    errno.EEXIST: "a file is in the way: remove it, or choose another path",
+    errno.EISDIR: "this is a folder: give a file's path",
+    errno.ENOSPC: "the disk is full: free some space, or choose a path on another disk",
+    errno.EDQUOT: "the disk quota is exceeded: free some space, or choose a path on another disk",
+    errno.ENAMETOOLONG: "choose a shorter path",
+    errno.ENOENT: "check the path",
+    errno.EPIPE: "the output was closed before autodeco finished writing it",
+}
+"""What to do about an operating-system error, by its errno."""
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for an operating-system error: the path, what went wrong, what to do.
+
+    Example:
+        >>> describe_os_error(PermissionError(errno.EACCES, "Permission denied", "/out/run.json"))
+        "cannot use '/out/run.json': Permission denied (check the permissions, or choose another path)"
+    """
+    if error.errno is None or error.strerror is None:
+        return str(error)  # raised by us with a message of its own
+    hint = OS_ERROR_HINTS.get(error.errno, "check the path and the disk")
+    if error.filename is None:
+        return f"{error.strerror} ({hint})"
+    paths = repr(os.fsdecode(error.filename))
+    if error.filename2 is not None:
+        paths += f" -> {os.fsdecode(error.filename2)!r}"
+    return f"cannot use {paths}: {error.strerror} ({hint})"
+
+
+def check_utf8_arguments(argv: list[str]) -> None:
+    """Refuse an argument that is not UTF-8 text (Python hands such bytes over as lone surrogates)."""
+    for index, word in enumerate(argv, start=1):
+        try:
+            word.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = os.fsencode(word) if isinstance(word, str) else word
+            raise CommandError(
+                f"argument {index} is not UTF-8 text ({raw!r}); pass text encoded in UTF-8 "
+                "(e.g. convert it with iconv -t UTF-8)"
+            ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``autodeco`` command; user errors print one line and return 1, bugs a traceback and a plea to report."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = next((word for word in argv if not word.startswith("-")), None)
-    arguments = vars(build_parser(command if command in COMMANDS else None).parse_args(argv))
-    function = arguments.pop("_function")
-    arguments.pop("command")
     try:
-        function(**arguments)
-    except (ValueError, FileNotFoundError, CommandError) as error:
+        check_utf8_arguments(argv)
+    except CommandError as error:
         print(f"autodeco: error: {error}", file=sys.stderr)
+        return 1
+    command = next((word for word in argv if not word.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    arguments = vars(parser.parse_args(argv))
+    function = arguments.pop("_function")
+    flags = flag_names(parser, arguments.pop("command"))
+    try:
+        check_numbers(arguments, flags)
+        function(**arguments)
+    except (ValueError, CommandError) as error:
+        print(f"autodeco: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"autodeco: error: {describe_os_error(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("autodeco: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        traceback.print_exc()
+        print(f"autodeco: internal error: this is a bug in autodeco, not in what you typed; please report it "
+              "to the autodeco maintainers with the traceback above and the command you ran", file=sys.stderr)
+        return 2
     return 0

@@ -18,6 +18,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import math
 import re
 import textwrap
 import typing
@@ -61,6 +62,71 @@ def add_command(subparsers, name: str, function, *, with_arguments: bool = True)
     if hasattr(function, "__config__"):
         config_class, exclude, flags = function.__config__
         _add_config_fields(parser, config_class, skip=own | set(exclude), flags=flags)
+
+
+def flag_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
+    """``{destination: flag}`` of subcommand ``command`` of ``parser`` (e.g. ``{"top_p": "--top-p"}``)."""
+    subparsers = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    return {
+        action.dest: action.option_strings[0] if action.option_strings else action.dest
+        for action in subparsers.choices[command]._actions
+    }
+
+
+def check_numbers(arguments: dict, flags: dict[str, str]) -> None:
+    """Refuse NaN and infinity in any number flag, naming the flag (argparse's ``float`` accepts both).
+
+    Example:
+        >>> check_numbers({"top_p": float("nan")}, {"top_p": "--top-p"})
+        Traceback (most recent call last):
+        ValueError: --top-p must be a finite number, got nan
+    """
+    for name, value in arguments.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for number in values:
+            if isinstance(number, float) and not math.isfinite(number):
+                raise ValueError(f"{flags.get(name, name)} must be a finite number, got {number}")
+
+
+def check_at_least(flag: str, value: int | None, minimum: int = 1, *, none: str = "") -> None:
+    """Refuse a count flag below ``minimum`` (``none``: what to pass instead, for flags that accept none)."""
+    if value is not None and value < minimum:
+        raise ValueError(f"{flag} must be >= {minimum}, got {value}{none}")
+
+
+def check_choice(flag: str, value, choices) -> None:
+    """Refuse a value not among ``choices`` before any work starts (and before anything is written)."""
+    if value is not None and value not in choices:
+        raise ValueError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def config_errors(config_class, flags: dict[str, str]):
+    """Re-raise a config's ValueError with each field name followed by the flag that sets it.
+
+    ``per_device_batch_size must be >= 1`` becomes ``per_device_batch_size (--batch-size) must be >= 1``.
+    """
+    return _ConfigErrors(config_class, flags)
+
+
+class _ConfigErrors:
+    def __init__(self, config_class, flags: dict[str, str]):
+        self.names = {
+            field.name: "--" + flags.get(field.name, field.name.replace("_", "-"))
+            for field in dataclasses.fields(config_class)
+        }
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if kind is None or not issubclass(kind, ValueError) or isinstance(error, UnicodeError):
+            return False
+        message = str(error)
+        for name, flag in sorted(self.names.items(), key=lambda item: -len(item[0])):
+            if re.match(rf"{name}\b", message):
+                message = f"{name} ({flag})" + message[len(name):]
+                break
+        raise ValueError(message) from error
 
 
 def _add_parameter(parser, parameter: inspect.Parameter, hint, help_text: str) -> None:

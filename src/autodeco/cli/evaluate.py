@@ -48,14 +48,25 @@ def evaluate_command(
         data_dir: folder with dataset files (default: $AUTODECO_DATA_DIR).
         overwrite: discard an existing evaluation in OUTPUT instead of resuming it.
     """
+    from autodeco.cli._parser import check_at_least, check_choice
     from autodeco.evaluation.runner import METHODS, EvalConfig, evaluate, oracle_grid
+    from autodeco.problems.answers import SCORERS
 
-    if seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    check_choice("--scorer", scorer, SCORERS)  # before the run folder is written
+    check_at_least("--seeds", seeds)
+    check_at_least("--samples-per-seed", samples_per_seed)
+    check_at_least("--batch-size", batch_size)
+    check_at_least("--max-new-tokens", max_new_tokens)
+    check_at_least("--limit", limit, none=" (leave --limit out for all problems)")
+    chosen = tuple(methods) if methods else METHODS
+    for flag, value in (("--meanshift", meanshift), ("--meanshift-data", meanshift_data)):
+        if value is not None and "meanshift" not in chosen:
+            raise ValueError(f"{flag} {value} is only used by the meanshift method, which --methods "
+                             f"({' '.join(chosen)}) leaves out: add meanshift to --methods, or drop {flag}")
     temperatures, top_ps = oracle_grid(oracle_step)
     config = EvalConfig(
         dataset=dataset, split=split, limit=limit, heads=heads, base=base,
-        methods=tuple(methods) if methods else METHODS,
+        methods=chosen,
         static=tuple(_pair(text, "--static") for text in static or []), seeds=tuple(range(seeds)),
         samples_per_seed=samples_per_seed, max_new_tokens=max_new_tokens, batch_size=batch_size, scorer=scorer,
         oracle_temperatures=temperatures, oracle_top_ps=top_ps,
@@ -81,8 +92,12 @@ def print_result(result) -> None:
 
 
 def _pair(text: str, flag: str) -> tuple[float, float]:
+    import math
+
     try:
         temperature, top_p = (float(part) for part in text.split(","))
     except ValueError:
         raise ValueError(f"{flag} takes T,P (two numbers separated by a comma, e.g. 0.7,0.95), got {text!r}") from None
+    if not (math.isfinite(temperature) and math.isfinite(top_p)):
+        raise ValueError(f"{flag} takes two finite numbers T,P (e.g. 0.7,0.95), got {text!r}")
     return temperature, top_p

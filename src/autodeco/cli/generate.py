@@ -47,7 +47,10 @@ def generate(
     from autodeco.sampling.inference import generate_traces, load_for_generation
     from autodeco.views import format_table, write_trace
 
+    _check_options(heads, fresh_heads, greedy, temperature, top_p, max_new_tokens, batch_size)
     texts = _collect_prompts(prompts, file)
+    if trace:
+        Path(trace_dir).mkdir(parents=True, exist_ok=True)  # an unwritable --trace-dir fails before generating
     if heads is None and not fresh_heads:
         heads = default_heads_for(base)
     loaded = load_for_generation(heads, base, seed=seed)
@@ -67,22 +70,55 @@ def generate(
             print(format_table(result))
             folder = Path(trace_dir)
             written = [folder / f"trace-{index}{suffix}" for suffix in (".html", ".png", ".json")]
-            folder.mkdir(parents=True, exist_ok=True)
             for path in written:
                 write_trace(result, path)
             print(f"trace written to {', '.join(str(path) for path in written)}")
         print()
 
 
+def _check_options(heads, fresh_heads, greedy, temperature, top_p, max_new_tokens, batch_size) -> None:
+    """Refuse flags that contradict each other or make no sense, before anything is loaded."""
+    from autodeco.cli._parser import check_at_least
+
+    if fresh_heads and heads is not None:
+        raise ValueError(f"--fresh-heads and --heads {heads} contradict each other: fresh heads are untrained "
+                         "heads made from --seed; drop --heads to use them, or drop --fresh-heads to use the checkpoint")
+    if greedy and (temperature != 1.0 or top_p != 1.0):
+        raise ValueError(f"--greedy ignores --temperature and --top-p (got {temperature} and {top_p}): greedy decoding "
+                         "always takes the most likely token; drop --greedy to sample, or drop the multipliers")
+    if temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not top_p > 0:
+        raise ValueError(f"--top-p must be > 0 (a multiplier on the heads' top-p, capped at 1), got {top_p}")
+    check_at_least("--max-new-tokens", max_new_tokens)
+    check_at_least("--batch-size", batch_size)
+
+
+def _read_text(read, where: str) -> str:
+    """The text ``read()`` returns, refused with a clear error when it is not UTF-8."""
+    try:
+        text = read()
+        text.encode("utf-8")  # bytes read with surrogateescape (a C locale) come back as lone surrogates
+    except UnicodeError as error:
+        position = f" at byte {error.start}" if isinstance(error, UnicodeDecodeError) else ""
+        raise ValueError(f"{where} is not UTF-8 text (undecodable byte{position}); "
+                         "convert it to UTF-8 first, e.g. with iconv -t UTF-8") from None
+    return text
+
+
 def _collect_prompts(prompts: list[str], file: str | None) -> list[str]:
     texts = [prompt for prompt in prompts if prompt != "-"]
     if file is not None:
         path = Path(file)
+        if path.is_dir():
+            raise ValueError(f"prompt file {file!r} is a folder; give a text file with one prompt per line")
         if not path.is_file():
             raise FileNotFoundError(f"prompt file {file!r} does not exist")
-        texts += [line for line in path.read_text().splitlines() if line.strip()]
+        text = _read_text(lambda: path.read_text(encoding="utf-8"), f"prompt file {file!r}")
+        texts += [line for line in text.splitlines() if line.strip()]
     if "-" in prompts or (not texts and file is None and not sys.stdin.isatty()):
-        texts += [line for line in sys.stdin.read().splitlines() if line.strip()]
+        text = _read_text(sys.stdin.read, "standard input")
+        texts += [line for line in text.splitlines() if line.strip()]
     if not texts:
         raise ValueError("no prompt given: pass a prompt, --file FILE, or pipe prompts on standard input")
     for index, text in enumerate(texts, start=1):

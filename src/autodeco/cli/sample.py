@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from autodeco.cli._parser import config_command
+from autodeco.cli._parser import config_command, config_errors
 from autodeco.sampling.config import SampleConfig
 
 
-@config_command(SampleConfig, flags={"source": "dataset"})
+FLAGS = {"source": "dataset"}
+
+
+@config_command(SampleConfig, flags=FLAGS)
 def sample(output: str = "runs/sample", overwrite: bool = False, **settings):
     """Let the base model answer problems k times and keep its verified-correct answers as training data.
 
@@ -18,9 +21,13 @@ def sample(output: str = "runs/sample", overwrite: bool = False, **settings):
         output: output folder.
         overwrite: discard an existing run in OUTPUT instead of resuming it.
     """
+    from autodeco.cli._parser import check_choice
+    from autodeco.problems.answers import SCORERS
     from autodeco.sampling.trajectories import sample_trajectories
 
-    config = SampleConfig(**settings)
+    check_choice("--scorer", settings.get("scorer"), SCORERS)  # before the run folder is written
+    with config_errors(SampleConfig, FLAGS):
+        config = SampleConfig(**settings)
     stats = sample_trajectories(config, output, overwrite=overwrite)
     print(stats.table())
     print(f"\n{stats.train_trajectories} training and {stats.heldout_trajectories} held-out trajectories in {output} "

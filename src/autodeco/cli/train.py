@@ -9,11 +9,14 @@ import json
 import sys
 from pathlib import Path
 
-from autodeco.cli._parser import config_command
+from autodeco.cli._parser import check_at_least, config_command, config_errors
 from autodeco.training.config import TrainConfig
 
 
-@config_command(TrainConfig, exclude=("data", "output_dir", "base", "heads", "seed"), flags={"per_device_batch_size": "batch-size"})
+FLAGS = {"per_device_batch_size": "batch-size", "output_dir": "output"}
+
+
+@config_command(TrainConfig, exclude=("data", "output_dir", "base", "heads", "seed"), flags=FLAGS)
 def train(
     data: list[str],
     output: str = "autodeco-train",
@@ -45,9 +48,10 @@ def train(
 
     if "num_epochs" in settings and "max_steps" not in settings:
         settings["max_steps"] = None  # a number of epochs asked for: not the preset's step count
-    config = TrainConfig.from_preset(
-        preset, data=list(data), output_dir=output, base=base, heads=heads, seed=seed, **settings
-    )
+    with config_errors(TrainConfig, FLAGS):
+        config = TrainConfig.from_preset(
+            preset, data=list(data), output_dir=output, base=base, heads=heads, seed=seed, **settings
+        )
     result = train_heads(config, overwrite=overwrite, progress=not no_progress)
     if not result.main_process:
         return result
@@ -94,8 +98,9 @@ def heldout(
     from autodeco.model.modeling import AutoDecoForCausalLM
     from autodeco.training.data import read_trajectories
 
-    if max_examples is not None and max_examples < 1:
-        raise ValueError(f"max_examples must be >= 1, got {max_examples}")
+    check_at_least("--max-examples", max_examples)
+    check_at_least("--batch-size", batch_size)
+    check_at_least("--max-length", max_length, 2)
     trajectories = read_trajectories([data], on_bad_line=on_bad_line)[:max_examples]
     if not trajectories:
         raise ValueError(f"{data!r} holds no trajectory to evaluate")
