@@ -17,6 +17,16 @@ def run(capsys, *argv):
     return status, captured.out, captured.err
 
 
+IN_THE_WAY = ("a file is in the way", "is a file, not a folder")
+"""How a file where a folder should be is described (by the OS-error handler, or by the run-folder lock)."""
+
+UNDER_A_FILE = ("a part of this path is a file", "lies under a file", *IN_THE_WAY)
+
+
+def mentions_any(message: str, phrases: tuple[str, ...]) -> bool:
+    return any(phrase in message for phrase in phrases)
+
+
 def refused(capsys, *argv, says: tuple[str, ...]):
     """Run ``autodeco argv``; assert a one-line user error that contains every text in ``says``."""
     status, out, err = run(capsys, *argv)
@@ -122,26 +132,27 @@ def _output_argv(command, output, model_dir):
 
 @pytest.mark.parametrize("command", ["sample", "eval", "generate"])
 def test_output_that_is_a_file_is_a_clear_error_before_any_work(command, a_file, tiny_chat_model_dir, capsys):
-    refused(capsys, *_output_argv(command, a_file, tiny_chat_model_dir),
-            says=(str(a_file), "a file is in the way", "choose another path"))
+    message = refused(capsys, *_output_argv(command, a_file, tiny_chat_model_dir), says=(str(a_file), "choose"))
+    assert mentions_any(message, IN_THE_WAY), message
     assert a_file.read_text() == "not a folder\n"
 
 
 @pytest.mark.parametrize("command", ["sample", "eval", "generate", "init"])
 def test_output_under_a_file_is_a_clear_error(command, a_file, tiny_chat_model_dir, capsys):
-    message = refused(capsys, *_output_argv(command, a_file / "run", tiny_chat_model_dir),
-                      says=(str(a_file), "choose another path"))
-    assert "a part of this path is a file" in message or "a file is in the way" in message
+    message = refused(capsys, *_output_argv(command, a_file / "run", tiny_chat_model_dir), says=(str(a_file), "choose"))
+    assert mentions_any(message, UNDER_A_FILE), message
 
 
 def test_train_output_that_is_a_file_is_a_clear_error(a_file, tmp_path, tiny_chat_model_dir, capsys):
     from test_train import write_arithmetic
 
     data = write_arithmetic(tmp_path / "t.jsonl", count=4)
-    refused(capsys, "train", data, "--base", tiny_chat_model_dir, "--output", a_file, "--max-steps", "1",
-            "--no-progress", says=(str(a_file), "a file is in the way"))
-    refused(capsys, "train", data, "--base", tiny_chat_model_dir, "--output", a_file / "run", "--max-steps", "1",
-            "--no-progress", says=(str(a_file / "run"), "a part of this path is a file"))
+    message = refused(capsys, "train", data, "--base", tiny_chat_model_dir, "--output", a_file, "--max-steps", "1",
+                      "--no-progress", says=(str(a_file),))
+    assert mentions_any(message, IN_THE_WAY), message
+    message = refused(capsys, "train", data, "--base", tiny_chat_model_dir, "--output", a_file / "run", "--max-steps",
+                      "1", "--no-progress", says=(str(a_file / "run"),))
+    assert mentions_any(message, UNDER_A_FILE), message
 
 
 @pytest.fixture
@@ -166,8 +177,9 @@ def unwritable_folder(tmp_path):
 
 @pytest.mark.parametrize("command", ["sample", "eval", "generate", "init"])
 def test_unwritable_folder_is_a_clear_error(command, unwritable_folder, tiny_chat_model_dir, capsys):
-    refused(capsys, *_output_argv(command, unwritable_folder / "autodeco-run", tiny_chat_model_dir),
-            says=(f"cannot use '{unwritable_folder}/", "autodeco-run", "check the permissions"))
+    message = refused(capsys, *_output_argv(command, unwritable_folder / "autodeco-run", tiny_chat_model_dir),
+                      says=(f"{unwritable_folder}/autodeco-run",))
+    assert mentions_any(message, ("check the permissions", "choose a folder you can write to")), message
 
 
 @pytest.mark.parametrize("error, says", [
@@ -208,7 +220,7 @@ def test_a_bug_shows_its_traceback_and_asks_to_be_reported(monkeypatch, capsys):
 
     monkeypatch.setattr(trajectories, "sample_trajectories", buggy)
     status, _, err = run(capsys, "sample", "--output", "/nowhere")
-    assert status == 2
+    assert status == 70  # INTERNAL_ERROR_STATUS: neither a user error (1) nor a usage error (2)
     assert "Traceback" in err and "ZeroDivisionError: an internal slip" in err
     assert "this is a bug in autodeco" in err and "please report it" in err
 

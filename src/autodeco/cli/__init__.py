@@ -25,6 +25,10 @@ COMMANDS = {
 }
 
 
+INTERNAL_ERROR_STATUS = 70
+"""Exit status of a bug in autodeco (sysexits' EX_SOFTWARE): apart from user errors (1) and usage errors (2)."""
+
+
 class CommandError(Exception):
     """A user-facing failure: printed without a traceback, exit status 1."""
 
@@ -116,5 +120,5 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"autodeco: internal error: this is a bug in autodeco, not in what you typed; please report it "
               "to the autodeco maintainers with the traceback above and the command you ran", file=sys.stderr)
-        return 2
+        return INTERNAL_ERROR_STATUS
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 from autodeco.cli._parser import config_command, config_errors
 from autodeco.sampling.config import SampleConfig
 
-
 FLAGS = {"source": "dataset"}
 
 

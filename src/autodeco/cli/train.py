@@ -12,7 +12,6 @@ from pathlib import Path
 from autodeco.cli._parser import check_at_least, config_command, config_errors
 from autodeco.training.config import TrainConfig
 
-
 FLAGS = {"per_device_batch_size": "batch-size", "output_dir": "output"}
 
 

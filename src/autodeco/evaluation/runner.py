@@ -258,7 +258,7 @@ def _meanshift_pair(config: EvalConfig, loaded, output: Path, trajectories) -> t
         if not recorded:
             raise ValueError(
                 "MeanShift needs the heads' mean predictions on held-out trajectories: pass --meanshift-data "
-                "(a JSONL of verified trajectories, e.g. heldout.jsonl from autodeco sample), or --meanshift T P, "
+                "(a JSONL of verified trajectories, e.g. heldout.jsonl from autodeco sample), or --meanshift T,P, "
                 "or leave meanshift out of --methods"
             )
         temperature, top_p = recorded["temperature"], recorded["top_p"]

@@ -185,7 +185,10 @@ def _make_parent(target: Path) -> None:
 def _hidden_folder(target: Path, tag: str) -> Path:
     """A new folder ``.NAME.<tag>.<pid>.<random>`` beside ``target``, created with the user's umask."""
     folder = target.parent / f".{target.name}.{tag}.{os.getpid()}.{secrets.token_hex(4)}"
-    folder.mkdir()
+    try:
+        folder.mkdir()
+    except OSError as error:  # name the folder the user asked for, not our hidden one
+        raise type(error)(error.errno, error.strerror, str(target)) from None
     return folder
 
 

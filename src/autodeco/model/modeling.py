@@ -22,9 +22,9 @@ from autodeco.model.compat import CACHE_ARGUMENT, output_cache
 from autodeco.model.config import AutoDecoConfig
 from autodeco.model.generation import (
     AutoDecoLogitsProcessor,
+    capture_output_head_input,
     check_decoding_mode,
     check_multiplier,
-    capture_output_head_input,
     generate_with_base,
     output_head,
     output_head_shape,
