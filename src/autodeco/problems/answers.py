@@ -26,6 +26,7 @@ The module imports only the standard library; math-verify is imported inside the
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import json
 import os
@@ -421,6 +422,8 @@ class _Worker:
             return
         self.process.kill()
         self.process.wait()
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()  # our end of the pipe: leaving it to the garbage collector warns
 
 
 class _Verifier:
