@@ -12,18 +12,15 @@ Pickle files (``.bin``, ``.pt``) are never opened.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
-import secrets
-import shutil
-import warnings
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from autodeco.common.folders import recover_interrupted_swap, remove_stale_staging, staged_folder  # noqa: F401
 from autodeco.model.config import AutoDecoConfig
 
 HEAD_PREFIXES = ("temp_head.", "top_p_head.")
@@ -31,9 +28,6 @@ BASE_PREFIX = "llm."
 HEADS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_STAGING_TAG = "autodeco-staging"
-_BACKUP_TAG = "autodeco-old"
-"""Hidden folders beside a checkpoint while it is written: ``.NAME.<tag>.<writer pid>.<random>``."""
 
 
 class CheckpointError(ValueError):
@@ -145,28 +139,27 @@ def write_checkpoint(
 ) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into ``path`` atomically.
 
-    The folder is built beside the target (``.NAME.autodeco-staging.PID.*``) and swapped in, so an
-    interrupted save never leaves a half-written checkpoint where a good one was. Staging folders
-    left by a killed writer are removed first, and a swap cut short is completed
-    (:func:`recover_interrupted_swap`). Files get the user's usual permissions (umask), like any other.
+    Written through :func:`autodeco.common.folders.staged_folder`: built beside the target and swapped
+    in, so an interrupted save never leaves a half-written checkpoint where a good one was, a swap cut
+    short is completed on the next use, and files get the user's usual permissions (umask).
     """
     target = Path(path).expanduser().resolve()
     _make_parent(target)
-    recover_interrupted_swap(target)
-    remove_stale_staging(target.parent)
-    staging = _hidden_folder(target, _STAGING_TAG)
-    try:
-        unique = _without_shared_storage(tensors)
-        save_file(unique, staging / HEADS_FILE, metadata={"format": "pt"})
-        (staging / CONFIG_FILE).write_text(json.dumps(config.to_json_dict(), indent=2, sort_keys=False) + "\n")
-        for name, content in (extra_files or {}).items():
-            (staging / name).write_text(content)
-        _apply_umask(staging)
-        _swap_in(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    if target.exists() and not target.is_dir():
+        raise CheckpointError(f"cannot save into {str(target)!r}: it is a file; choose another path or remove it")
+    with staged_folder(target) as staging:
+        write_checkpoint_files(staging, config, tensors, extra_files=extra_files)
     return target
+
+
+def write_checkpoint_files(
+    folder: Path, config: AutoDecoConfig, tensors: dict[str, torch.Tensor], *, extra_files: dict | None = None
+) -> None:
+    """Write ``config.json`` and ``model.safetensors`` into an existing folder that is being staged."""
+    save_file(_without_shared_storage(tensors), folder / HEADS_FILE, metadata={"format": "pt"})
+    (folder / CONFIG_FILE).write_text(json.dumps(config.to_json_dict(), indent=2, sort_keys=False) + "\n")
+    for name, content in (extra_files or {}).items():
+        (folder / name).write_text(content)
 
 
 def _make_parent(target: Path) -> None:
@@ -182,93 +175,6 @@ def _make_parent(target: Path) -> None:
         raise CheckpointError(f"cannot save into {str(target.parent)!r}: it is not writable; choose a folder you can write")
 
 
-def _hidden_folder(target: Path, tag: str) -> Path:
-    """A new folder ``.NAME.<tag>.<pid>.<random>`` beside ``target``, created with the user's umask."""
-    folder = target.parent / f".{target.name}.{tag}.{os.getpid()}.{secrets.token_hex(4)}"
-    try:
-        folder.mkdir()
-    except OSError as error:  # name the folder the user asked for, not our hidden one
-        raise type(error)(error.errno, error.strerror, str(target)) from None
-    return folder
-
-
-def _apply_umask(folder: Path) -> None:
-    """Give the folder and its files the modes a plain ``mkdir``/``open`` would (0755/0644 under umask 022).
-
-    ``save_file`` and friends may create files 0600; a checkpoint is meant to be shared like its config.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for file in folder.iterdir():
-        if file.is_file():
-            file.chmod(0o666 & ~umask)
-
-
-def _writer(folder: Path, tag: str) -> int | None:
-    """The writer's pid recorded in a hidden folder's name, or None when the name is not ours."""
-    parts = folder.name.rsplit(".", 3)
-    if len(parts) != 4 or parts[1] != tag or not parts[2].isdigit() or not folder.name.startswith("."):
-        return None
-    return int(parts[2])
-
-
-def _is_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
-
-
-def remove_stale_staging(parent: Path, name: str | None = None) -> list[Path]:
-    """Remove staging folders in ``parent`` left by a killed writer (ours by name, writer no longer running).
-
-    With ``name``, only those of the checkpoint ``name``.
-    """
-    removed = []
-    if not parent.is_dir():
-        return removed
-    for folder in parent.glob(f".{glob.escape(name)}.{_STAGING_TAG}.*" if name else ".*"):
-        pid = _writer(folder, _STAGING_TAG)
-        if pid is not None and folder.is_dir() and not _is_alive(pid):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
-
-
-def recover_interrupted_swap(target: Path) -> None:
-    """Finish a checkpoint swap cut short by a kill.
-
-    :func:`_swap_in` moves the old checkpoint to ``.NAME.autodeco-old.PID.*/checkpoint`` and then the new
-    one into place. Killed between the two renames, ``NAME`` is missing: the old checkpoint is moved
-    back (with a warning) and the unfinished new one deleted. Killed after both, the leftover backup is
-    deleted. Folders whose writer still runs are left alone.
-    """
-    target = Path(target).expanduser()
-    parent = target.parent
-    if not parent.is_dir():
-        return
-    prefix = f".{target.name}.{_BACKUP_TAG}."
-    for backup in sorted(parent.glob(f"{glob.escape(prefix)}*")):
-        pid = _writer(backup, _BACKUP_TAG)
-        if pid is None or not backup.is_dir() or _is_alive(pid) or not backup.name.startswith(prefix):
-            continue
-        previous = backup / "checkpoint"
-        if not target.exists() and previous.is_dir():
-            os.replace(previous, target)
-            warnings.warn(
-                f"restored the checkpoint {str(target)!r} from {backup.name}: an earlier save was killed while "
-                "swapping it in", stacklevel=2,
-            )
-        shutil.rmtree(backup, ignore_errors=True)
-    remove_stale_staging(parent, name=target.name)
-
-
 def _without_shared_storage(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Keep one name per storage (tied embeddings), contiguous and on the CPU, as safetensors requires."""
     seen: set[tuple[int, int]] = set()
@@ -280,16 +186,3 @@ def _without_shared_storage(tensors: dict[str, torch.Tensor]) -> dict[str, torch
         seen.add(key)
         unique[name] = tensor.detach().to("cpu").contiguous()
     return unique
-
-
-def _swap_in(staging: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    if not target.is_dir():
-        raise CheckpointError(f"cannot save into {str(target)!r}: it is a file; choose another path or remove it")
-    backup = _hidden_folder(target, _BACKUP_TAG)
-    os.replace(target, backup / "checkpoint")
-    # A kill here leaves the old checkpoint in the backup only: recover_interrupted_swap restores it.
-    os.replace(staging, target)
-    shutil.rmtree(backup, ignore_errors=True)

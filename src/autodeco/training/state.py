@@ -21,10 +21,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from typing import Any
 import torch
 
 from autodeco.common.fingerprint import model_reference_fingerprint, tensors_fingerprint
+from autodeco.common.folders import BACKUP_TAG, recover_interrupted_swap, staged_folder
 from autodeco.common.runlock import run_lock
 from autodeco.model.base_model import EMBEDDED_MODEL
 from autodeco.training.config import TrainConfig
@@ -195,12 +194,11 @@ def save_checkpoint(output: Path, step: int, model, optimizer, config: TrainConf
     """Write ``checkpoint-<step>`` atomically (heads + optimizer state + RNG, no pickle); keep the last K."""
     from safetensors.torch import save_file
 
-    from autodeco.model.checkpoint import write_checkpoint
+    from autodeco.model.checkpoint import write_checkpoint_files
 
     target = output / f"{CHECKPOINT_PREFIX}{step}"
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=output))
-    try:
-        write_checkpoint(staging, model.config, _cpu_heads(model))
+    with staged_folder(target) as staging:
+        write_checkpoint_files(staging, model.config, _cpu_heads(model))
         tensors, state = optimizer_state_to_flat(optimizer)
         tensors["rng.cpu"] = torch.get_rng_state()
         if torch.cuda.is_available():
@@ -208,12 +206,6 @@ def save_checkpoint(output: Path, step: int, model, optimizer, config: TrainConf
         save_file(tensors, staging / STATE_TENSORS_FILE)
         state.update(format=STATE_FORMAT, step=step, examples_seen=examples_seen)
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     for _, folder in _checkpoint_folders(output)[: -config.keep_last]:
         shutil.rmtree(folder, ignore_errors=True)
     write_training_curve(output)
@@ -313,8 +305,13 @@ def clear_output(output: Path) -> None:
 
 
 def remove_staging_folders(output: Path) -> None:
-    """Delete half-written checkpoint folders left by a killed run (``.checkpoint-*``, ``.heads.*``)."""
+    """Clean up after a killed run: half-written folders (``.checkpoint-*``, ``.heads.*``) are deleted, and a
+    checkpoint caught between the two renames of its swap is moved back (:func:`recover_interrupted_swap`)."""
     for pattern in (f".{CHECKPOINT_PREFIX}*", f".{HEADS_DIR}.*"):
         for folder in output.glob(pattern):
-            if folder.is_dir():
+            if not folder.is_dir():
+                continue
+            if f".{BACKUP_TAG}." in folder.name:
+                recover_interrupted_swap(output / folder.name[1:].split(".")[0])
+            else:
                 shutil.rmtree(folder, ignore_errors=True)
