@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -100,31 +101,22 @@ def check_choice(flag: str, value, choices) -> None:
         raise ValueError(f"{flag} must be one of {', '.join(choices)}, got {value!r}")
 
 
+@contextlib.contextmanager
 def config_errors(config_class, flags: dict[str, str]):
-    """Re-raise a config's ValueError with each field name followed by the flag that sets it.
+    """Re-raise a config's ValueError with the field name it starts with followed by the flag that sets it.
 
     ``per_device_batch_size must be >= 1`` becomes ``per_device_batch_size (--batch-size) must be >= 1``.
     """
-    return _ConfigErrors(config_class, flags)
-
-
-class _ConfigErrors:
-    def __init__(self, config_class, flags: dict[str, str]):
-        self.names = {
-            field.name: "--" + flags.get(field.name, field.name.replace("_", "-"))
-            for field in dataclasses.fields(config_class)
-        }
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, traceback):
-        if kind is None or not issubclass(kind, ValueError) or isinstance(error, UnicodeError):
-            return False
+    try:
+        yield
+    except ValueError as error:
+        if isinstance(error, UnicodeError):
+            raise
         message = str(error)
-        for name, flag in sorted(self.names.items(), key=lambda item: -len(item[0])):
-            if re.match(rf"{name}\b", message):
-                message = f"{name} ({flag})" + message[len(name):]
+        for field in sorted(dataclasses.fields(config_class), key=lambda field: -len(field.name)):
+            if re.match(rf"{field.name}\b", message):
+                flag = "--" + flags.get(field.name, field.name.replace("_", "-"))
+                message = f"{field.name} ({flag})" + message[len(field.name):]
                 break
         raise ValueError(message) from error
 
