@@ -16,7 +16,7 @@ from autodeco.evaluation.records import (
     read_records,
     static_setting,
 )
-from autodeco.evaluation.summary import ORACLE, ORACLE_LABEL, build_summary, pick_trace_record
+from autodeco.evaluation.summary import ORACLE, ORACLE_CROSS_FITTED, ORACLE_LABEL, build_summary, pick_trace_record
 from autodeco.views.report import write_report
 from autodeco.views.report_markdown import headline_table, render_markdown
 
@@ -208,7 +208,7 @@ def _method(summary, name):
 
 def test_summary_orders_methods_and_adds_the_oracle(summary):
     assert [method["name"] for method in summary["methods"]] == [
-        "greedy", "default", "autodeco", "meanshift", ORACLE, "static T=0.5"
+        "greedy", "default", "autodeco", "meanshift", ORACLE, ORACLE_CROSS_FITTED, "static T=0.5"
     ]
     oracle = _method(summary, ORACLE)
     assert oracle["label"] == ORACLE_LABEL and oracle["test_set_tuned"] is True
@@ -316,14 +316,17 @@ def test_headline_table_has_every_method_and_marks_significance(summary):
     table = headline_table(summary)
     lines = table.splitlines()
     assert len(lines) == 2 + len(summary["methods"])
-    assert lines[0].startswith("| method | T | P | Pass@1 (%) | Pass@2 (%) | Pass@4 (%) |")
+    assert lines[0].startswith(
+        "| method | T | P | Pass@1 (%, lenient) | Pass@1 strict (%) | cut off (%) | Pass@2 (%) | Pass@4 (%) |"
+    )
     meanshift_row = next(line for line in lines if line.startswith("| meanshift |"))
     assert "0.80 | 0.90 | 0.00 ± 0.00" in meanshift_row and meanshift_row.rstrip(" |").endswith("*")
     default_row = next(line for line in lines if line.startswith("| default |"))
-    assert "33.33 ± 23.57 | 50.00 | 66.67 | +33.33 [+0.00," in default_row and "*" not in default_row
-    assert f"| {ORACLE_LABEL} | 0.50 | 0.50 | 83.33 ± 0.00 |" in table
+    assert "33.33 ± 23.57 | 33.33 | 0.0 | 50.00 | 66.67 | +33.33 [+0.00," in default_row and "*" not in default_row
+    oracle_row = next(line for line in lines if line.startswith(f"| {ORACLE_LABEL} † | 0.50 | 0.50 | 83.33 ± 0.00 |"))
+    assert "*" not in oracle_row  # its interval ignores the selection: never starred
     assert "| autodeco | dynamic (mean 0.90) | dynamic (mean 0.75) |" in table
-    assert "| greedy | 0 | – | 66.67 ± 0.00 | – | – |" in table
+    assert "| greedy | 0 | – | 66.67 ± 0.00 | 66.67 | 0.0 | – | – |" in table
 
 
 def test_reading_claims_only_what_the_intervals_support(summary):
@@ -339,19 +342,20 @@ def test_reading_claims_only_what_the_intervals_support(summary):
 def test_write_report_writes_every_file(tmp_path, summary):
     records = _synthetic_records()
     paths = write_report(tmp_path / "report", summary, records)
-    assert set(paths) == {"summary.json", "report.md", "methods.png", "oracle.png", "pass_at_k.png", "trace.png"}
-    for name in ("methods.png", "oracle.png", "pass_at_k.png", "trace.png"):
+    assert set(paths) == {"summary.json", "report.md", "methods.png", "differences.png", "oracle.png", "pass_at_k.png",
+                          "trace.png"}
+    for name in ("methods.png", "differences.png", "oracle.png", "pass_at_k.png", "trace.png"):
         assert paths[name].read_bytes()[:8] == PNG_SIGNATURE, name
     report = paths["report.md"].read_text(encoding="utf-8")
     assert ORACLE_LABEL in report
     for method in summary["methods"]:
-        assert f"| {method['label']} |" in report
+        assert f"| {method['label']}" in report
     for header in ("embedded:SmolLM2-135M-Instruct", "| problems | 3 |", "4 (2 seeds × 2 samples per seed)",
                    "| max new tokens | 96 |", "| scorer | math-verify |"):
         assert header in report
     assert "![" in report and "(trace.png)" in report
     written = json.loads(paths["summary.json"].read_text())
-    assert written["plots"] == dict.fromkeys(["methods.png", "oracle.png", "pass_at_k.png", "trace.png"], "written")
+    assert written["plots"] == dict.fromkeys(["methods.png", "differences.png", "oracle.png", "pass_at_k.png", "trace.png"], "written")
     assert not [path for path in (tmp_path / "report").iterdir() if path.name.endswith(".tmp")]
 
 

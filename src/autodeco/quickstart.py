@@ -163,7 +163,7 @@ def _heldout_stage(output: Path, heads: Path, sample_dir: Path, base: str, seed:
 
 
 def _eval_stage(output: Path, sizes: Budget, heads: Path, sample_dir: Path, seed: int, progress: bool):
-    from autodeco.evaluation.runner import EvalConfig, evaluate, oracle_grid
+    from autodeco.evaluation.runner import PAPER_METHODS, EvalConfig, evaluate, oracle_grid
     from autodeco.views.report import write_report
 
     _stage_banner("4/4 eval", f"{sizes.test_problems} test problems x {sizes.seeds} seeds x {sizes.samples_per_seed} "
@@ -174,7 +174,7 @@ def _eval_stage(output: Path, sizes: Budget, heads: Path, sample_dir: Path, seed
         meanshift_data = sample_dir / "trajectories.jsonl"
         print("no held-out trajectory: MeanShift's means come from the training trajectories instead")
     config = EvalConfig(
-        dataset="arithmetic", split="test", limit=sizes.test_problems, heads=str(heads),
+        dataset="arithmetic", split="test", limit=sizes.test_problems, heads=str(heads), methods=PAPER_METHODS,
         seeds=tuple(range(sizes.seeds)), samples_per_seed=sizes.samples_per_seed,
         max_new_tokens=sizes.max_new_tokens, oracle_temperatures=temperatures, oracle_top_ps=top_ps,
         meanshift_data=str(meanshift_data), seed=seed,

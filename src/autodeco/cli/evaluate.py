@@ -21,12 +21,19 @@ def evaluate_command(
     meanshift: str | None = None,
     meanshift_data: str | None = None,
     data_dir: str | None = None,
+    scoring: str = "lenient",
+    tune_problems: int = 32,
+    tune_dataset: str | None = None,
+    tune_split: str = "train",
     overwrite: bool = False,
 ):
-    """Evaluate greedy, default sampling, AutoDeco, MeanShift and the oracle grid on the same problems.
+    """Evaluate AutoDeco next to greedy, default sampling, MeanShift, the oracle grid, heuristic adaptive samplers,
+    head factorization and shuffle controls, on the same problems with the same budget.
 
-    Writes OUTPUT/samples.jsonl (every answer, as produced: a killed run resumes), summary.json,
-    report.md (a table like the paper's Table 1, with paired confidence intervals) and PNG plots.
+    Prints the plan (samples and new tokens of every stage) and a time estimate from a short warm-up first.
+    Writes OUTPUT/samples.jsonl (every answer, as produced: a killed run resumes), tuning.jsonl (the heuristics'
+    tuning on the training split), summary.json, report.md (a table like the paper's Table 1, with paired
+    confidence intervals, the share of answers cut off at the token limit and strict scoring) and PNG plots.
 
     Args:
         dataset: arithmetic (built-in test split), gsm8k, math500, aime24, aime25, hmmt25, brumo25, beyondaime (files in --data-dir), a JSONL file, or hf:NAME.
@@ -34,8 +41,8 @@ def evaluate_command(
         heads: heads checkpoint (default: the heads shipped for the embedded model).
         base: base model (default: the one the heads record).
         split: dataset split.
-        limit: number of problems (default: all).
-        methods: built-in methods to run (default: all of greedy default autodeco meanshift oracle).
+        limit: number of problems: the first LIMIT in file order (arithmetic: the first LIMIT the generator makes for --seed, so a smaller limit is a prefix of a larger one); default: all (arithmetic: 200).
+        methods: methods to run (default: all of greedy default autodeco meanshift oracle edt entropy-shift confidence-gated min-p eta top-n-sigma temperature-head top-p-head shuffle bin-shuffle).
         static: extra static settings, each T,P (e.g. 0.7,0.95).
         seeds: number of seeds (0, 1, ...); each draws --samples-per-seed answers per problem.
         samples_per_seed: answers per problem and seed (paper: 8 seeds x 16).
@@ -46,22 +53,29 @@ def evaluate_command(
         meanshift: MeanShift's pair as T,P (default: measured on --meanshift-data or recorded with the heads).
         meanshift_data: held-out verified trajectories (JSONL, e.g. heldout.jsonl from autodeco sample) for MeanShift's means.
         data_dir: folder with dataset files (default: $AUTODECO_DATA_DIR).
+        scoring: lenient (an answer cut off at --max-new-tokens is scored on what it holds, as the paper does) or strict (it counts as wrong); the report shows both.
+        tune_problems: problems of the training split on which the heuristic methods' parameters are tuned (0: their untuned defaults).
+        tune_dataset: dataset of the tuning problems (default: --dataset); must share no problem with the evaluated ones.
+        tune_split: split of the tuning problems.
         overwrite: discard an existing evaluation in OUTPUT instead of resuming it.
     """
     from autodeco.cli._parser import check_at_least, check_choice
-    from autodeco.evaluation.runner import METHODS, EvalConfig, evaluate, oracle_grid
+    from autodeco.evaluation.methods import METHODS, NEEDS_MEANSHIFT, check_methods
+    from autodeco.evaluation.runner import EvalConfig, evaluate, oracle_grid
     from autodeco.problems.answers import SCORERS
 
     check_choice("--scorer", scorer, SCORERS)  # before the run folder is written
+    check_choice("--scoring", scoring, ("lenient", "strict"))
+    check_at_least("--tune-problems", tune_problems, minimum=0)
     check_at_least("--seeds", seeds)
     check_at_least("--samples-per-seed", samples_per_seed)
     check_at_least("--batch-size", batch_size)
     check_at_least("--max-new-tokens", max_new_tokens)
     check_at_least("--limit", limit, none=" (leave --limit out for all problems)")
-    chosen = tuple(methods) if methods else METHODS
+    chosen = check_methods(methods) if methods else METHODS
     for flag, value in (("--meanshift", meanshift), ("--meanshift-data", meanshift_data)):
-        if value is not None and "meanshift" not in chosen:
-            raise ValueError(f"{flag} {value} is only used by the meanshift method, which --methods "
+        if value is not None and not any(name in chosen for name in NEEDS_MEANSHIFT):
+            raise ValueError(f"{flag} {value} is only used by the {', '.join(NEEDS_MEANSHIFT)} methods, which --methods "
                              f"({' '.join(chosen)}) leaves out: add meanshift to --methods, or drop {flag}")
     temperatures, top_ps = oracle_grid(oracle_step)
     config = EvalConfig(
@@ -71,7 +85,8 @@ def evaluate_command(
         samples_per_seed=samples_per_seed, max_new_tokens=max_new_tokens, batch_size=batch_size, scorer=scorer,
         oracle_temperatures=temperatures, oracle_top_ps=top_ps,
         meanshift=_pair(meanshift, "--meanshift") if meanshift else None, meanshift_data=meanshift_data,
-        data_dir=data_dir,
+        data_dir=data_dir, scoring=scoring, tune_problems=tune_problems, tune_dataset=tune_dataset,
+        tune_split=tune_split,
     )
     from autodeco.views.report import write_report
 

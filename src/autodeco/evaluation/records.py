@@ -95,6 +95,14 @@ class SampleRecord:
     tokens: list[str] | None = None
     """Per-token text pieces, autodeco records only (for a trace plot)."""
 
+    entropies: list[float] | None = None
+    """Per-token entropy (nats) of the base model's next-token distribution at T = 1: AutoDeco records (the
+    bin-shuffle control bins by it) and the heuristics' tuning records."""
+
+    finished: bool | None = None
+    """Whether the completion ended with an end-of-sequence token (False: cut off at the token limit;
+    None: not recorded, in records written before this field existed)."""
+
     def __post_init__(self):
         parse_static_setting(self.setting)  # raises on an unknown setting
         for name in ("seed", "sample", "num_tokens"):
@@ -103,9 +111,11 @@ class SampleRecord:
                 raise ValueError(f"SampleRecord.{name} must be a non-negative integer, got {value!r}")
         if not isinstance(self.correct, bool):
             raise ValueError(f"SampleRecord.correct must be True or False, got {self.correct!r}")
+        if self.finished is not None and not isinstance(self.finished, bool):
+            raise ValueError(f"SampleRecord.finished must be True, False or None, got {self.finished!r}")
         lengths = {
             name: len(getattr(self, name))
-            for name in ("temperatures", "top_ps", "tokens")
+            for name in ("temperatures", "top_ps", "tokens", "entropies")
             if getattr(self, name) is not None
         }
         if len(set(lengths.values())) > 1:

@@ -33,6 +33,7 @@ from autodeco.evaluation.metrics import (
     pass_at_k_curve,
 )
 from autodeco.evaluation.records import AUTODECO, GREEDY, SampleRecord, parse_static_setting, static_setting
+from autodeco.sampling.settings import STATIC, DecodingSetting
 
 __all__ = [
     "BETTER",
@@ -52,7 +53,19 @@ ORACLE = "oracle"
 ORACLE_LABEL = "oracle (tuned on the test set)"
 """How the oracle is labelled in tables and figures: it was searched on the evaluated problems."""
 
-METHOD_ORDER = ("greedy", "default", "autodeco", "meanshift", ORACLE)
+ORACLE_CROSS_FITTED = "oracle-cross-fitted"
+"""Method name of the oracle scored honestly: each half of the problems gets the setting chosen on the other half."""
+
+ORACLE_CROSS_FITTED_LABEL = "oracle, cross-fitted (chosen on the other half)"
+"""How the cross-fitted oracle is labelled."""
+
+LENIENT, STRICT = "lenient", "strict"
+"""Scoring of an answer cut off at the token limit: ``lenient`` scores whatever answer it holds (the paper's
+practice), ``strict`` counts it as wrong."""
+
+SCORINGS = (LENIENT, STRICT)
+
+METHOD_ORDER = ("greedy", "default", "autodeco", "meanshift", ORACLE, ORACLE_CROSS_FITTED)
 """Methods with these names come first, in this order; other methods follow in config order."""
 
 TABLE_PASS_AT_K_COLUMNS = 3
@@ -109,7 +122,13 @@ def build_summary(
         if len(kept) < len(records):
             warnings_list.append(f"{len(records) - len(kept)} record(s) of problems not in config['problem_ids'] ignored")
         records = kept
-    outcomes = outcomes_by_setting(records)
+    scoring = config.get("scoring") or LENIENT
+    if scoring not in SCORINGS:
+        raise ValueError(f"unknown scoring {scoring!r}; use one of {', '.join(SCORINGS)}")
+    limit = config.get("max_new_tokens")
+    strict_records = [strictly_scored(record, limit) for record in records]
+    lenient_outcomes, strict_outcomes = outcomes_by_setting(records), outcomes_by_setting(strict_records)
+    outcomes = strict_outcomes if scoring == STRICT else lenient_outcomes
     problems = sorted({record.problem_id for record in records})
     num_problems = config.get("num_problems") or len(problems)
     settings = _settings_summary(config, records, outcomes, num_problems, warnings_list)
@@ -118,8 +137,18 @@ def build_summary(
     by_setting: dict[str, list[SampleRecord]] = {}
     for record in records:
         by_setting.setdefault(record.setting, []).append(record)
-    context = _MethodContext(outcomes, by_setting, ks, autodeco_rates, bootstrap_resamples, warnings_list)
+    alternative = lenient_outcomes if scoring == STRICT else strict_outcomes
+    context = _MethodContext(outcomes, by_setting, ks, autodeco_rates, bootstrap_resamples, warnings_list,
+                             alternative, limit)
     oracle = _oracle_summary(config, outcomes, warnings_list)
+    cross_fitted = (
+        _cross_fitted_oracle(config, outcomes, alternative, by_setting, warnings_list) if oracle.get("available") else None
+    )
+    if cross_fitted is not None:
+        oracle["cross_fitted"] = cross_fitted.pop("description")
+        for setting_outcomes, name in ((outcomes, ORACLE_CROSS_FITTED), (alternative, ORACLE_CROSS_FITTED)):
+            setting_outcomes[name] = cross_fitted["outcomes" if setting_outcomes is outcomes else "alternative"]
+        by_setting[ORACLE_CROSS_FITTED] = cross_fitted["records"]
 
     methods = []
     for name, setting in _ordered_methods(config, oracle):
@@ -138,6 +167,7 @@ def build_summary(
         "methods": methods,
         "oracle": oracle,
         "autodeco": _autodeco_levels(records),
+        "scoring": scoring,
         "table_ks": table_ks,
         "bootstrap": {"resamples": bootstrap_resamples, "confidence": BOOTSTRAP_CONFIDENCE, "unit": "problem"},
         "warnings": warnings_list,
@@ -154,6 +184,9 @@ class _MethodContext:
     autodeco_rates: dict[str, float] | None
     resamples: int
     warnings: list[str]
+    alternative_outcomes: dict[str, dict[str, dict[int, list[bool]]]]
+    """The outcomes under the other scoring (strict when the table is lenient, and the reverse)."""
+    max_new_tokens: int | None
 
 
 def _method_entry(name: str, setting: str, context: _MethodContext) -> dict[str, Any]:
@@ -164,16 +197,19 @@ def _method_entry(name: str, setting: str, context: _MethodContext) -> dict[str,
     counts = _counts(outcomes)
     n = min(total for total, _ in counts.values())
     ks = [k for k in context.ks if k <= n] if context.ks else default_ks(n)
-    static = parse_static_setting(setting)
     records = context.records_by_setting[setting]
+    other_mean, other_std = mean_and_std(list(pass_at_1_by_seed(context.alternative_outcomes[setting]).values()))
+    unfinished = [not is_finished(record, context.max_new_tokens) for record in records]
     return {
         "name": name,
-        "label": ORACLE_LABEL if name == ORACLE else name,
+        "label": {ORACLE: ORACLE_LABEL, ORACLE_CROSS_FITTED: ORACLE_CROSS_FITTED_LABEL}.get(name, name),
         "setting": setting,
-        "kind": setting if setting in (GREEDY, AUTODECO) else "static",
-        "temperature": static[0] if static else None,
-        "top_p": static[1] if static else None,
+        **_operating_point(name, setting, records),
         "pass_at_1": {"mean": mean, "std": std, "per_seed": {str(seed): value for seed, value in per_seed.items()}},
+        "pass_at_1_other_scoring": {"mean": other_mean, "std": other_std},
+        "unfinished_share": sum(unfinished) / len(unfinished),
+        "correct_unfinished_share": sum(
+            flag and record.correct for flag, record in zip(unfinished, records)) / len(records),
         "num_seeds": len(per_seed),
         "num_problems": len(counts),
         "samples_per_problem": n,
@@ -181,7 +217,44 @@ def _method_entry(name: str, setting: str, context: _MethodContext) -> dict[str,
         "mean_tokens": statistics.fmean(record.num_tokens for record in records),
         "autodeco_minus_method": _comparison(name, setting, outcomes, context),
         "test_set_tuned": name == ORACLE,
+        "selection_ignored": name == ORACLE,
     }
+
+
+def _operating_point(name: str, setting: str, records: list[SampleRecord]) -> dict[str, Any]:
+    """``kind``, ``temperature``, ``top_p`` (static values, else None) and ``parameters`` of a method's setting."""
+    if name == ORACLE_CROSS_FITTED:
+        return {"kind": "static", "temperature": None, "top_p": None, "parameters": {}}
+    decoding = DecodingSetting.from_key(setting)
+    static = decoding.kind == STATIC
+    return {
+        "kind": decoding.kind,
+        "temperature": decoding.temperature if static else None,
+        "top_p": decoding.top_p if static else None,
+        "parameters": dict(getattr(decoding, "params", ()) or ()),
+    }
+
+
+def is_finished(record: SampleRecord, max_new_tokens: int | None) -> bool:
+    """Whether the answer ended by itself rather than at the token limit (older records: judged by their length).
+
+    Example:
+        >>> from autodeco.evaluation.records import SampleRecord, GREEDY
+        >>> is_finished(SampleRecord("p", GREEDY, 0, 0, "1 + 1 = 2", "2", True, 32), 32)
+        False
+        >>> is_finished(SampleRecord("p", GREEDY, 0, 0, "2", "2", True, 32, finished=True), 32)
+        True
+    """
+    if record.finished is not None:
+        return record.finished
+    return max_new_tokens is None or record.num_tokens < max_new_tokens
+
+
+def strictly_scored(record: SampleRecord, max_new_tokens: int | None) -> SampleRecord:
+    """The record under strict scoring: an answer cut off at the token limit counts as wrong."""
+    if record.correct and not is_finished(record, max_new_tokens):
+        return dataclasses.replace(record, correct=False)
+    return record
 
 
 def _comparison(name: str, setting: str, outcomes, context: _MethodContext) -> dict[str, Any] | None:
@@ -247,6 +320,70 @@ def _oracle_summary(config: dict[str, Any], outcomes, warnings_list: list[str]) 
     }
 
 
+def problem_halves(problem_ids) -> tuple[list[str], list[str]]:
+    """Split problems into two halves by a hash of their id (stable across runs and machines).
+
+    Example:
+        >>> first, second = problem_halves([f"p{index}" for index in range(100)])
+        >>> len(first) + len(second), 35 < len(first) < 65
+        (100, True)
+    """
+    import hashlib
+
+    halves: tuple[list[str], list[str]] = ([], [])
+    for problem_id in sorted(problem_ids):
+        halves[hashlib.sha256(problem_id.encode()).digest()[0] % 2].append(problem_id)
+    return halves
+
+
+def _cross_fitted_oracle(config, outcomes, alternative, by_setting, warnings_list) -> dict[str, Any] | None:
+    """The oracle without its selection bias: two-fold cross-fitting over the problems.
+
+    The best of the oracle's evaluated static settings (both search steps) is chosen on one half of the
+    problems by mean Pass@1 and scored on the other half, and the reverse; each problem is scored only by a
+    setting chosen without it. The menu of settings is the one the full search produced (step 2 ran at the
+    temperature chosen on all problems), a small leak that the description states.
+    """
+    grid = config["oracle_grid"]
+    menu = [
+        setting for setting in outcomes
+        if (point := parse_static_setting(setting)) is not None
+        and (point[1] == 1.0 and point[0] in grid["temperatures"] or point[1] in grid["top_ps"])
+    ]
+    problems = set().union(*(outcomes[setting].keys() for setting in menu)) if menu else set()
+    halves = problem_halves(problems)
+    if not menu or min(len(half) for half in halves) == 0:
+        warnings_list.append("cross-fitted oracle not computed: fewer than two problems with oracle samples")
+        return None
+    chosen, scored, extra, records = [], {}, {}, []
+    for choose_on, score_on in ((halves[0], halves[1]), (halves[1], halves[0])):
+
+        def mean_on(setting, problems_=choose_on):
+            rates = [sum(sum(seed) for seed in outcomes[setting][p].values()) /
+                     sum(len(seed) for seed in outcomes[setting][p].values())
+                     for p in problems_ if p in outcomes[setting]]
+            return sum(rates) / len(rates) if rates else float("-inf")
+
+        best = max(menu, key=lambda setting: (mean_on(setting), setting))
+        chosen.append(best)
+        for problem in score_on:
+            if problem in outcomes[best]:
+                scored[problem] = outcomes[best][problem]
+                extra[problem] = alternative[best][problem]
+        records += [record for record in by_setting[best] if record.problem_id in set(score_on)]
+    description = {
+        "settings": chosen,
+        "halves": [len(half) for half in halves],
+        "menu": len(menu),
+        "note": (
+            "each half of the problems is scored with the static setting that had the best mean Pass@1 on the other "
+            "half, among the oracle's evaluated settings; step 2's top-p grid ran at the temperature chosen on all "
+            "problems, so the menu itself saw every problem"
+        ),
+    }
+    return {"outcomes": scored, "alternative": extra, "records": records, "description": description}
+
+
 def _ordered_methods(config: dict[str, Any], oracle: dict[str, Any]) -> list[tuple[str, str]]:
     """``(name, setting)`` of every method: the known names in :data:`METHOD_ORDER`, then the rest."""
     methods = dict(config.get("methods") or {})
@@ -259,6 +396,8 @@ def _ordered_methods(config: dict[str, Any], oracle: dict[str, Any]) -> list[tup
         parse_static_setting(setting)  # raises on an unknown setting key
     if oracle.get("available"):
         methods[ORACLE] = oracle["setting"]
+        if oracle.get("cross_fitted"):
+            methods[ORACLE_CROSS_FITTED] = ORACLE_CROSS_FITTED
     known = [(name, methods[name]) for name in METHOD_ORDER if name in methods]
     return known + [(name, setting) for name, setting in methods.items() if name not in METHOD_ORDER]
 

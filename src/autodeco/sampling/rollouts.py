@@ -128,14 +128,15 @@ def complete(
             )
             temperatures = top_ps = None
     new_tokens = sequences[:, input_ids.shape[1] :]  # (B*n, new)
-    eos_ids = _eos_ids(model.llm, tokenizer)
+    eos_ids = end_of_sequence_ids(model.llm, tokenizer)
     flat = [
         _completion(tokenizer, new_tokens[row], eos_ids, temperatures, top_ps, row) for row in range(new_tokens.shape[0])
     ]
     return [flat[start : start + num_samples] for start in range(0, len(flat), num_samples)]
 
 
-def _eos_ids(llm, tokenizer) -> set[int]:
+def end_of_sequence_ids(llm, tokenizer) -> set[int]:
+    """The token ids that end a completion: the base's generation config's and the tokenizer's end-of-sequence ids."""
     eos = llm.generation_config.eos_token_id
     ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) if eos is not None else set()
     if tokenizer.eos_token_id is not None:

@@ -13,16 +13,20 @@ from typing import Any
 
 from autodeco.common.figures import subplots
 from autodeco.evaluation.records import SampleRecord
-from autodeco.evaluation.summary import ORACLE, pick_trace_record
+from autodeco.evaluation.methods import HEURISTIC_METHODS
+from autodeco.evaluation.summary import ORACLE, ORACLE_CROSS_FITTED, pick_trace_record
 from autodeco.sampling.traces import GenerationTrace, TokenTrace
 from autodeco.views.trace_png import trace_figure
 
 __all__ = ["PLOT_FILES", "SkipPlot", "figure_builders"]
 
-PLOT_FILES = ("methods.png", "oracle.png", "pass_at_k.png", "trace.png")
+PLOT_FILES = ("methods.png", "differences.png", "oracle.png", "pass_at_k.png", "trace.png")
 """The report's figures, in the order they are drawn and listed."""
 
-_COLORS = {"greedy": "#7f7f7f", "default": "#1f77b4", "autodeco": "#d62728", "meanshift": "#2ca02c", ORACLE: "#9467bd"}
+_COLORS = {"greedy": "#7f7f7f", "default": "#1f77b4", "autodeco": "#d62728", "meanshift": "#2ca02c", ORACLE: "#9467bd",
+           ORACLE_CROSS_FITTED: "#9467bd", "temperature-head": "#ff7f0e", "top-p-head": "#ff7f0e",
+           "shuffle": "#e377c2", "bin-shuffle": "#e377c2"}
+_GROUP_COLORS = {"heuristic": "#17becf"}
 _OTHER_COLOR = "#8c564b"
 
 
@@ -41,6 +45,7 @@ def figure_builders(summary: dict[str, Any], records: list[SampleRecord]) -> dic
     """
     return {
         "methods.png": lambda: _methods_figure(summary),
+        "differences.png": lambda: _differences_figure(summary),
         "oracle.png": lambda: _oracle_figure(summary),
         "pass_at_k.png": lambda: _pass_at_k_figure(summary),
         "trace.png": lambda: _trace_figure(summary, records),
@@ -72,6 +77,30 @@ def _methods_figure(summary: dict[str, Any]):
     axis.set_title(f"Pass@1 by method ({summary['config'].get('dataset') or 'dataset'}; error bars: std over seeds)", fontsize=9)
     top = max(mean + std for mean, std in zip(means, stds))
     axis.set_ylim(0, max(5.0, 1.15 * top))
+    return figure
+
+
+def _differences_figure(summary: dict[str, Any]):
+    """AutoDeco minus each method (points) with its paired bootstrap interval: right of 0, AutoDeco is better."""
+    rows = [method for method in summary["methods"] if method["autodeco_minus_method"] is not None]
+    if not rows:
+        raise SkipPlot("no comparison with AutoDeco (AutoDeco or the other methods have no samples)")
+    figure, axes = subplots(1, 1, (7.0, max(2.5, 0.45 * len(rows) + 1.2)))
+    axis = axes[0]
+    for position, method in enumerate(reversed(rows)):
+        comparison = method["autodeco_minus_method"]
+        middle, low, high = (100 * comparison[key] for key in ("mean_difference", "low", "high"))
+        color = _color(method["name"])
+        axis.errorbar(middle, position, xerr=[[middle - low], [high - middle]], fmt="o", color=color, capsize=3,
+                      markerfacecolor="white" if method.get("selection_ignored") else color)
+    axis.axvline(0.0, color="black", linewidth=0.8)
+    labels = [method["label"] + (" †" if method.get("selection_ignored") else "") for method in reversed(rows)]
+    axis.set_yticks(range(len(rows)), labels, fontsize=8)
+    confidence = round(100 * summary["bootstrap"]["confidence"])
+    axis.set_xlabel(f"AutoDeco − method, Pass@1 points ({confidence} % paired bootstrap interval over problems)")
+    axis.set_title("Right of 0: AutoDeco better; intervals crossing 0: no significant difference"
+                   + ("; † selection ignored" if any(method.get("selection_ignored") for method in rows) else ""),
+                   fontsize=9)
     return figure
 
 
@@ -145,6 +174,8 @@ def _trace_figure(summary: dict[str, Any], records: list[SampleRecord]):
 
 
 def _color(name: str) -> str:
+    if name in HEURISTIC_METHODS:
+        return _GROUP_COLORS["heuristic"]
     return _COLORS.get(name, _OTHER_COLOR)
 
 

@@ -15,12 +15,22 @@ from __future__ import annotations
 from typing import Any
 
 from autodeco.evaluation.records import AUTODECO
-from autodeco.evaluation.summary import BETTER, NO_DIFFERENCE, ORACLE, ORACLE_LABEL, WORSE
+from autodeco.evaluation.summary import (
+    BETTER,
+    LENIENT,
+    NO_DIFFERENCE,
+    ORACLE,
+    ORACLE_CROSS_FITTED,
+    ORACLE_LABEL,
+    STRICT,
+    WORSE,
+)
 
 __all__ = ["headline_table", "render_markdown"]
 
 FIGURE_CAPTIONS = {
     "methods.png": "Pass@1 by method (error bars: std over seeds)",
+    "differences.png": "AutoDeco minus each method, with paired bootstrap intervals",
     "oracle.png": "Oracle search: Pass@1 vs temperature at P = 1, and vs top-p at the chosen T",
     "pass_at_k.png": "Pass@k vs k",
     "trace.png": "One AutoDeco sample: per-token temperature and top-p",
@@ -31,29 +41,45 @@ FIGURE_CAPTIONS = {
 def headline_table(summary: dict[str, Any]) -> str:
     """The paper-style results table in Markdown (also printed by the CLI).
 
-    Columns: method, T, P, Pass@1 mean ± std over seeds (%), Pass@k for a few k (%), and
-    AutoDeco minus the method in percentage points with its bootstrap interval; ``*`` marks
-    intervals that exclude 0.
+    Columns: method (with its parameters), T, P, Pass@1 mean ± std over seeds (%) under the run's scoring,
+    Pass@1 under the other scoring, the share of answers cut off at the token limit, Pass@k for a few k (%),
+    and AutoDeco minus the method in percentage points with its bootstrap interval; ``*`` marks intervals
+    that exclude 0 (never on the test-set-tuned oracle, whose interval ignores its selection).
 
     Example:
         >>> from autodeco.evaluation.records import SampleRecord, GREEDY
         >>> from autodeco.evaluation.summary import build_summary
         >>> summary = build_summary({"methods": {"greedy": GREEDY}}, [SampleRecord("p", GREEDY, 0, 0, "", None, True, 1)])
         >>> print(headline_table(summary).splitlines()[2])
-        | greedy | 0 | – | 100.00 ± 0.00 | – |
+        | greedy | 0 | – | 100.00 ± 0.00 | 100.00 | 0.0 | – |
     """
     ks = summary["table_ks"]
     confidence = round(100 * summary["bootstrap"]["confidence"])
-    header = ["method", "T", "P", "Pass@1 (%)"] + [f"Pass@{k} (%)" for k in ks] + [f"AutoDeco − method, points [{confidence} % CI]"]
+    scoring = summary.get("scoring", LENIENT)
+    other = STRICT if scoring == LENIENT else LENIENT
+    header = (["method", "T", "P", f"Pass@1 (%, {scoring})", f"Pass@1 {other} (%)", "cut off (%)"]
+              + [f"Pass@{k} (%)" for k in ks] + [f"AutoDeco − method, points [{confidence} % CI]"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     levels = summary.get("autodeco") or {}
     for method in summary["methods"]:
-        temperature, top_p = _format_operating_point(method, levels)
+        temperature, top_p = _format_operating_point(method, levels, summary.get("oracle") or {})
         pass_at_1 = f"{100 * method['pass_at_1']['mean']:.2f} ± {100 * method['pass_at_1']['std']:.2f}"
+        other_pass_at_1 = _percent((method.get("pass_at_1_other_scoring") or {}).get("mean"))
+        cut_off = "–" if method.get("unfinished_share") is None else f"{100 * method['unfinished_share']:.1f}"
         pass_at_k = [_percent(method["pass_at_k"].get(str(k))) for k in ks]
-        cells = [_escape(method["label"]), temperature, top_p, pass_at_1, *pass_at_k, _format_difference(method)]
+        cells = [_escape(_method_label(method)), temperature, top_p, pass_at_1, other_pass_at_1, cut_off, *pass_at_k,
+                 _format_difference(method, star=not method.get("selection_ignored"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _method_label(method: dict[str, Any]) -> str:
+    """The method's name with its parameters, e.g. ``edt (T0=0.8, N=0.8, theta=1)``; ``†`` on the in-sample oracle."""
+    label = method["label"] + (" †" if method.get("selection_ignored") else "")
+    parameters = method.get("parameters") or {}
+    if not parameters:
+        return label
+    return f"{label} ({', '.join(f'{name}={value:g}' for name, value in parameters.items())})"
 
 
 def render_markdown(summary: dict[str, Any], plots: dict[str, str] | None = None) -> str:
@@ -71,6 +97,9 @@ def render_markdown(summary: dict[str, Any], plots: dict[str, str] | None = None
         True
     """
     sections = [_header(summary), "## Results", headline_table(summary), _table_notes(summary), "## Reading this", _reading(summary)]
+    tuning_section = _tuning_section(summary)
+    if tuning_section:
+        sections += ["## Heuristics' parameters (tuned on the training split, never on the test set)", tuning_section]
     oracle_section = _oracle_section(summary)
     if oracle_section:
         sections += ["## Oracle search (tuned on the test set)", oracle_section]
@@ -145,21 +174,105 @@ def _reading(summary: dict[str, Any]) -> str:
             "their intervals contain 0, so these methods cannot be told apart on this evaluation."
         )
     sentences.append(_meanshift_sentence(methods.get("meanshift")))
+    sentences += _critique_sentences(methods)
     if ORACLE in methods:
         oracle = methods[ORACLE]
         gap = 100 * (autodeco["pass_at_1"]["mean"] - oracle["pass_at_1"]["mean"])
         sentences.append(
             f"The oracle's operating point (T = {oracle['temperature']:.2f}, P = {oracle['top_p']:.2f}) was picked "
-            f"on these same problems, so its score is biased upwards; AutoDeco is {abs(gap):.2f} points "
-            f"{'above' if gap >= 0 else 'below'} it."
+            f"on these same problems, so its score is biased upwards and its interval (†) ignores that selection; "
+            f"AutoDeco is {abs(gap):.2f} points {'above' if gap >= 0 else 'below'} it."
         )
+    if ORACLE_CROSS_FITTED in methods:
+        crossed = methods[ORACLE_CROSS_FITTED]
+        sentences.append(
+            f"Scored honestly (each half of the problems with the setting chosen on the other half), the oracle "
+            f"reaches {100 * crossed['pass_at_1']['mean']:.2f} %."
+        )
+    sentences.append(_truncation_sentence(summary, autodeco))
     if any(by_verdict.values()):
         problems = autodeco["num_problems"]
         sentences.append(
             f"Intervals resample the {problems} problem{'s' if problems != 1 else ''}; with few problems they are "
             "wide, and a difference that is not significant here is not evidence that the methods are equal."
         )
-    return " ".join(sentences)
+    return " ".join(sentence for sentence in sentences if sentence)
+
+
+def _critique_sentences(methods: dict[str, dict[str, Any]]) -> list[str]:
+    """What the controls, the head factorization and the heuristics say (PAPER.md section 8)."""
+    sentences = []
+    for name, question in (("shuffle", "reassigning the heads' own values to random tokens"),
+                           ("bin-shuffle", "reassigning them within entropy bins")):
+        verdict = _verdict(methods.get(name))
+        if verdict == BETTER:
+            sentences.append(f"AutoDeco beats {question} ({name}, {_format_difference(methods[name], star=False)}): "
+                             "the per-token assignment of its values matters.")
+        elif verdict is not None:
+            sentences.append(
+                f"{question[0].upper() + question[1:]} ({name}, {_format_difference(methods[name], star=False)}) "
+                + ("does better than AutoDeco" if verdict == WORSE else "does as well within the interval")
+                + ": no evidence that the per-token assignment of the heads' values matters here."
+            )
+    heads = {name: _verdict(methods.get(name)) for name in ("temperature-head", "top-p-head")}
+    if all(heads.values()):
+        if heads["temperature-head"] == NO_DIFFERENCE and heads["top-p-head"] != NO_DIFFERENCE:
+            sentences.append("The temperature head alone (with MeanShift's P) matches AutoDeco while the top-p head "
+                             "alone does not: the temperature head carries the effect.")
+        elif heads["top-p-head"] == NO_DIFFERENCE and heads["temperature-head"] != NO_DIFFERENCE:
+            sentences.append("The top-p head alone (with MeanShift's T) matches AutoDeco while the temperature head "
+                             "alone does not: the top-p head carries the effect.")
+        else:
+            sentences.append(
+                "Head factorization: AutoDeco minus temperature-head "
+                f"{_format_difference(methods['temperature-head'], star=False)}, minus top-p-head "
+                f"{_format_difference(methods['top-p-head'], star=False)}; neither head alone stands out from the other."
+            )
+    heuristics = [method for name, method in methods.items() if method["kind"] not in
+                  ("greedy", "static", "autodeco", "shuffle", "bin-shuffle", "temperature-head", "top-p-head")]
+    if heuristics:
+        best = max(heuristics, key=lambda method: method["pass_at_1"]["mean"])
+        sentences.append(
+            f"The best heuristic sampler is {best['name']} at {100 * best['pass_at_1']['mean']:.2f} % "
+            f"(AutoDeco minus it: {_format_difference(best, star=False)}, {_verdict(best) or 'not compared'})."
+        )
+    return sentences
+
+
+def _verdict(method: dict[str, Any] | None) -> str | None:
+    comparison = (method or {}).get("autodeco_minus_method")
+    return comparison["verdict"] if comparison else None
+
+
+def _truncation_sentence(summary: dict[str, Any], autodeco: dict[str, Any]) -> str:
+    """How many answers hit the token limit, and what strict scoring changes."""
+    shares = [method["unfinished_share"] for method in summary["methods"] if method.get("unfinished_share") is not None]
+    if not shares or autodeco.get("unfinished_share") is None:
+        return ""
+    scoring = summary.get("scoring", LENIENT)
+    other = autodeco["pass_at_1_other_scoring"]["mean"]
+    return (
+        f"{100 * autodeco['unfinished_share']:.1f} % of AutoDeco's answers were cut off at the token limit "
+        f"({100 * min(shares):.1f} to {100 * max(shares):.1f} % across methods; "
+        f"{100 * autodeco['correct_unfinished_share']:.1f} % were cut off yet scored correct); "
+        f"under {STRICT if scoring == LENIENT else LENIENT} scoring AutoDeco's Pass@1 is {100 * other:.2f} %."
+    )
+
+
+def _tuning_section(summary: dict[str, Any]) -> str | None:
+    tuning = summary.get("tuning") or {}
+    if not tuning:
+        return None
+    lines = ["| method | chosen setting | how |", "|---|---|---|"]
+    for name, entry in tuning.items():
+        how = entry["note"]
+        if entry.get("scores"):
+            scores = ", ".join(f"{key.split(':', 1)[1]}: {100 * value:.1f}" for key, value in entry["scores"].items())
+            how += f"; Pass@1 % per grid setting: {scores}"
+        if entry.get("mean_normalized_entropy") is not None:
+            how += f"; mean normalized entropy {entry['mean_normalized_entropy']:.4f}"
+        lines.append(f"| {name} | {_escape(entry['setting'])} | {_escape(how)} |")
+    return "\n".join(lines)
 
 
 def _meanshift_sentence(meanshift: dict[str, Any] | None) -> str:
@@ -209,12 +322,18 @@ def _figures(plots: dict[str, str]) -> str:
     return "\n\n".join(lines)
 
 
-def _format_operating_point(method: dict[str, Any], levels: dict[str, Any]) -> tuple[str, str]:
-    if method["kind"] == "greedy":
+def _format_operating_point(method: dict[str, Any], levels: dict[str, Any], oracle: dict[str, Any]) -> tuple[str, str]:
+    kind = method["kind"]
+    if kind == "greedy":
         return "0", "–"
-    if method["kind"] == "autodeco":
+    if kind == "autodeco":
         if levels:
             return f"dynamic (mean {levels['temperature_mean']:.2f})", f"dynamic (mean {levels['top_p_mean']:.2f})"
+        return "dynamic", "dynamic"
+    if method["name"] == ORACLE_CROSS_FITTED:
+        chosen = (oracle.get("cross_fitted") or {}).get("settings") or []
+        return "per half: " + " / ".join(chosen), "–"
+    if method.get("temperature") is None:
         return "dynamic", "dynamic"
     return f"{method['temperature']:.2f}", f"{method['top_p']:.2f}"
 
