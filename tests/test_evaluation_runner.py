@@ -6,7 +6,8 @@ from collections import Counter
 import pytest
 
 from autodeco.evaluation.records import read_records
-from autodeco.evaluation.runner import SAMPLES_FILE, EvalConfig, evaluate, oracle_grid
+from autodeco.evaluation.methods import PAPER_METHODS
+from autodeco.evaluation.runner import SAMPLES_FILE, TUNING_FILE, EvalConfig, evaluate, oracle_grid
 from autodeco.views.report import write_report
 
 
@@ -15,6 +16,7 @@ def config_for(model_dir, **overrides):
     settings = dict(
         dataset="arithmetic", limit=4, base=str(model_dir), seeds=(0, 1), samples_per_seed=2, max_new_tokens=6,
         batch_size=3, oracle_temperatures=temperatures, oracle_top_ps=top_ps, meanshift=(0.8, 0.9),
+        methods=PAPER_METHODS,
     )
     return EvalConfig(**{**settings, **overrides})
 
@@ -79,7 +81,8 @@ def test_meanshift_uses_the_heads_teacher_forced_means_on_heldout_trajectories(t
 
 
 def test_bad_input_is_named(tiny_chat_model_dir, tmp_path):
-    with pytest.raises(ValueError, match="unknown method.*'beam'.*valid: greedy, default, autodeco, meanshift, oracle"):
+    with pytest.raises(ValueError, match="unknown method.*'beam'.*valid: greedy, default, autodeco, meanshift, oracle, "
+                                         "edt, .*top-p-head, shuffle, bin-shuffle"):
         config_for(tiny_chat_model_dir, methods=("greedy", "beam"))
     with pytest.raises(ValueError, match="gsm8k"):
         evaluate(config_for(tiny_chat_model_dir, dataset="no-such-dataset"), tmp_path, progress=False)
@@ -94,3 +97,70 @@ def test_heads_made_for_another_base_are_refused(tiny_chat_model_dir, tmp_path, 
     other.save_pretrained(tmp_path / "heads")
     with pytest.raises(ValueError, match="vocab"):
         evaluate(config_for(tiny_chat_model_dir, heads=str(tmp_path / "heads")), tmp_path / "eval", progress=False)
+
+
+CRITIQUE_METHODS = ("autodeco", "meanshift", "edt", "entropy-shift", "min-p", "top-n-sigma", "temperature-head",
+                    "top-p-head", "shuffle", "bin-shuffle")
+
+
+def test_critique_methods_are_tuned_on_the_training_split_and_run_on_the_test_problems(tiny_chat_model_dir, tmp_path,
+                                                                                          capsys):
+    from autodeco.evaluation.methods import tuning_candidates
+
+    config = config_for(tiny_chat_model_dir, methods=CRITIQUE_METHODS, seeds=(0,), tune_problems=2)
+    result = evaluate(config, tmp_path, progress=True)
+    printed = capsys.readouterr().out
+    assert "plan: tune:" in printed and "plan: controls:" in printed and "estimate: at most about" in printed
+    tuning = read_records(tmp_path / TUNING_FILE)
+    assert {record.problem_id.split("/")[1] for record in tuning} == {"train"}
+    records = read_records(tmp_path / SAMPLES_FILE)
+    assert {record.problem_id.split("/")[1] for record in records} == {"test"}
+    methods = {method["name"]: method for method in result.summary["methods"]}
+    assert set(methods) == set(CRITIQUE_METHODS)
+    for name in ("edt", "min-p", "top-n-sigma", "entropy-shift"):
+        chosen = result.summary["tuning"][name]
+        grid = [setting.key for setting in tuning_candidates(name, chosen.get("mean_normalized_entropy"))]
+        assert chosen["tuned"] and chosen["setting"] in grid and methods[name]["setting"] == chosen["setting"]
+        assert set(chosen["scores"]) == set(grid)
+    assert 0 < result.summary["tuning"]["entropy-shift"]["mean_normalized_entropy"] <= 1
+    per_setting = Counter(record.setting for record in records)
+    for name in CRITIQUE_METHODS:
+        assert per_setting[methods[name]["setting"]] == 4 * 2, name  # 4 problems x 1 seed x 2 samples
+    autodeco = [record for record in records if record.setting == "autodeco"]
+    assert all(len(record.entropies) == len(record.temperatures) for record in autodeco)
+    values = [value for record in autodeco for value in record.temperatures]
+    for name in ("shuffle", "bin-shuffle"):
+        shuffled = [record for record in records if record.setting == methods[name]["setting"]]
+        assert all(min(values) - 1e-6 <= record.temperature_mean <= max(values) + 1e-6 for record in shuffled)
+    assert all(record.finished is not None for record in records)
+    report = (tmp_path / "report.md").read_text() if (tmp_path / "report.md").exists() else ""
+    assert report == ""  # no write_report given: nothing rendered
+
+
+def test_untuned_heuristics_and_strict_scoring(tiny_chat_model_dir, tmp_path):
+    from autodeco.evaluation.methods import UNTUNED_DEFAULTS, heuristic_setting
+
+    config = config_for(tiny_chat_model_dir, methods=("greedy", "eta", "confidence-gated"), seeds=(0,),
+                        tune_problems=0, scoring="strict")
+    result = evaluate(config, tmp_path, progress=False, write_report=write_report)
+    assert not (tmp_path / TUNING_FILE).exists()
+    assert result.summary["scoring"] == "strict"
+    for name in ("eta", "confidence-gated"):
+        assert result.summary["tuning"][name] == {
+            "setting": heuristic_setting(name, UNTUNED_DEFAULTS[name]).key, "tuned": False,
+            "note": "untuned default parameters (--tune-problems 0)",
+        }
+    report = (tmp_path / "report.md").read_text()
+    assert "Pass@1 (%, strict)" in report and "cut off (%)" in report and "untuned default parameters" in report
+
+
+def test_tuning_on_the_evaluated_problems_is_refused(tiny_chat_model_dir, tmp_path):
+    config = config_for(tiny_chat_model_dir, methods=("edt",), tune_split="test", tune_problems=2)
+    with pytest.raises(ValueError, match="also evaluated.*tuning on the test set.*--tune-problems 0"):
+        evaluate(config, tmp_path, progress=False)
+    assert not (tmp_path / SAMPLES_FILE).exists()
+
+
+def test_shuffle_controls_need_autodeco(tiny_chat_model_dir):
+    with pytest.raises(ValueError, match="shuffle and bin-shuffle draw AutoDeco's per-token values.*add autodeco"):
+        config_for(tiny_chat_model_dir, methods=("shuffle", "bin-shuffle"))

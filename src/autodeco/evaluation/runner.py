@@ -142,6 +142,10 @@ class EvalConfig:
         self.methods = check_methods(self.methods)
         if self.scoring not in ("lenient", "strict"):
             raise ValueError(f"unknown scoring {self.scoring!r}; use lenient or strict")
+        controls = [name for name in CONTROL_METHODS if name in self.methods]
+        if controls and "autodeco" not in self.methods:
+            raise ValueError(f"{' and '.join(controls)} draw AutoDeco's per-token values from its samples: add autodeco "
+                             "to --methods")
         if self.tune_problems < 0:
             raise ValueError(f"tune_problems must be >= 0 (0: untuned defaults), got {self.tune_problems}")
         if not self.methods and not self.static:
@@ -422,8 +426,8 @@ def _mean_normalized_entropy(records, loaded) -> float | None:
     return round(sum(values) / len(values) / math.log(vocab), 4)
 
 
-def _value_pools(records):
-    """Shuffle pools from AutoDeco's recorded per-token values (T, P, base entropy), keyed by problem."""
+def _value_pools(records) -> dict:
+    """The shuffle controls' pools: AutoDeco's recorded per-token (T, P, base entropy) on each problem."""
     from autodeco.sampling.shuffle import ValuePool
 
     by_problem: dict[str, list] = {}
@@ -433,10 +437,14 @@ def _value_pools(records):
     if len(by_problem) < 2:
         raise ValueError(
             "the shuffle controls draw AutoDeco's per-token values from other problems, but AutoDeco has samples "
-            f"with recorded values on {len(by_problem)} problem(s): add autodeco to --methods and evaluate at "
-            "least two problems"
+            f"with recorded values on {len(by_problem)} problem(s): evaluate at least two problems"
         )
-    return ValuePool.from_records(by_problem)
+    return {
+        problem: ValuePool([value for record in group for value in record.temperatures],
+                           [value for record in group for value in record.top_ps],
+                           [value for record in group for value in record.entropies])
+        for problem, group in by_problem.items()
+    }
 
 
 # ----------------------------------------------------------------------------------------------- setup
@@ -605,7 +613,7 @@ class _Generator:
         self.seeds = config.seeds if seeds is None else seeds
         self.seconds, self.generated, self.new_tokens = 0.0, 0, 0
         self.pools = None
-        """The shuffle controls' value pools (:class:`autodeco.sampling.shuffle.ValuePool`), set before their stage."""
+        """The shuffle controls' value pools (problem id -> :class:`autodeco.sampling.shuffle.ValuePool`)."""
 
     def warm_up_seconds_per_step(self) -> float | None:
         """Seconds per decoding step of a full batch of AutoDeco rows, measured on the first problems (not kept)."""
@@ -685,8 +693,9 @@ class _Generator:
         num_samples = self._samples_for(setting)
         pools = None
         if setting.kind in POOL_KINDS:
-            pools = [self.pools.stream(problem.id, setting, seed=derived_seed("shuffle", seed, problem.id, index))
-                     for problem in problems for index in range(num_samples)]
+            from autodeco.sampling.shuffle import stream_factory
+
+            pools = stream_factory(setting, self.pools, [problem.id for problem in problems], seed)
         completions = complete(
             self.loaded.model, self.loaded.tokenizer, batch, setting,
             num_samples=num_samples, max_new_tokens=self.config.max_new_tokens,
