@@ -82,3 +82,54 @@ def test_setting_keys_round_trip_and_validation():
     with pytest.raises(ValueError, match="kind"):
         DecodingSetting("beam")
     assert derived_seed("a", 1) == derived_seed("a", 1) != derived_seed("a", 2)
+
+
+# Method settings and the shuffle controls' value pools ------------------------------------------------
+
+
+def test_method_settings_record_per_token_values(loaded):
+    model, tokenizer = loaded.model, loaded.tokenizer
+    batch = prefill(model.llm, tokenizer, rendered(loaded))
+    completions = complete(model, tokenizer, batch, DecodingSetting.edt(0.9, 0.6, 1.0, 0.95), num_samples=2,
+                           max_new_tokens=8, seed=3)
+    for completion in (c for row in completions for c in row):
+        lengths = {len(completion.temperatures), len(completion.top_ps), len(completion.entropies)}
+        assert lengths == {completion.num_tokens}
+        assert all(0 < t <= 0.9 for t in completion.temperatures)
+        assert set(completion.top_ps) == {torch.tensor(0.95).item()}
+        assert all(h >= 0 for h in completion.entropies)
+    autodeco = complete(model, tokenizer, batch, DecodingSetting.autodeco(), num_samples=2, max_new_tokens=8, seed=3)
+    assert all(len(c.entropies) == c.num_tokens for row in autodeco for c in row)
+    static = complete(model, tokenizer, batch, DecodingSetting.static(0.7, 0.9), num_samples=1, max_new_tokens=4)
+    assert static[0][0].entropies is None
+
+
+def test_value_pools_as_a_callable_or_a_list_give_the_same_completions(loaded):
+    from autodeco.sampling.shuffle import ValuePool, ValueStream
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    batch = prefill(model.llm, tokenizer, rendered(loaded))
+    pools = [ValuePool([0.5, 0.8, 1.1], [0.9, 1.0, 0.8]), ValuePool([0.3, 0.6], [0.7, 0.95])]
+    setting = DecodingSetting.shuffle()
+
+    def make_stream(prompt_row, sample_index):
+        return ValueStream(pools[prompt_row], seed=10 * prompt_row + sample_index)
+
+    by_callable = complete(model, tokenizer, batch, setting, num_samples=3, max_new_tokens=6, seed=1,
+                           value_pools=make_stream)
+    by_list = complete(model, tokenizer, batch, setting, num_samples=3, max_new_tokens=6, seed=1,
+                       value_pools=[make_stream(row, sample) for row in range(2) for sample in range(3)])
+    assert [[c.token_ids for c in row] for row in by_callable] == [[c.token_ids for c in row] for row in by_list]
+    for row, samples in enumerate(by_callable):
+        allowed = set(zip(pools[row].temperatures.float().tolist(), pools[row].top_ps.float().tolist()))
+        for sample, completion in enumerate(samples):
+            pairs = list(zip(completion.temperatures, completion.top_ps))
+            replica = make_stream(row, sample)
+            expected = [tuple(torch.tensor(replica.draw()).float().tolist()) for _ in pairs]
+            assert pairs == expected and set(pairs) <= allowed
+    with pytest.raises(ValueError, match="needs value_pools"):
+        complete(model, tokenizer, batch, setting, num_samples=1, max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"2 prompts x 3 samples = 6\), got 2"):
+        complete(model, tokenizer, batch, setting, num_samples=3, max_new_tokens=2, value_pools=[make_stream(0, 0)] * 2)
+    with pytest.raises(ValueError, match="not 'autodeco'"):
+        complete(model, tokenizer, batch, DecodingSetting.autodeco(), max_new_tokens=2, value_pools=make_stream)

@@ -54,7 +54,7 @@ class SampleRecord:
     """Identifier of the problem within the dataset."""
 
     setting: str
-    """``"greedy"``, ``"autodeco"`` or a :func:`static_setting` key."""
+    """``"greedy"``, ``"autodeco"``, a :func:`static_setting` key or a method key (``DecodingSetting.key``)."""
 
     seed: int
     """Sampling seed (greedy: 0)."""

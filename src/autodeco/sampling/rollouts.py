@@ -23,7 +23,15 @@ from autodeco.common.seeds import derived_seed  # noqa: F401  (re-exported for c
 from autodeco.model.compat import CACHE_ARGUMENT, output_cache
 from autodeco.model.generation import generate_with_base
 from autodeco.sampling.inference import encode_prompts
-from autodeco.sampling.settings import AUTODECO, GREEDY, STATIC, DecodingSetting  # noqa: F401  (re-exported)
+from autodeco.sampling.policies import EntropyRecorder, blank_after_end, generate_with_setting
+from autodeco.sampling.settings import (  # noqa: F401  (re-exported)
+    AUTODECO,
+    GREEDY,
+    METHOD_KINDS,
+    POOL_KINDS,
+    STATIC,
+    DecodingSetting,
+)
 
 
 @dataclasses.dataclass
@@ -35,9 +43,11 @@ class Completion:
     token_ids: list[int]
     """Generated ids up to and including the end-of-sequence token."""
     temperatures: list[float] | None = None
-    """Per-token temperatures actually used (AutoDeco only)."""
+    """Per-token temperatures actually used (AutoDeco and the method settings; 0 for a greedy step)."""
     top_ps: list[float] | None = None
-    """Per-token top-p values actually used (AutoDeco only)."""
+    """Per-token top-p values actually used (AutoDeco and the methods; truncation samplers: the mass kept)."""
+    entropies: list[float] | None = None
+    """Per-token entropy in nats of the base's next-token distribution (AutoDeco and the method settings)."""
 
     @property
     def num_tokens(self) -> int:
@@ -91,6 +101,7 @@ def complete(
     num_samples: int = 1,
     max_new_tokens: int = 256,
     seed: int = 0,
+    value_pools=None,
 ) -> list[list[Completion]]:
     """Draw ``num_samples`` completions of every prompt in ``batch`` under ``setting``.
 
@@ -98,10 +109,15 @@ def complete(
         model: an :class:`~autodeco.model.modeling.AutoDecoForCausalLM` (static and greedy settings use its base only).
         tokenizer: the base's tokenizer.
         batch: from :func:`prefill`; its cache is copied, never changed, so it serves many settings.
-        setting: greedy, static or AutoDeco.
+        setting: greedy, static, AutoDeco or a method of :data:`~autodeco.sampling.settings.METHOD_KINDS`
+            (sampled by :func:`~autodeco.sampling.policies.generate_with_setting`).
         num_samples: completions per prompt.
         max_new_tokens: generation length limit.
         seed: seeds torch's global generator before sampling (the caller's state is restored afterwards).
+        value_pools: the shuffle controls' value streams (those settings only): either a callable
+            ``make_stream(prompt_row, sample_index)`` returning the stream of that prompt's sample (e.g.
+            :func:`~autodeco.sampling.shuffle.stream_factory`), or a list of ``len(batch) * num_samples`` streams
+            in row order (prompt-major: the samples of prompt 0 first). Every sample gets its own stream.
 
     Returns:
         ``completions[prompt][sample]``.
@@ -115,24 +131,55 @@ def complete(
         cache = copy.deepcopy(batch.cache)
         cache.batch_repeat_interleave(num_samples)
         kwargs[CACHE_ARGUMENT] = cache
+    streams = _row_streams(value_pools, setting, len(batch), num_samples)
     devices = [input_ids.device] if input_ids.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         if setting.kind == AUTODECO:
-            output = model.generate(input_ids, attention_mask, do_sample=True, return_dict_in_generate=True, **kwargs)
+            recorder = EntropyRecorder()
+            output = model.generate(
+                input_ids, attention_mask, do_sample=True, return_dict_in_generate=True, logits_processor=[recorder],
+                **kwargs,
+            )
             sequences, temperatures, top_ps = output.sequences, output.temperatures, output.top_ps
+            (entropies,) = blank_after_end(sequences, [recorder.recorded()], model.llm.generation_config.eos_token_id)
+        elif setting.kind in METHOD_KINDS:
+            output = generate_with_setting(model, input_ids, attention_mask, setting, value_pools=streams, **kwargs)
+            sequences, temperatures, top_ps, entropies = (
+                output.sequences, output.temperatures, output.top_ps, output.entropies
+            )
         else:
             sequences = generate_with_base(
                 model.llm, input_ids, attention_mask, sample=setting.kind == STATIC,
                 temperature=setting.temperature, top_p=setting.top_p, **kwargs,
             )
-            temperatures = top_ps = None
+            temperatures = top_ps = entropies = None
     new_tokens = sequences[:, input_ids.shape[1] :]  # (B*n, new)
     eos_ids = end_of_sequence_ids(model.llm, tokenizer)
-    flat = [
-        _completion(tokenizer, new_tokens[row], eos_ids, temperatures, top_ps, row) for row in range(new_tokens.shape[0])
-    ]
+    values = (temperatures, top_ps, entropies)
+    flat = [_completion(tokenizer, new_tokens[row], eos_ids, values, row) for row in range(new_tokens.shape[0])]
     return [flat[start : start + num_samples] for start in range(0, len(flat), num_samples)]
+
+
+def _row_streams(value_pools, setting: DecodingSetting, prompts: int, num_samples: int) -> list | None:
+    """One value stream per generated row (prompt-major), from a ``make_stream`` callable or a list."""
+    if setting.kind not in POOL_KINDS:
+        if value_pools is not None:
+            raise ValueError(f"value_pools go with the shuffle controls ({', '.join(POOL_KINDS)}), not {setting.key!r}")
+        return None
+    if value_pools is None:
+        raise ValueError(
+            f"the {setting.kind} setting needs value_pools: make_stream(prompt_row, sample_index) or one stream per row"
+        )
+    if callable(value_pools):
+        return [value_pools(row, sample) for row in range(prompts) for sample in range(num_samples)]
+    streams = list(value_pools)
+    if len(streams) != prompts * num_samples:
+        raise ValueError(
+            f"value_pools must hold one stream per generated row ({prompts} prompts x {num_samples} samples = "
+            f"{prompts * num_samples}), got {len(streams)}"
+        )
+    return streams
 
 
 def end_of_sequence_ids(llm, tokenizer) -> set[int]:
@@ -144,11 +191,10 @@ def end_of_sequence_ids(llm, tokenizer) -> set[int]:
     return ids
 
 
-def _completion(tokenizer, token_ids: torch.Tensor, eos_ids: set[int], temperatures, top_ps, row: int) -> Completion:
+def _completion(tokenizer, token_ids: torch.Tensor, eos_ids: set[int], values, row: int) -> Completion:
     ids = token_ids.tolist()
     end = next((index + 1 for index, token in enumerate(ids) if token in eos_ids), len(ids))
     ids = ids[:end]
     text = tokenizer.decode(ids, skip_special_tokens=True)
-    if temperatures is None:
-        return Completion(text, ids)
-    return Completion(text, ids, temperatures[row, :end].tolist(), top_ps[row, :end].tolist())
+    per_token = [None if value is None else value[row, :end].tolist() for value in values]  # T, P, H
+    return Completion(text, ids, *per_token)
