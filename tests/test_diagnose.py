@@ -50,9 +50,13 @@ def hand_tokens(model, tokenizer, rows):
     return {name: torch.cat(values) for name, values in collected.items()}
 
 
-def test_per_token_values_equal_a_hand_computation(tiny_chat_model_dir, tokenizer, rows):
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 30])  # pass 2 runs the model again, or reuses pass 1's logits
+def test_per_token_values_equal_a_hand_computation(tiny_chat_model_dir, tokenizer, rows, cache_bytes):
     model = AutoDecoForCausalLM.from_base(str(tiny_chat_model_dir), seed=5)
-    tokens = diagnose_tokens(model, tokenizer, rows, batch_size=2)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    tokens = diagnose_tokens(model, tokenizer, rows, batch_size=2, cache_bytes=cache_bytes)
+    assert len(calls) == (6 if cache_bytes == 0 else 3)  # 5 trajectories in batches of 2: 3 forward passes each
     hand = hand_tokens(model, tokenizer, rows)
     assert tokens["example"].tolist() == hand["example"].tolist()
     inverse = 1.0 / hand["temperature"].double()

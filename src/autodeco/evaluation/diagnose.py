@@ -1,7 +1,8 @@
 """Diagnose heads on held-out verified trajectories: token-level control, or just a better mean?
 
 Teacher-forced on the completion tokens (the positions at which the heads chose T and P while the
-completion was sampled, see :func:`autodeco.evaluation.heldout.completion_predictions`), in two passes:
+completion was sampled, see :func:`autodeco.evaluation.heldout.completion_predictions`), in two passes
+(the second reuses the first's logits when they fit in :data:`LOGIT_CACHE_BYTES`):
 
 1. the mean inverse temperature ``beta_bar`` = mean of ``1 / T_t`` over every diagnosed token;
 2. per token: predicted T and P, the base model's entropy and top probability (T = 1), the size of
@@ -40,6 +41,9 @@ BOOTSTRAP_RESAMPLES = 1000
 CONFIDENCE = 0.95
 """Central mass of the bootstrap intervals."""
 
+LOGIT_CACHE_BYTES = 1 << 30
+"""Pass 1's logits are kept in memory up to this size (1 GiB), sparing pass 2's forward passes."""
+
 CHUNK_ROWS = 256
 """Tokens per chunk of the per-token computation (float64 ``(256, V)`` blocks)."""
 
@@ -74,17 +78,28 @@ def _batches(model, tokenizer, examples: list, batch_size: int, description: str
                     disable=not progress)
 
 
-def _mean_inverse_temperature(model, tokenizer, examples: list, batch_size: int, progress: bool) -> tuple[float, float]:
-    """Pass 1: ``(mean of 1 / T_t, mean of T_t)`` over every completion token.
+def _mean_inverse_temperature(
+    model, tokenizer, examples: list, batch_size: int, progress: bool, cache_bytes: int
+) -> tuple[float, float, list[dict] | None]:
+    """Pass 1: ``(mean of 1 / T_t, mean of T_t, cached batches)`` over every completion token.
 
     The mean of ``1 / T`` is accumulated around the first token's value, so constant temperatures
-    give exactly that value back (and ``delta = 0`` exactly in pass 2).
+    give exactly that value back (and ``delta = 0`` exactly in pass 2). The batches' predictions are
+    kept (on the model's device) while their logits fit in ``cache_bytes`` (then pass 2 needs no forward pass);
+    beyond that the cache is None.
     """
     reference = None
     shifted_sum = temperature_sum = 0.0
-    count = 0
+    count = cached_bytes = 0
+    cache: list[dict] | None = []
     for tokens in _batches(model, tokenizer, examples, batch_size, "diagnose: pass 1/2 (mean 1/T)", progress):
         inverse = 1.0 / tokens["temperature"].double()  # (N,)
+        if cache is not None:
+            cached_bytes += tokens["logits"].numel() * tokens["logits"].element_size()
+            if cached_bytes <= cache_bytes:
+                cache.append(tokens)
+            else:
+                cache = None
         if inverse.numel() == 0:
             continue
         reference = float(inverse[0]) if reference is None else reference
@@ -93,7 +108,7 @@ def _mean_inverse_temperature(model, tokenizer, examples: list, batch_size: int,
         count += inverse.numel()
     if count == 0:
         raise ValueError("the trajectories hold no completion token to diagnose")
-    return reference + shifted_sum / count, temperature_sum / count
+    return reference + shifted_sum / count, temperature_sum / count, cache
 
 
 @torch.no_grad()
@@ -105,6 +120,7 @@ def diagnose_tokens(
     batch_size: int = HELDOUT_BATCH_SIZE,
     max_length: int | None = None,
     progress: bool = False,
+    cache_bytes: int = LOGIT_CACHE_BYTES,
 ) -> dict[str, torch.Tensor]:
     """Per-token values of the diagnosis, teacher-forced on the completion tokens of ``trajectories``.
 
@@ -115,6 +131,8 @@ def diagnose_tokens(
         batch_size: sequences per forward pass.
         max_length: truncate longer trajectories (None: no limit).
         progress: show a progress bar over the batches of each pass.
+        cache_bytes: keep pass 1's logits (on the model's device) up to this many bytes, so that pass 2 reuses
+            them instead of running the model again (0: always run it again).
 
     Returns:
         ``{column: (N,) tensor}`` for each of :data:`TOKEN_COLUMNS` (``example``: the trajectory's
@@ -130,9 +148,13 @@ def diagnose_tokens(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     examples = as_examples(tokenizer, trajectories, max_length)
-    mean_inverse, mean_temperature = _mean_inverse_temperature(model, tokenizer, examples, batch_size, progress)
+    mean_inverse, mean_temperature, cache = _mean_inverse_temperature(
+        model, tokenizer, examples, batch_size, progress, cache_bytes
+    )
+    if cache is None:
+        cache = _batches(model, tokenizer, examples, batch_size, "diagnose: pass 2/2 (per token)", progress)
     columns: dict[str, list[torch.Tensor]] = {name: [] for name in TOKEN_COLUMNS}
-    for tokens in _batches(model, tokenizer, examples, batch_size, "diagnose: pass 2/2 (per token)", progress):
+    for tokens in cache:
         for start in range(0, tokens["labels"].numel(), CHUNK_ROWS):
             chunk = {name: value[start : start + CHUNK_ROWS] for name, value in tokens.items()}
             for name, value in _chunk_values(chunk, mean_inverse, mean_temperature).items():

@@ -121,7 +121,7 @@ def render_diagnosis(summary: dict[str, Any], *, figures: bool = False) -> str:
              "top_p_entropy": "P vs base entropy"}
     for name, label in pairs.items():
         correlation = summary["correlations"][name]
-        lines.append(f"| {label} | {_number(correlation['pearson'])} | {_number(correlation['spearman'])} |")
+        lines.append(f"| {label} | {_correlation(correlation['pearson'])} | {_correlation(correlation['spearman'])} |")
     lines += _test_lines(test, confidence)
     if figures:
         lines += ["", "## Figures", ""]
@@ -160,10 +160,11 @@ def _test_lines(test: dict[str, Any], confidence: int) -> list[str]:
         "|---|---|",
         f"| first-order term, mean g·delta | {test['first_order_term']:+.5f} |",
         f"| second-order term, mean −½·v·delta² | {test['second_order_term']:+.5f} |",
-        f"| delta vs g: Pearson / Spearman | {_number(correlation['pearson'])} / {_number(correlation['spearman'])} |",
+        f"| delta vs g: Pearson / Spearman | {_correlation(correlation['pearson'])} / "
+        f"{_correlation(correlation['spearman'])} |",
         f"| delta and g of the same sign | {agreement} of {share['counted']} tokens (50 % = unrelated; "
         f"{share['left_out']} with delta or g = 0 left out) |",
-        f"| predicted vs measured: Pearson | {_number(test['predicted_measured_correlation']['pearson'])} |",
+        f"| predicted vs measured: Pearson | {_correlation(test['predicted_measured_correlation']['pearson'])} |",
     ]
     return lines
 
@@ -174,6 +175,10 @@ def _sentence(text: str) -> str:
 
 def _number(value: float | None) -> str:
     return "–" if value is None else f"{value:.4g}"
+
+
+def _correlation(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.3f}"
 
 
 def _interval(interval: list[float]) -> str:
@@ -255,7 +260,7 @@ def _gains_figure(summary, tokens, shown):
     axis.set_xlabel("predicted gain, g·delta − ½·v·delta² (nats)")
     axis.set_ylabel("measured gain, exact (nats)")
     pearson = test["predicted_measured_correlation"]["pearson"]
-    axis.set_title(f"Pearson {_number(pearson)}; mean measured {test['measured_gain']['mean']:+.4f}, "
+    axis.set_title(f"Pearson {_correlation(pearson)}; mean measured {test['measured_gain']['mean']:+.4f}, "
                    f"predicted {test['predicted_gain']['mean']:+.4f}\n{_scatter_note(shown, len(tokens['delta']))}",
                    fontsize=9)
     axis.legend(fontsize=8, loc="upper left")
@@ -283,7 +288,8 @@ def _temperature_figure(summary, tokens):
     axes[2].set_xlabel("base entropy at T = 1 (nats), equal-width bins")
     axes[2].set_ylabel("mean predicted T (± std)")
     correlation = summary["correlations"]["temperature_entropy"]
-    axes[2].set_title(f"Pearson {_number(correlation['pearson'])}, Spearman {_number(correlation['spearman'])}",
+    axes[2].set_title(f"T vs entropy: Pearson {_correlation(correlation['pearson'])}, "
+                      f"Spearman {_correlation(correlation['spearman'])}",
                       fontsize=9)
     for axis in axes:
         axis.grid(alpha=0.3)
