@@ -85,8 +85,8 @@ def _mean_inverse_temperature(
 
     The mean of ``1 / T`` is accumulated around the first token's value, so constant temperatures
     give exactly that value back (and ``delta = 0`` exactly in pass 2). The batches' predictions are
-    kept (on the model's device) while their logits fit in ``cache_bytes`` (then pass 2 needs no forward pass);
-    beyond that the cache is None.
+    kept (on the model's device) while their logits fit in ``cache_bytes``, so that pass 2 needs no
+    forward pass; beyond that the cache is None.
     """
     reference = None
     shifted_sum = temperature_sum = 0.0
@@ -131,8 +131,8 @@ def diagnose_tokens(
         batch_size: sequences per forward pass.
         max_length: truncate longer trajectories (None: no limit).
         progress: show a progress bar over the batches of each pass.
-        cache_bytes: keep pass 1's logits (on the model's device) up to this many bytes, so that pass 2 reuses
-            them instead of running the model again (0: always run it again).
+        cache_bytes: keep pass 1's logits (on the model's device) up to this many bytes, so that
+            pass 2 reuses them instead of running the model again (0: always run it again).
 
     Returns:
         ``{column: (N,) tensor}`` for each of :data:`TOKEN_COLUMNS` (``example``: the trajectory's

@@ -93,7 +93,7 @@ def render_diagnosis(summary: dict[str, Any], *, figures: bool = False) -> str:
     if run:
         lines += [f"Heads `{run.get('heads')}` on `{run.get('data')}`; base `{run.get('base')}`.", ""]
     lines += [
-        f"{summary['num_trajectories']} held-out trajectories, {summary['num_tokens']} completion tokens, "
+        f"{summary['num_trajectories']} trajectories, {summary['num_tokens']} completion tokens, "
         "teacher-forced" + (f"; {run['seconds']:.1f} s." if "seconds" in run else "."),
         "",
         "## Verdict",
