@@ -10,6 +10,7 @@ import traceback
 
 from autodeco.cli import checkpoints, evaluate, generate, quickstart, sample, train
 from autodeco.cli._parser import add_command, check_numbers, flag_names
+from autodeco.cli.diagnose import diagnose
 
 COMMANDS = {
     "quickstart": quickstart.quickstart,
@@ -17,6 +18,7 @@ COMMANDS = {
     "sample": sample.sample,
     "train": train.train,
     "heldout": train.heldout,
+    "diagnose": diagnose,
     "eval": evaluate.evaluate_command,
     "init": checkpoints.init,
     "merge": checkpoints.merge,

@@ -58,3 +58,45 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
         1.0
     """
     return pearson(average_ranks(x), average_ranks(y))
+
+
+def bootstrap_ratio_interval(
+    numerators: torch.Tensor,
+    denominators: torch.Tensor,
+    *,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``sum(numerators) / sum(denominators)``, resampling the groups.
+
+    Each entry is one group (e.g. one trajectory: the sum of a per-token value and its token
+    count), so the interval of a token mean accounts for tokens of one trajectory moving together.
+    With unit denominators it is the interval of the mean over groups.
+
+    Args:
+        numerators: ``(K,)`` per-group sums.
+        denominators: ``(K,)`` per-group weights (> 0 in total for every resample, e.g. token counts >= 1).
+        resamples: bootstrap resamples (>= 1).
+        confidence: central mass of the interval, in (0, 1).
+        seed: seed of the resampling.
+
+    Returns:
+        ``(low, high)`` quantiles ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` of the resampled ratios.
+
+    Example:
+        >>> bootstrap_ratio_interval(torch.tensor([2.0, 2.0, 2.0]), torch.tensor([1.0, 1.0, 1.0]))  # no spread
+        (2.0, 2.0)
+    """
+    if numerators.ndim != 1 or numerators.shape != denominators.shape or numerators.numel() == 0:
+        raise ValueError(f"numerators and denominators must be equal-length non-empty vectors, got shapes "
+                         f"{tuple(numerators.shape)} and {tuple(denominators.shape)}")
+    if resamples < 1 or not 0 < confidence < 1:
+        raise ValueError(f"resamples must be >= 1 and confidence in (0, 1), got {resamples} and {confidence}")
+    generator = torch.Generator().manual_seed(seed)
+    count = numerators.numel()
+    picks = torch.randint(0, count, (resamples, count), generator=generator)  # (R, K) group indices
+    ratios = numerators.double().cpu()[picks].sum(dim=1) / denominators.double().cpu()[picks].sum(dim=1)  # (R,)
+    tail = (1 - confidence) / 2
+    low, high = torch.quantile(ratios, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return low, high

@@ -76,7 +76,8 @@ def completion_predictions(
 
     Yields:
         dicts with ``logits`` ``(N, V)`` float32, ``labels`` ``(N,)``, ``temperature`` ``(N,)``
-        and ``top_p`` ``(N,)`` at the positions that predict a completion token.
+        and ``top_p`` ``(N,)`` at the positions that predict a completion token, and ``example``
+        ``(N,)``: the index in ``examples`` of the trajectory each token belongs to.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -90,11 +91,13 @@ def completion_predictions(
             output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             next_labels = batch["labels"][:, 1:]  # (B, L-1)
             predicting = next_labels != losses.IGNORE_INDEX
+            example_index = torch.arange(start, start + len(next_labels), device=next_labels.device)  # (B,)
             yield {
                 "logits": output.logits[:, :-1][predicting].float(),  # (N, V)
                 "labels": next_labels[predicting],
                 "temperature": output.temperature[:, :-1][predicting].float(),
                 "top_p": output.top_p[:, :-1][predicting].float(),
+                "example": example_index[:, None].expand_as(next_labels)[predicting],
             }
     finally:
         model.train(was_training)
