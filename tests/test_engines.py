@@ -199,11 +199,18 @@ def _generation_threads():
 
 
 def test_closing_the_stream_stops_the_generation(engine, loaded):
-    stream = engine.stream(GenerationRequest(prompt_ids=prompt_ids(loaded), max_tokens=200, seed=0))
-    assert next(stream).finish_reason is None
-    next(stream)
-    stream.close()
-    assert _generation_threads() == []  # the worker stopped and was joined
+    endless = HFEngine(loaded.model, loaded.tokenizer, "tiny", eos_token_ids=[10**6])  # no end token: 200 steps
+    steps = []
+    hook = loaded.model.llm.register_forward_hook(lambda *arguments: steps.append(1))
+    try:
+        stream = endless.stream(GenerationRequest(prompt_ids=prompt_ids(loaded), max_tokens=200, seed=0))
+        assert next(stream).finish_reason is None
+        next(stream)
+        stream.close()
+        assert _generation_threads() == []  # the worker stopped and was joined
+    finally:
+        hook.remove()
+    assert len(steps) < 20  # 200 without the stop
     after = list(engine.stream(GenerationRequest(prompt_ids=prompt_ids(loaded), max_tokens=3, seed=0)))
     assert len(after) == 3
 

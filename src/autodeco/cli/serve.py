@@ -58,8 +58,8 @@ def serve(
     except OSError as error:
         raise ValueError(f"cannot listen on {host}:{port}: {error.strerror or error}; "
                          "choose another --port (0 picks a free one)") from None
-    print(usage_text(server.url, name, chosen), flush=True)
     try:
+        print(usage_text(server.url, name, chosen), flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         print("autodeco serve: stopped", file=sys.stderr)
@@ -78,6 +78,8 @@ def _vllm_imports() -> bool:
 def _load_engine(kind: str, heads: str | None, base: str | None, model_name: str, seed: int):
     """The engine serving ``heads`` on ``base``: HF (``engines.hf``) or vLLM (``engines.vllm``'s ``load_engine``)."""
     if kind == "vllm":
+        if not _vllm_imports():
+            raise ValueError(VLLM_INSTALL_HINT + " (import vllm failed)")
         try:
             from autodeco.engines import vllm as vllm_engine
         except ImportError as error:
