@@ -246,3 +246,13 @@ def test_end_token_ids_reads_config_and_tokenizer():
 
     assert end_token_ids(Namespace(generation_config=Namespace(eos_token_id=None)), Namespace(eos_token_id=4)) == [4]
     assert end_token_ids(Namespace(), Namespace()) == []
+
+
+def test_close_stops_running_generations_and_refuses_new_ones(loaded):
+    engine = HFEngine(loaded.model, loaded.tokenizer, "tiny", eos_token_ids=[10**6])
+    stream = engine.stream(GenerationRequest(prompt_ids=prompt_ids(loaded), max_tokens=200, seed=0))
+    next(stream)
+    engine.close()
+    assert _generation_threads() == []
+    with pytest.raises(RuntimeError, match="the engine is closed"):
+        engine.stream(GenerationRequest(prompt_ids=[5], max_tokens=2))

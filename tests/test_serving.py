@@ -362,3 +362,19 @@ def test_autodeco_serve_on_the_embedded_model_answers_and_stops_on_ctrl_c():
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+def test_closing_the_server_ends_open_streams_and_their_generations(loaded):
+    server = serve_in_thread(HFEngine(loaded.model, loaded.tokenizer, "tiny", eos_token_ids=[10**6]), "127.0.0.1", 0)
+    client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=120)
+    steps = []
+    hook = loaded.model.llm.register_forward_hook(lambda *arguments: steps.append(1))
+    try:
+        stream = client.completions.create(model="tiny", prompt="long", max_tokens=1000, stream=True)
+        next(iter(stream))
+        server.shutdown()
+        server.server_close()  # returns once every request thread has ended
+        assert _wait_until_idle()
+    finally:
+        hook.remove()
+    assert len(steps) < 500, f"{len(steps)} forward passes: the stream outlived the server"

@@ -65,6 +65,9 @@ def serve(
         print("autodeco serve: stopped", file=sys.stderr)
     finally:
         server.server_close()
+        closer = getattr(served, "close", None)
+        if closer is not None:
+            closer()  # stops the generations under way, so none runs while Python exits
 
 
 def _vllm_imports() -> bool:

@@ -52,6 +52,14 @@ class HFEngine:
         self.eos_token_ids = end_token_ids(model.llm, tokenizer) if eos_token_ids is None else list(eos_token_ids)
         self.pad_token_id = _pad_token_id(tokenizer, self.eos_token_ids)
         self._lock = threading.Lock()
+        self._active: set[_Generation] = set()
+        self._closed = False
+
+    def close(self) -> None:
+        """Stop every generation under way and wait for them (the server is shutting down); refuse new ones."""
+        self._closed = True
+        for run in list(self._active):
+            run.stop()
 
     def stream(self, request: GenerationRequest) -> Iterator[TokenEvent]:
         """The events of ``request``, one per generated token (the last one with ``finish_reason``).
@@ -62,6 +70,8 @@ class HFEngine:
         Raises:
             ValueError: a prompt that fills the base's context, or token ids the base cannot embed.
         """
+        if self._closed:
+            raise RuntimeError("the engine is closed (the server is shutting down)")
         check_token_ids(self.model.llm, torch.tensor(request.prompt_ids))
         return self._events(request, self.fit_max_tokens(request))
 
@@ -85,6 +95,7 @@ class HFEngine:
         run = _Generation(self, request, max_tokens)
         text = IncrementalText(self.tokenizer)
         stops = StopStrings(request.stop)
+        self._active.add(run)
         try:
             run.start()
             for count, (token_id, temperature, top_p) in enumerate(run.tokens(), start=1):
@@ -96,6 +107,7 @@ class HFEngine:
                     return
         finally:
             run.stop()
+            self._active.discard(run)
 
 
 class _Generation:

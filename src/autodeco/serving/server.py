@@ -36,12 +36,36 @@ class OpenAIServer(ThreadingHTTPServer):
         'http://127.0.0.1:41873/v1'
     """
 
-    daemon_threads = True
+    daemon_threads = False  # request threads are joined by server_close(), so none is cut short when Python exits
+    block_on_close = True
 
     def __init__(self, address: tuple[str, int], engine: Engine, *, log: Callable[[str], None] | None = None):
         self.app = OpenAIApp(engine)
         self.log = log
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def process_request(self, request, client_address):
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        """Stop listening, end every open connection (a stream under way stops its generation) and wait for them."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        super().server_close()
 
     @property
     def url(self) -> str:
