@@ -8,7 +8,7 @@ import os
 import sys
 import traceback
 
-from autodeco.cli import checkpoints, evaluate, generate, quickstart, sample, train
+from autodeco.cli import checkpoints, evaluate, generate, quickstart, sample, serve, train
 from autodeco.cli._parser import add_command, check_numbers, flag_names
 from autodeco.cli.diagnose import diagnose
 
@@ -24,6 +24,7 @@ COMMANDS = {
     "merge": checkpoints.merge,
     "split": checkpoints.split,
     "info": checkpoints.info,
+    "serve": serve.serve,
 }
 
 

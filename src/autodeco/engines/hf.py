@@ -1,0 +1,238 @@
+"""The Hugging Face engine: :class:`~autodeco.engines.base.Engine` over ``AutoDecoForCausalLM``.
+
+Each request runs the same decoding as :meth:`~autodeco.model.modeling.AutoDecoForCausalLM.generate`
+(the base's ``generate()`` with :class:`~autodeco.model.generation.AutoDecoLogitsProcessor`) in a worker
+thread; a streamer hands each token, with the T and P the processor used for it, to the caller as it
+comes. Requests are **serialized** by a lock (one generation at a time, in arrival order): simple and
+exact, at the price of no batching across requests (the vLLM engine batches).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Iterator
+
+import torch
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+from autodeco.engines.base import GenerationRequest, TokenEvent
+from autodeco.engines.text import IncrementalText, StopStrings
+from autodeco.model.base_model import check_token_ids, context_length
+from autodeco.model.generation import AutoDecoLogitsProcessor, capture_output_head_input, generate_with_base
+
+_END = object()
+"""Put on a request's queue when its generation has ended."""
+
+
+class HFEngine:
+    """Serve an :class:`~autodeco.model.modeling.AutoDecoForCausalLM` one request at a time.
+
+    Args:
+        model: the model (its heads decide T and P).
+        tokenizer: its Hugging Face tokenizer.
+        model_name: the id served in ``/v1/models``.
+        eos_token_ids: ids that end a generation (default: the base's ``generation_config`` end ids and the
+            tokenizer's ``eos_token_id``).
+
+    Example:
+        >>> engine = HFEngine(model, tokenizer, "tiny")  # doctest: +SKIP
+        >>> events = list(engine.stream(GenerationRequest(prompt_ids=[5, 6], max_tokens=3, seed=0)))  # doctest: +SKIP
+        >>> [(event.text, round(event.temperature, 2), event.finish_reason) for event in events]  # doctest: +SKIP
+        [('a', 0.91, None), ('b', 0.88, None), ('c', 0.9, 'length')]
+    """
+
+    def __init__(self, model, tokenizer, model_name: str, *, eos_token_ids: list[int] | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.max_model_len = context_length(model.llm)
+        """Positions of the base's context (prompt + generated tokens), or None when unknown."""
+        self.eos_token_ids = end_token_ids(model.llm, tokenizer) if eos_token_ids is None else list(eos_token_ids)
+        self.pad_token_id = _pad_token_id(tokenizer, self.eos_token_ids)
+        self._lock = threading.Lock()
+        self._active: set[_Generation] = set()
+        self._closed = False
+
+    def close(self) -> None:
+        """Stop every generation under way and wait for them (the server is shutting down); refuse new ones."""
+        self._closed = True
+        for run in list(self._active):
+            run.stop()
+
+    def stream(self, request: GenerationRequest) -> Iterator[TokenEvent]:
+        """The events of ``request``, one per generated token (the last one with ``finish_reason``).
+
+        The request is checked at once (before the first event is asked for); generation starts with the
+        first ``next()``. Closing the iterator stops the generation after the step under way.
+
+        Raises:
+            ValueError: a prompt that fills the base's context, or token ids the base cannot embed.
+        """
+        if self._closed:
+            raise RuntimeError("the engine is closed (the server is shutting down)")
+        check_token_ids(self.model.llm, torch.tensor(request.prompt_ids))
+        return self._events(request, self.fit_max_tokens(request))
+
+    def fit_max_tokens(self, request: GenerationRequest) -> int:
+        """``request.max_tokens``, lowered so that prompt + generation fit the base's context.
+
+        Raises:
+            ValueError: when the prompt alone fills the context.
+        """
+        prompt_length = len(request.prompt_ids)
+        if self.max_model_len is None:
+            return request.max_tokens
+        if prompt_length >= self.max_model_len:
+            raise ValueError(
+                f"the prompt is {prompt_length} tokens but the model's context holds {self.max_model_len}, "
+                f"leaving no room to generate; shorten the prompt below {self.max_model_len} tokens"
+            )
+        return min(request.max_tokens, self.max_model_len - prompt_length)
+
+    def _events(self, request: GenerationRequest, max_tokens: int) -> Iterator[TokenEvent]:
+        run = _Generation(self, request, max_tokens)
+        text = IncrementalText(self.tokenizer)
+        stops = StopStrings(request.stop)
+        self._active.add(run)
+        try:
+            run.start()
+            for count, (token_id, temperature, top_p) in enumerate(run.tokens(), start=1):
+                finish = "stop" if token_id in self.eos_token_ids else "length" if count >= max_tokens else None
+                piece = text.piece(token_id, final=finish is not None)
+                released, stopped = stops.add(TokenEvent(token_id, piece, temperature, top_p, finish))
+                yield from released
+                if stopped or finish is not None:
+                    return
+        finally:
+            run.stop()
+            self._active.discard(run)
+
+
+class _Generation:
+    """One request's ``generate()`` in a worker thread, feeding ``(token_id, T, P)`` to a queue."""
+
+    def __init__(self, engine: HFEngine, request: GenerationRequest, max_tokens: int):
+        self.engine = engine
+        self.request = request
+        self.max_tokens = max_tokens
+        self.cancelled = threading.Event()
+        self.generating = threading.Event()
+        self.queue: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name=f"autodeco-hf-{request.request_id}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop the generation after the step under way and wait for it; a request still queued just drops out.
+
+        Waiting matters: the worker restores torch's random state when a seeded generation ends, so it
+        must be done before the caller samples anything else.
+        """
+        self.cancelled.set()
+        if self.generating.is_set():
+            self.thread.join()
+
+    def tokens(self) -> Iterator[tuple[int, float, float]]:
+        """``(token_id, temperature, top_p)`` as they come; re-raises the worker's error."""
+        while True:
+            item = self.queue.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _run(self) -> None:
+        try:
+            with self.engine._lock:
+                self.generating.set()  # before looking at `cancelled`: stop() then either joins or is seen here
+                if not self.cancelled.is_set():
+                    self._generate()
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            self.queue.put(error)
+        finally:
+            self.queue.put(_END)
+
+    def _generate(self) -> None:
+        model, request = self.engine.model, self.request
+        sample = not request.greedy
+        input_ids = torch.tensor([request.prompt_ids], device=model.device)  # (1, L)
+        with _seeded(request.seed, model.device), capture_output_head_input(model.llm) as capture:
+            # Exactly what AutoDecoForCausalLM.generate builds: the heads' processor, the multiplier unused when greedy.
+            processor = AutoDecoLogitsProcessor(
+                model, capture, request.temperature if sample else 1.0, request.top_p, sample
+            )
+            generate_with_base(
+                model.llm, input_ids, torch.ones_like(input_ids), sample=sample,
+                logits_processor=LogitsProcessorList([processor]),
+                stopping_criteria=StoppingCriteriaList([_Cancelled(self.cancelled)]),
+                streamer=_QueueStreamer(processor, self.queue),
+                max_new_tokens=self.max_tokens, eos_token_id=self.engine.eos_token_ids,
+                pad_token_id=self.engine.pad_token_id,
+            )
+
+
+class _QueueStreamer:
+    """A transformers streamer that puts each new token, with the T and P just recorded for it, on a queue."""
+
+    def __init__(self, processor: AutoDecoLogitsProcessor, tokens: queue.Queue):
+        self.processor = processor
+        self.tokens = tokens
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate() first puts the prompt
+            self.prompt_seen = True
+            return
+        temperature = float(self.processor.temperatures[-1][0])
+        top_p = float(self.processor.top_ps[-1][0])
+        self.tokens.put((int(value.reshape(-1)[0]), temperature, top_p))
+
+    def end(self) -> None:
+        pass
+
+
+class _Cancelled(StoppingCriteria):
+    """Stop every row once ``event`` is set (the caller closed the stream)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device):
+    """Seed torch's generators for the block and restore them after it (no seed: leave them alone)."""
+    if seed is None:
+        yield
+        return
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def end_token_ids(llm, tokenizer) -> list[int]:
+    """The ids that end a generation: the base's ``generation_config.eos_token_id`` (one or several) and the
+    tokenizer's ``eos_token_id``.
+
+    Example:
+        >>> from types import SimpleNamespace as Namespace
+        >>> llm = Namespace(generation_config=Namespace(eos_token_id=[2, 7]))
+        >>> end_token_ids(llm, Namespace(eos_token_id=9))
+        [2, 7, 9]
+    """
+    configured = getattr(getattr(llm, "generation_config", None), "eos_token_id", None)
+    ids = list(configured) if isinstance(configured, (list, tuple)) else [configured]
+    ids.append(getattr(tokenizer, "eos_token_id", None))
+    return list(dict.fromkeys(int(token) for token in ids if token is not None))
+
+
+def _pad_token_id(tokenizer, eos_token_ids: list[int]) -> int | None:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return pad if pad is not None else (eos_token_ids[0] if eos_token_ids else None)
