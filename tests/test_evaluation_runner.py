@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
-from autodeco.evaluation.records import read_records
 from autodeco.evaluation.methods import PAPER_METHODS
+from autodeco.evaluation.records import read_records
 from autodeco.evaluation.runner import SAMPLES_FILE, TUNING_FILE, EvalConfig, evaluate, oracle_grid
 from autodeco.views.report import write_report
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from autodeco.common.figures import subplots
-from autodeco.evaluation.records import SampleRecord
 from autodeco.evaluation.methods import HEURISTIC_METHODS
+from autodeco.evaluation.records import SampleRecord
 from autodeco.evaluation.summary import ORACLE, ORACLE_CROSS_FITTED, pick_trace_record
 from autodeco.sampling.traces import GenerationTrace, TokenTrace
 from autodeco.views.trace_png import trace_figure
