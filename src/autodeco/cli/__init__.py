@@ -22,6 +22,7 @@ COMMANDS = {
     "merge": checkpoints.merge,
     "split": checkpoints.split,
     "info": checkpoints.info,
+    "export-vllm": checkpoints.export_vllm,
 }
 
 

@@ -30,6 +30,9 @@ STATIC = "static"
 AUTODECO = "autodeco"
 """Key (and kind) of decoding with the AutoDeco heads (per-token T and P)."""
 
+ENGINES = ("hf", "vllm")
+"""Rollout engines of ``autodeco sample``/``eval``: Hugging Face ``generate()`` (default) or vLLM with the plugin."""
+
 SETTING_DECIMALS = 2
 """Decimals of T and P in a static setting (values are rounded to them when the setting is made)."""
 

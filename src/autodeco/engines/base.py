@@ -1,0 +1,106 @@
+"""The engine contract: a :class:`GenerationRequest` in, a stream of :class:`TokenEvent` out.
+
+Small and stable on purpose: the OpenAI-compatible server (``autodeco.serving``) speaks only this,
+and each engine (``engines.hf`` on Hugging Face ``generate()``, ``engines.vllm`` on vLLM) implements it.
+
+Example:
+    >>> request = GenerationRequest(prompt_ids=[1, 2, 3], max_tokens=4, temperature=0.5, stop=["\\n"])
+    >>> request.top_p, request.stop
+    (1.0, ['\\n'])
+    >>> TokenEvent(token_id=7, text="Hi", temperature=0.35, top_p=0.9, finish_reason="length").finish_reason
+    'length'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
+
+from autodeco.model.generation import check_multiplier
+
+FINISH_REASONS = ("stop", "length")
+"""Why a generation ended, on its last event: ``stop`` (end-of-sequence token or a stop string) or ``length``."""
+
+
+@dataclasses.dataclass
+class GenerationRequest:
+    """One prompt to continue, with the user's decoding multipliers.
+
+    Raises:
+        ValueError: (in ``__post_init__``) an empty prompt, ``max_tokens`` < 1, a NaN, infinite or negative
+            ``temperature``, a ``top_p`` <= 0, or a stop that is not a non-empty string; quoting the value.
+    """
+
+    prompt_ids: list[int]
+    """Token ids of the prompt, already rendered with the chat template where wanted."""
+    max_tokens: int
+    """Most tokens to generate (>= 1)."""
+    temperature: float = 1.0
+    """Multiplier on the heads' temperature (``T = T_head * temperature``); 0 decodes greedily."""
+    top_p: float = 1.0
+    """Multiplier on the heads' top-p (``P = min(1, P_head * top_p)``); > 0, values above 1 allowed."""
+    seed: int | None = None
+    """Seed of the request's sampling (None: whatever state the engine's generator is in)."""
+    stop: list[str] = ()
+    """Stop strings: generation ends when the text contains one; the text returned ends before it."""
+    request_id: str = ""
+    """The caller's id for the request (logging, cancellation)."""
+
+    def __post_init__(self):
+        self.prompt_ids = [int(token) for token in self.prompt_ids]
+        if not self.prompt_ids:
+            raise ValueError("prompt_ids is empty; give at least one prompt token")
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be an integer >= 1, but is {self.max_tokens!r}")
+        self.temperature = check_multiplier("temperature", self.temperature, zero_allowed=True)
+        self.top_p = check_multiplier("top_p", self.top_p, zero_allowed=False)
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
+        for value in stop:
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"each stop must be a non-empty string, but got {value!r}")
+        self.stop = stop
+
+    @property
+    def greedy(self) -> bool:
+        """Whether the request decodes greedily (``temperature == 0``)."""
+        return self.temperature == 0.0
+
+
+@dataclasses.dataclass
+class TokenEvent:
+    """One generated token, with the temperature and top-p actually used to pick it."""
+
+    token_id: int
+    """The token's id."""
+    text: str
+    """The token's text piece (multi-byte characters whole, see ``sampling.inference.token_pieces``); a piece
+    cut by a stop string is shortened to end before it."""
+    temperature: float
+    """The T used for this token, after the user's multiplier."""
+    top_p: float
+    """The P used for this token, after the user's multiplier (at most 1)."""
+    finish_reason: str | None = None
+    """None while generating; on the last event ``"stop"`` (end-of-sequence or a stop string) or ``"length"``."""
+
+    def __post_init__(self):
+        if self.finish_reason is not None and self.finish_reason not in FINISH_REASONS:
+            raise ValueError(f"finish_reason must be None or one of {FINISH_REASONS}, but is {self.finish_reason!r}")
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the server needs from a generation engine.
+
+    ``stream`` yields one :class:`TokenEvent` per generated token, the last one carrying ``finish_reason``.
+    Closing the iterator early (the client went away) must stop the work for that request promptly and
+    free its resources. It must be safe to call from several threads at once: an engine may serialize
+    requests (the HF engine does) or batch them (the vLLM engine does).
+    """
+
+    model_name: str
+    """The model id served in ``/v1/models`` and checked in each request's ``model``."""
+    tokenizer: object
+    """A Hugging Face tokenizer (chat template, decoding)."""
+
+    def stream(self, request: GenerationRequest) -> Iterator[TokenEvent]: ...
