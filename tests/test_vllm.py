@@ -271,7 +271,8 @@ def test_merged_checkpoint_decodes_like_its_heads_only_twin(stack, tmp_path):
     merged = stack.model.save_pretrained(tmp_path / "merged", merged=True)
     prompt = encode(stack, "hello world")
     output = run_in_own_process(MERGED_CHECK.replace("PROMPT", repr(prompt)), tmp_path)
-    tokens, temperatures = (json.loads(line) for line in output.strip().splitlines()[-2:])
+    line = next(line for line in output.splitlines() if line.startswith("RESULT "))
+    tokens, temperatures = json.loads(line.removeprefix("RESULT "))
     expected = stack.engine.generate([RowRequest(prompt, 12, 0.0, 1.0, True)])[0]
     assert tokens == expected.token_ids
     torch.testing.assert_close(torch.tensor(temperatures), torch.tensor(expected.temperatures), atol=1e-5, rtol=1e-5)
@@ -287,8 +288,7 @@ if __name__ == "__main__":
     folder = sys.argv[1]
     engine = VllmEngine(export_for_vllm(folder + "/merged", folder + "/vllm"), dtype="float32", max_model_len=256)
     result = engine.generate([RowRequest(PROMPT, 12, 0.0, 1.0, True)])[0]
-    print(json.dumps(result.token_ids))
-    print(json.dumps(result.temperatures))
+    print("RESULT", json.dumps([result.token_ids, result.temperatures]))
     engine.close()
 """
 
