@@ -16,8 +16,8 @@ LAYERS = [
     ("model", "pretrained"),  # config, checkpoints, base models, AutoDecoForCausalLM, transformers glue
     ("problems",),  # prompts with checkable answers, answer checking
     ("sampling",),  # decoding settings, prompts -> completions, rejection sampling
-    ("engines",),  # generation engines (HF, vLLM with the plugin) behind one request -> token stream contract
-    ("serving",),  # the OpenAI-compatible server over an engine
+    ("engines",),  # generation engines (HF, vLLM): a request in, tokens with their T and P out
+    ("serving",),  # the OpenAI-compatible HTTP API over an engine
     ("training",),  # verified trajectories -> trained heads
     ("evaluation",),  # held-out NLL, methods side by side, metrics
     ("views",),  # traces, reports and figures rendered for people

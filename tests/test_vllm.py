@@ -341,3 +341,17 @@ if __name__ == "__main__":
     engine.close()
     print("OK", len(greedy), len(ids))
 '''
+
+
+def test_load_engine_serves_the_shipped_heads_by_default(monkeypatch):
+    from autodeco.engines import vllm as vllm_engine
+
+    calls = {}
+
+    def from_checkpoint(cls, heads, **options):
+        calls.update(heads=str(heads), **options)
+        return "engine"
+
+    monkeypatch.setattr(vllm_engine.VllmEngine, "from_checkpoint", classmethod(from_checkpoint))
+    assert vllm_engine.load_engine(None, model_name="m") == "engine"
+    assert calls["heads"].endswith("smollm2-135m-instruct") and calls["model_name"] == "m" and calls["base"] is None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from autodeco.sampling.settings import ENGINES
 
 
@@ -40,7 +38,9 @@ def rollout_engine(name: str, loaded, *, heads: str | None = None, base: str | N
     from autodeco.engines.vllm import VllmEngine, VllmRollouts
 
     if heads is None:
-        heads = str(_saved_heads(loaded.model))
+        from autodeco.engines.vllm_export import saved_heads
+
+        heads = str(saved_heads(loaded.model))
     return VllmRollouts(VllmEngine.from_checkpoint(heads, base=base, **engine_args), loaded.tokenizer)
 
 
@@ -56,14 +56,3 @@ def base_rollouts(name: str, base: str, **engine_args):
         return VllmRollouts(VllmEngine(resolve_base(base), **engine_args), loaded.tokenizer)
 
     return make
-
-
-def _saved_heads(model) -> Path:
-    """Save in-memory (fresh) heads once under ``$AUTODECO_HOME/heads/<fingerprint>`` so that vLLM can load them."""
-    from autodeco.common.fingerprint import tensors_fingerprint
-    from autodeco.model.base_model import autodeco_home
-
-    target = autodeco_home() / "heads" / tensors_fingerprint(model.head_state_dict())
-    if not (target / "config.json").exists():
-        model.save_pretrained(target)
-    return target

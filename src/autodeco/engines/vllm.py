@@ -95,11 +95,13 @@ class VllmEngine:
         self._thread.start()
 
     @classmethod
-    def from_checkpoint(cls, heads: str | os.PathLike, *, base: str | None = None, **engine_args) -> "VllmEngine":
+    def from_checkpoint(
+        cls, heads: str | os.PathLike, *, base: str | None = None, model_name: str | None = None, **engine_args
+    ) -> "VllmEngine":
         """An engine for an AutoDeco checkpoint (heads-only or merged), exported once to a cached vLLM-ready folder."""
         from autodeco.engines.vllm_export import cached_export
 
-        return cls(cached_export(heads, base=base), model_name=Path(heads).name, **engine_args)
+        return cls(cached_export(heads, base=base), model_name=model_name or Path(heads).name, **engine_args)
 
     # ------------------------------------------------------------------------------------------ contract
 
@@ -236,6 +238,32 @@ class VllmEngine:
         elif action == "abort" and key in self._outputs:
             del self._outputs[key]
             self._engine.abort_request([key])
+
+
+def load_engine(
+    heads: str | os.PathLike | None, *, base: str | None = None, model_name: str | None = None, seed: int = 0,
+    **engine_args,
+) -> VllmEngine:
+    """The vLLM engine for ``heads`` on ``base`` (what ``autodeco serve --engine vllm`` runs).
+
+    Args:
+        heads: a heads checkpoint; None: the heads shipped for ``base`` (the embedded default's), else fresh
+            heads seeded with ``seed`` (saved once under ``$AUTODECO_HOME/heads``).
+        base: the base model (default: the one the heads record; the embedded default without heads).
+        model_name: the id served in ``/v1/models``.
+        **engine_args: vLLM engine arguments.
+    """
+    if heads is None:
+        from autodeco.pretrained import default_heads_for
+
+        heads = default_heads_for(base)
+    if heads is None:
+        from autodeco.engines.vllm_export import saved_heads
+        from autodeco.model.base_model import EMBEDDED_MODEL
+        from autodeco.model.modeling import AutoDecoForCausalLM
+
+        heads = saved_heads(AutoDecoForCausalLM.from_base(base or EMBEDDED_MODEL, seed=seed))
+    return VllmEngine.from_checkpoint(heads, base=base, model_name=model_name, seed=seed, **engine_args)
 
 
 def _until_finished(outputs: queue.SimpleQueue) -> Iterator:

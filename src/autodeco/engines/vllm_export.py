@@ -31,7 +31,7 @@ import json
 import os
 from pathlib import Path
 
-from autodeco.common.fingerprint import text_fingerprint
+from autodeco.common.fingerprint import tensors_fingerprint, text_fingerprint
 from autodeco.common.folders import staged_folder
 from autodeco.model.base_model import autodeco_home, resolve_base
 from autodeco.model.checkpoint import CheckpointError, read_checkpoint
@@ -192,6 +192,14 @@ def cached_export(heads: str | os.PathLike, *, base: str | None = None) -> Path:
     target = autodeco_home() / "vllm" / key
     if not (target / "config.json").exists():
         export_for_vllm(folder, target, base=base)
+    return target
+
+
+def saved_heads(model) -> Path:
+    """Save in-memory (fresh) heads once under ``$AUTODECO_HOME/heads/<fingerprint>`` so that vLLM can load them."""
+    target = autodeco_home() / "heads" / tensors_fingerprint(model.head_state_dict())
+    if not (target / "config.json").exists():
+        model.save_pretrained(target)
     return target
 
 
