@@ -25,6 +25,7 @@ COMMANDS = {
     "split": checkpoints.split,
     "info": checkpoints.info,
     "serve": serve.serve,
+    "export-vllm": checkpoints.export_vllm,
 }
 
 

@@ -114,3 +114,23 @@ def _size(path: Path) -> str:
     path = Path(path)
     total = sum(file.stat().st_size for file in path.rglob("*") if file.is_file()) if path.is_dir() else path.stat().st_size
     return f"{total / 1e6:.1f} MB" if total >= 1e5 else f"{total / 1e3:.1f} kB"
+
+
+def export_vllm(heads: str, out: str, base: str | None = None):
+    """Write a folder vLLM opens with AutoDeco decoding: `vllm serve OUT`, `LLM(model=OUT)` (needs autodeco installed beside vLLM).
+
+    vLLM reads the config, the tokenizer and every weight file from the folder it is given; a heads-only
+    checkpoint holds only the heads and a reference to its base. OUT gets the base's config with the
+    plugin's architecture (AutoDeco<Base>) and links (no copies) to the base's weights, tokenizer and
+    generation config and to the heads. Merged checkpoints export the same way.
+
+    Args:
+        heads: heads-only or merged checkpoint folder.
+        out: folder to write (replaced if it exists).
+        base: base model (default: the one the heads record; embedded:SmolLM2-135M-Instruct resolves to its converted folder).
+    """
+    from autodeco.engines.vllm_export import export_for_vllm
+
+    path = export_for_vllm(heads, out, base=base)
+    print(f"vLLM-ready folder for {heads}: {path}\n  vllm serve {path}    "
+          "(a request's temperature multiplies the heads' T; extra_args/vllm_xargs autodeco_top_p multiplies their P)")

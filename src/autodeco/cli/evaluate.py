@@ -25,6 +25,7 @@ def evaluate_command(
     tune_problems: int = 32,
     tune_dataset: str | None = None,
     tune_split: str = "train",
+    engine: str = "hf",
     overwrite: bool = False,
 ):
     """Evaluate AutoDeco next to greedy, default sampling, MeanShift, the oracle grid, heuristic adaptive samplers,
@@ -57,22 +58,24 @@ def evaluate_command(
         tune_problems: problems of the training split on which the heuristic methods' parameters are tuned (0: their untuned defaults).
         tune_dataset: dataset of the tuning problems (default: --dataset); must share no problem with the evaluated ones.
         tune_split: split of the tuning problems.
+        engine: rollout engine: hf (Hugging Face generate) or vllm (needs vLLM; the paper's methods and static pairs only, the default --methods with it).
         overwrite: discard an existing evaluation in OUTPUT instead of resuming it.
     """
     from autodeco.cli._parser import check_at_least, check_choice
-    from autodeco.evaluation.methods import METHODS, NEEDS_MEANSHIFT, check_methods
+    from autodeco.evaluation.methods import METHODS, NEEDS_MEANSHIFT, PAPER_METHODS, check_methods
     from autodeco.evaluation.runner import EvalConfig, evaluate, oracle_grid
     from autodeco.problems.answers import SCORERS
 
     check_choice("--scorer", scorer, SCORERS)  # before the run folder is written
     check_choice("--scoring", scoring, ("lenient", "strict"))
+    check_choice("--engine", engine, ("hf", "vllm"))
     check_at_least("--tune-problems", tune_problems, minimum=0)
     check_at_least("--seeds", seeds)
     check_at_least("--samples-per-seed", samples_per_seed)
     check_at_least("--batch-size", batch_size)
     check_at_least("--max-new-tokens", max_new_tokens)
     check_at_least("--limit", limit, none=" (leave --limit out for all problems)")
-    chosen = check_methods(methods) if methods else METHODS
+    chosen = check_methods(methods) if methods else (PAPER_METHODS if engine == "vllm" else METHODS)
     for flag, value in (("--meanshift", meanshift), ("--meanshift-data", meanshift_data)):
         if value is not None and not any(name in chosen for name in NEEDS_MEANSHIFT):
             raise ValueError(f"{flag} {value} is only used by the {', '.join(NEEDS_MEANSHIFT)} methods, which --methods "
@@ -86,7 +89,7 @@ def evaluate_command(
         oracle_temperatures=temperatures, oracle_top_ps=top_ps,
         meanshift=_pair(meanshift, "--meanshift") if meanshift else None, meanshift_data=meanshift_data,
         data_dir=data_dir, scoring=scoring, tune_problems=tune_problems, tune_dataset=tune_dataset,
-        tune_split=tune_split,
+        tune_split=tune_split, engine=engine,
     )
     from autodeco.views.report import write_report
 

@@ -27,7 +27,9 @@ def sample(output: str = "runs/sample", overwrite: bool = False, **settings):
     check_choice("--scorer", settings.get("scorer"), SCORERS)  # before the run folder is written
     with config_errors(SampleConfig, FLAGS):
         config = SampleConfig(**settings)
-    stats = sample_trajectories(config, output, overwrite=overwrite)
+    from autodeco.engines.rollouts import base_rollouts
+
+    stats = sample_trajectories(config, output, overwrite=overwrite, rollouts=base_rollouts(config.engine, config.base))
     print(stats.table())
     print(f"\n{stats.train_trajectories} training and {stats.heldout_trajectories} held-out trajectories in {output} "
           f"({stats.problems_with_an_accepted_answer}/{stats.problems} problems have a verified answer)")

@@ -133,6 +133,8 @@ class EvalConfig:
     """Dataset of the tuning problems (None: ``dataset``); must share no problem with the evaluated ones."""
     tune_split: str = "train"
     """Split of the tuning problems."""
+    engine: str = "hf"
+    """Rollout engine: ``hf`` (Hugging Face generate) or ``vllm`` (needs vLLM; greedy, static and autodeco settings)."""
 
     def __post_init__(self):
         if self.max_new_tokens is None:
@@ -140,6 +142,16 @@ class EvalConfig:
 
             self.max_new_tokens = default_max_new_tokens(self.dataset)
         self.methods = check_methods(self.methods)
+        from autodeco.engines.rollouts import check_engine
+
+        check_engine(self.engine)
+        per_step = [name for name in self.methods if name not in PAPER_METHODS]
+        if self.engine == "vllm" and per_step:
+            raise ValueError(
+                f"the vLLM engine runs the paper's methods ({', '.join(PAPER_METHODS)}) and static pairs; "
+                f"{', '.join(per_step)} need per-step logic outside the model: run them with --engine hf, or pass "
+                f"--methods {' '.join(PAPER_METHODS)}"
+            )
         if self.scoring not in ("lenient", "strict"):
             raise ValueError(f"unknown scoring {self.scoring!r}; use lenient or strict")
         controls = [name for name in CONTROL_METHODS if name in self.methods]
@@ -466,6 +478,10 @@ def _load_model(config: EvalConfig):
     heads = config.heads or default_heads_for(config.base)
     loaded = load_for_generation(heads, config.base)
     loaded.heads_reference = heads or "none: fresh, untrained heads"
+    # The rollout engine (--engine): every prefill()/complete() of the generators below goes through it.
+    from autodeco.engines.rollouts import rollout_engine
+
+    loaded.rollouts = rollout_engine(config.engine, loaded, heads=heads, base=config.base)
     return loaded
 
 
@@ -627,17 +643,16 @@ class _Generator:
     def warm_up_seconds_per_step(self) -> float | None:
         """Seconds per decoding step of a full batch of AutoDeco rows, measured on the first problems (not kept)."""
         from autodeco.sampling.inference import render_prompt
-        from autodeco.sampling.rollouts import complete, prefill
 
         if not self.problems:
             return None
         problems = self.problems[: self.config.batch_size]
-        tokenizer, model = self.loaded.tokenizer, self.loaded.model
+        tokenizer, rollouts = self.loaded.tokenizer, self.loaded.rollouts
         started = time.perf_counter()
-        batch = prefill(model.llm, tokenizer, [render_prompt(tokenizer, problem.prompt()) for problem in problems])
+        batch = rollouts.prefill([render_prompt(tokenizer, problem.prompt()) for problem in problems])
         steps = min(WARM_UP_TOKENS, self.config.max_new_tokens)
-        completions = complete(model, tokenizer, batch, DecodingSetting.autodeco(),
-                               num_samples=self.config.samples_per_seed, max_new_tokens=steps, seed=0)
+        completions = rollouts.complete(batch, DecodingSetting.autodeco(),
+                                        num_samples=self.config.samples_per_seed, max_new_tokens=steps, seed=0)
         taken = max(completion.num_tokens for samples in completions for completion in samples)
         return (time.perf_counter() - started) / max(1, taken)
 
@@ -645,7 +660,6 @@ class _Generator:
         from tqdm.auto import tqdm
 
         from autodeco.sampling.inference import render_prompt
-        from autodeco.sampling.rollouts import prefill
 
         done = self._finished_groups()
         plan = [(setting, seed) for setting in settings for seed in self._seeds(setting)]
@@ -655,7 +669,7 @@ class _Generator:
         ]
         total = sum(self._samples_for(setting) for items in work for setting, _ in items)
         bar = tqdm(total=total, desc=f"eval: {stage}", unit="sample", disable=not self.progress)
-        tokenizer, model = self.loaded.tokenizer, self.loaded.model
+        tokenizer = self.loaded.tokenizer
         with RecordWriter(self.samples_path) as writer:
             for start in range(0, len(self.problems), self.config.batch_size):
                 problems = self.problems[start : start + self.config.batch_size]
@@ -664,7 +678,7 @@ class _Generator:
                     continue
                 started = time.perf_counter()
                 rendered = [render_prompt(tokenizer, problem.prompt()) for problem in problems]
-                batch = prefill(model.llm, tokenizer, rendered)
+                batch = self.loaded.rollouts.prefill(rendered)
                 self.seconds += time.perf_counter() - started
                 for setting, seed in plan:
                     rows = [row for row, items in enumerate(todo) if (setting, seed) in items]
@@ -684,7 +698,7 @@ class _Generator:
     def _generate(self, batch, problems, rows, setting: DecodingSetting, seed: int) -> list[SampleRecord]:
         from autodeco.problems.answers import score
         from autodeco.sampling.inference import token_pieces
-        from autodeco.sampling.rollouts import PromptBatch, complete, end_of_sequence_ids
+        from autodeco.sampling.rollouts import PromptBatch, end_of_sequence_ids
         from autodeco.sampling.settings import POOL_KINDS
 
         if len(rows) != len(batch):  # only some problems of the batch still need this setting and seed
@@ -705,9 +719,8 @@ class _Generator:
             from autodeco.sampling.shuffle import stream_factory
 
             pools = stream_factory(setting, self.pools, [problem.id for problem in problems], seed)
-        completions = complete(
-            self.loaded.model, self.loaded.tokenizer, batch, setting,
-            num_samples=num_samples, max_new_tokens=self.config.max_new_tokens,
+        completions = self.loaded.rollouts.complete(
+            batch, setting, num_samples=num_samples, max_new_tokens=self.config.max_new_tokens,
             seed=derived_seed("eval", seed, setting.key, problems[0].id), value_pools=pools,
         )
         self.seconds += time.perf_counter() - started

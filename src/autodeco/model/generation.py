@@ -233,15 +233,21 @@ class AutoDecoLogitsProcessor(LogitsProcessor):
 
 
 def dynamic_step(
-    model, hidden: torch.Tensor, logits: torch.Tensor, temperature: float, top_p: float, sample: bool = True
+    model,
+    hidden: torch.Tensor,
+    logits: torch.Tensor,
+    temperature: float | torch.Tensor,
+    top_p: float | torch.Tensor,
+    sample: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One decoding step: heads -> (T, P) -> warped logits, with a single sort of the logits.
 
     Args:
-        model: an AutoDecoForCausalLM.
+        model: an AutoDecoForCausalLM (or any object with its ``predict_temperature``, ``predict_top_p``
+            and ``reads_probability_features``, such as the vLLM plugin's heads).
         hidden: ``(B, H)`` final hidden states.
         logits: ``(B, V)`` logits of the step (float32 in ``generate()``); never modified.
-        temperature, top_p: the user's multipliers.
+        temperature, top_p: the user's multipliers: one for every row, or one per row (``(B,)`` tensors).
         sample: return warped logits; else return the logits unchanged.
 
     Returns:
@@ -272,7 +278,7 @@ def dynamic_step(
         return logits, final_temperature, final_top_p
     with torch.no_grad():
         scaled = sorted_logits.div_(final_temperature.detach().clamp(min=MIN_SAMPLING_TEMPERATURE).unsqueeze(-1))
-        if temperature == 1.0 and feature_probs is not None:
+        if feature_probs is not None and _all_ones(temperature):
             # With the user's multiplier at 1, the feature probabilities are the sampling probabilities
             # (up to the 1e-8 in the feature temperature): reuse them instead of a second softmax.
             probs = feature_probs
@@ -282,3 +288,9 @@ def dynamic_step(
                 work = feature_probs  # the features are done with it
         warped = warp_sorted_logits(scaled, sorted_indices, final_top_p.detach(), probs, work)
     return warped, final_temperature, final_top_p
+
+
+def _all_ones(multiplier: float | torch.Tensor) -> bool:
+    if isinstance(multiplier, torch.Tensor):
+        return bool((multiplier == 1.0).all())
+    return multiplier == 1.0

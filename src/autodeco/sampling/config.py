@@ -6,7 +6,7 @@ import dataclasses
 import math
 
 from autodeco.model.base_model import EMBEDDED_MODEL
-from autodeco.sampling.settings import DecodingSetting
+from autodeco.sampling.settings import ENGINES, DecodingSetting
 
 
 @dataclasses.dataclass
@@ -40,8 +40,12 @@ class SampleConfig:
     """Base model: hub id, local folder or the embedded default."""
     data_dir: str | None = None
     """Folder holding dataset files for known names (default: $AUTODECO_DATA_DIR)."""
+    engine: str = "hf"
+    """Rollout engine: ``hf`` (Hugging Face generate) or ``vllm`` (needs vLLM; same records, serving speed)."""
 
     def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; use one of {', '.join(ENGINES)}")
         if self.max_new_tokens is None:
             from autodeco.problems import default_max_new_tokens
 

@@ -198,3 +198,21 @@ def _completion(tokenizer, token_ids: torch.Tensor, eos_ids: set[int], values, r
     text = tokenizer.decode(ids, skip_special_tokens=True)
     per_token = [None if value is None else value[row, :end].tolist() for value in values]  # T, P, H
     return Completion(text, ids, *per_token)
+
+
+class HFRollouts:
+    """The Hugging Face rollout engine: :func:`prefill` and :func:`complete` on a loaded model.
+
+    ``autodeco sample`` and ``autodeco eval`` call an engine's ``prefill(rendered_prompts)`` and
+    ``complete(batch, setting, ...)``; this one is the default, and another engine (vLLM's,
+    :class:`autodeco.engines.vllm.VllmRollouts`) answers the same two calls.
+    """
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    def prefill(self, rendered_prompts: list[str]) -> PromptBatch:
+        return prefill(self.model.llm, self.tokenizer, rendered_prompts)
+
+    def complete(self, batch: PromptBatch, setting: DecodingSetting, **options) -> list[list[Completion]]:
+        return complete(self.model, self.tokenizer, batch, setting, **options)

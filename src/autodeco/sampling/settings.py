@@ -81,6 +81,9 @@ HEAD_KINDS = (AUTODECO, TEMPERATURE_HEAD, TOP_P_HEAD)
 POOL_KINDS = (SHUFFLE, BIN_SHUFFLE)
 """Kinds that draw their values from a pool of AutoDeco's recorded per-token values."""
 
+ENGINES = ("hf", "vllm")
+"""Rollout engines of ``autodeco sample``/``eval``: Hugging Face ``generate()`` (default) or vLLM with the plugin."""
+
 SETTING_DECIMALS = 2
 """Decimals of T and P in a static setting (values are rounded to them when the setting is made)."""
 

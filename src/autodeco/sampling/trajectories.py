@@ -74,8 +74,13 @@ def is_heldout(problem_id: str, fraction: float, seed: int) -> bool:
     return fraction > 0 and (derived_seed("heldout", seed, problem_id) % 10_000) < fraction * 10_000
 
 
-def sample_trajectories(config: SampleConfig, output: str | Path, *, overwrite: bool = False, progress: bool = True):
+def sample_trajectories(
+    config: SampleConfig, output: str | Path, *, overwrite: bool = False, progress: bool = True, rollouts=None
+):
     """Run (or resume) rejection sampling into the folder ``output``; returns :class:`SampleStats`.
+
+    ``rollouts`` makes the rollout engine from the loaded model (``rollouts(loaded)``, an object with
+    ``prefill`` and ``complete`` such as :class:`autodeco.engines.vllm.VllmRollouts`); None: Hugging Face's.
 
     Everything is checked before anything is written (the problems, the stored run's settings and
     problems, the base model), and the folder is locked for the run (see :mod:`autodeco.common.runlock`).
@@ -107,7 +112,7 @@ def sample_trajectories(config: SampleConfig, output: str | Path, *, overwrite: 
         _drop_unfinished(output, finished)
         started, new_tokens = time.perf_counter(), 0
         if todo:
-            new_tokens = _sample_missing(config, loaded, output, todo, score, progress)
+            new_tokens = _sample_missing(config, loaded, output, todo, score, progress, rollouts)
         stats = _statistics(output, problems, time.perf_counter() - started, new_tokens)
         write_json_atomic(output / STATS_FILE, {**dataclasses.asdict(stats), "acceptance_rate": stats.acceptance_rate})
     return stats
@@ -119,7 +124,8 @@ def _run_record(config: SampleConfig, problems) -> dict:
     The problems are not compared as a whole (a resume may add problems: inserted lines, a larger
     limit); :func:`_check_same_problems` refuses one whose finished problems changed.
     """
-    return {**dataclasses.asdict(config), "base_fingerprint": model_reference_fingerprint(config.base)}
+    settings = {key: value for key, value in dataclasses.asdict(config).items() if key != "engine"}  # engines mix
+    return {**settings, "base_fingerprint": model_reference_fingerprint(config.base)}
 
 
 def _finished_problems(output: Path) -> dict[str, dict]:
@@ -161,21 +167,22 @@ def _load_base(config: SampleConfig):
     return load_for_generation(None, config.base, seed=config.seed)
 
 
-def _sample_missing(config: SampleConfig, loaded, output: Path, todo, score, progress: bool) -> int:
+def _sample_missing(config: SampleConfig, loaded, output: Path, todo, score, progress: bool, rollouts=None) -> int:
     from tqdm.auto import tqdm
 
     from autodeco.sampling.inference import render_prompt
-    from autodeco.sampling.rollouts import complete, prefill
+    from autodeco.sampling.rollouts import HFRollouts
 
-    model, tokenizer = loaded.model, loaded.tokenizer
+    tokenizer = loaded.tokenizer
+    engine = rollouts(loaded) if rollouts is not None else HFRollouts(loaded.model, tokenizer)
     bar = tqdm(total=len(todo), desc="sampling", unit="problem", disable=not progress)
     accepted_total = attempts_total = new_tokens = 0
     for start in range(0, len(todo), config.batch_size):
         problems = todo[start : start + config.batch_size]
-        batch = prefill(model.llm, tokenizer, [render_prompt(tokenizer, problem.prompt()) for problem in problems])
+        batch = engine.prefill([render_prompt(tokenizer, problem.prompt()) for problem in problems])
         seed = derived_seed("sample", config.seed, problems[0].id)
-        completions = complete(
-            model, tokenizer, batch, config.setting,
+        completions = engine.complete(
+            batch, config.setting,
             num_samples=config.num_samples, max_new_tokens=config.max_new_tokens, seed=seed,
         )
         rows = {TRAIN_FILE: [], HELDOUT_FILE: []}

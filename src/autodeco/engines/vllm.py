@@ -1,0 +1,335 @@
+"""vLLM as an :class:`~autodeco.engines.base.Engine` and as the rollout engine of ``autodeco sample``/``eval``.
+
+The engine runs vLLM's own ``LLMEngine`` **in this process** (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, one
+worker): the AutoDeco model class (:mod:`autodeco.engines.vllm_models`) writes the temperature and
+top-p it used for each token into a record that this module registered for the request
+(:func:`~autodeco.engines.vllm_models.open_record`, named in ``SamplingParams.extra_args``), and the
+values come out with the token, streamed. Stock vLLM 0.32 carries no per-token custom value from the
+model to the client (its outputs hold token ids, text and logprobs only); sharing the process is
+the channel that needs no fork, no pseudo-tokens in the logprobs and no developer RPC. The price: one
+device per engine (no tensor or pipeline parallelism), which is what the rollouts need
+(data-parallel runs start one engine per device).
+
+A background thread owns the ``LLMEngine``: requests from any thread are queued to it, it steps the
+engine while work is pending (every running request in one batch) and hands each request its
+outputs; closing a :meth:`VllmEngine.stream` early aborts the request.
+
+Example (needs vLLM; see ``bin/test-vllm``):
+    >>> engine = VllmEngine.from_checkpoint("runs/heads")  # doctest: +SKIP
+    >>> request = GenerationRequest(prompt_ids=engine.tokenizer.encode("2+2="), max_tokens=8)  # doctest: +SKIP
+    >>> [(event.text, round(event.temperature, 2)) for event in engine.stream(request)]  # doctest: +SKIP
+    [('4', 0.61), ...]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import queue
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from autodeco.engines.base import GenerationRequest, TokenEvent
+from autodeco.engines.vllm_models import ENABLE_KEY, RECORD_KEY, TOP_P_KEY, close_record, open_record
+
+ENGINE_DEFAULTS = {"enforce_eager": True, "enable_prefix_caching": True, "enable_chunked_prefill": False}
+"""Engine arguments used unless given: eager mode (no CUDA-graph/compile warm-up), and no chunked prefill:
+vLLM 0.32 rewinds a seeded request's generator after a partial prefill step, which its CPU generators
+refuse (``RuntimeError: CPU Generator does not use offset``); whole prompts per step avoid that step."""
+
+@dataclasses.dataclass
+class RowRequest:
+    """One generation of a batch: the rollouts' lower-level request (static and greedy rows use the base alone)."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    temperature: float = 1.0
+    """AutoDeco rows: multiplier on the heads' T; base rows: the absolute temperature (0 greedy)."""
+    top_p: float = 1.0
+    """AutoDeco rows: multiplier on the heads' P; base rows: the absolute top-p."""
+    autodeco: bool = True
+    """Decode with the heads (record their values) or sample the base model."""
+    seed: int | None = None
+
+
+@dataclasses.dataclass
+class RowResult:
+    """What a :class:`RowRequest` produced."""
+
+    token_ids: list[int]
+    """Generated ids, the end-of-sequence token included when generation stopped on it."""
+    temperatures: list[float] | None
+    """Per-token T used (AutoDeco rows), else None."""
+    top_ps: list[float] | None
+    finish_reason: str
+
+
+class VllmEngine:
+    """vLLM's engine with the AutoDeco plugin, behind the :class:`~autodeco.engines.base.Engine` contract.
+
+    Args:
+        model: a vLLM-ready folder (:func:`~autodeco.engines.vllm_export.export_for_vllm`) or a plain
+            base model folder (rollouts of the base alone).
+        model_name: the id served in ``/v1/models`` (default: the folder's name).
+        **engine_args: vLLM ``EngineArgs`` (``dtype``, ``max_model_len``, ``seed``, ...) over :data:`ENGINE_DEFAULTS`.
+    """
+
+    def __init__(self, model: str | os.PathLike, *, model_name: str | None = None, **engine_args):
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the worker shares this process: see the module docstring
+        from transformers import AutoTokenizer
+        from vllm import EngineArgs
+        from vllm.v1.engine.llm_engine import LLMEngine
+
+        self.model_path = str(Path(model).expanduser().resolve())
+        self.model_name = model_name or Path(self.model_path).name
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        args = EngineArgs(model=self.model_path, **{**ENGINE_DEFAULTS, **engine_args})
+        self._engine = LLMEngine.from_engine_args(args)
+        self._incoming: queue.SimpleQueue = queue.SimpleQueue()
+        self._outputs: dict[str, queue.SimpleQueue] = {}
+        self._closed = False
+        self._thread = threading.Thread(target=self._drive, name="autodeco-vllm", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_checkpoint(
+        cls, heads: str | os.PathLike, *, base: str | None = None, model_name: str | None = None, **engine_args
+    ) -> "VllmEngine":
+        """An engine for an AutoDeco checkpoint (heads-only or merged), exported once to a cached vLLM-ready folder."""
+        from autodeco.engines.vllm_export import cached_export
+
+        return cls(cached_export(heads, base=base), model_name=model_name or Path(heads).name, **engine_args)
+
+    # ------------------------------------------------------------------------------------------ contract
+
+    def stream(self, request: GenerationRequest) -> Iterator[TokenEvent]:
+        """Yield one :class:`TokenEvent` per generated token, with the T and P used (see the module docstring)."""
+        key = f"{request.request_id or 'request'}-{uuid.uuid4().hex}"
+        record = open_record(key)
+        params = self._sampling_params(
+            temperature=request.temperature, top_p=request.top_p, autodeco=True, seed=request.seed,
+            max_tokens=request.max_tokens, stop=list(request.stop), record=key, stream=True,
+        )
+        outputs = self._submit(key, request.prompt_ids, params)
+        emitted, finished = 0, False
+        try:
+            for output in _until_finished(outputs):
+                completion = output.outputs[0]
+                new_ids = list(completion.token_ids)
+                for offset, token in enumerate(new_ids):
+                    last = offset == len(new_ids) - 1
+                    temperature, top_p = record[emitted] if emitted < len(record) else (math.nan, math.nan)
+                    reason = _finish_reason(completion.finish_reason) if last and output.finished else None
+                    emitted += 1
+                    yield TokenEvent(token, completion.text if last else "", temperature, top_p, reason)
+                finished = output.finished
+        finally:
+            if not finished:
+                self._incoming.put(("abort", key, None, None))
+            close_record(key)
+
+    # ------------------------------------------------------------------------------------------ rollouts
+
+    def generate(self, rows: list[RowRequest]) -> list[RowResult]:
+        """Run every row in one continuous batch and return their results in order."""
+        keys = [f"row-{uuid.uuid4().hex}" for _ in rows]
+        records = [open_record(key) if row.autodeco else None for key, row in zip(keys, rows)]
+        try:
+            pending = []
+            for key, row in zip(keys, rows):
+                params = self._sampling_params(
+                    temperature=row.temperature, top_p=row.top_p, autodeco=row.autodeco, seed=row.seed,
+                    max_tokens=row.max_tokens, stop=None, record=key if row.autodeco else None, stream=False,
+                )
+                pending.append(self._submit(key, row.prompt_ids, params))
+            results = []
+            for outputs, record in zip(pending, records):
+                final = list(_until_finished(outputs))[-1].outputs[0]
+                token_ids = list(final.token_ids)
+                values = list(record[: len(token_ids)]) if record is not None else None
+                results.append(RowResult(
+                    token_ids,
+                    [value[0] for value in values] if values is not None else None,
+                    [value[1] for value in values] if values is not None else None,
+                    _finish_reason(final.finish_reason),
+                ))
+            return results
+        finally:
+            for key in keys:
+                close_record(key)
+
+    def close(self) -> None:
+        """Stop the engine's thread (the engine is freed with the object)."""
+        self._closed = True
+        self._incoming.put(("wake", None, None, None))
+        self._thread.join(timeout=30)
+
+    # ------------------------------------------------------------------------------------------- internals
+
+    def _sampling_params(self, *, temperature, top_p, autodeco, seed, max_tokens, stop, record, stream):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        if autodeco:
+            extra = {TOP_P_KEY: float(top_p)}
+            if record is not None:
+                extra[RECORD_KEY] = record
+            sampling = {"temperature": float(temperature), "top_p": 1.0}
+        else:
+            extra = {ENABLE_KEY: False}
+            sampling = {"temperature": float(temperature), "top_p": float(top_p) if temperature > 0 else 1.0}
+        kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
+        return SamplingParams(
+            **sampling, top_k=0, seed=seed, max_tokens=max_tokens, stop=stop or None, extra_args=extra,
+            output_kind=kind, detokenize=stream,
+        )
+
+    def _submit(self, key: str, prompt_ids: list[int], params) -> queue.SimpleQueue:
+        outputs: queue.SimpleQueue = queue.SimpleQueue()
+        self._incoming.put(("add", key, (list(prompt_ids), params), outputs))
+        return outputs
+
+    def _drive(self) -> None:
+        """The engine's thread: take new requests and aborts, step while anything runs, hand out the outputs."""
+        while not self._closed:
+            block = not self._engine.has_unfinished_requests()
+            try:
+                items = [self._incoming.get(timeout=0.5)] if block else []
+            except queue.Empty:
+                continue
+            while True:
+                try:
+                    items.append(self._incoming.get_nowait())
+                except queue.Empty:
+                    break
+            for action, key, payload, outputs in items:
+                self._apply(action, key, payload, outputs)
+            if not self._engine.has_unfinished_requests():
+                continue
+            try:
+                produced = self._engine.step()
+            except Exception as error:  # the engine is broken: every waiting request learns why
+                for outputs in self._outputs.values():
+                    outputs.put(error)
+                self._outputs.clear()
+                continue
+            for output in produced:
+                outputs = self._outputs.get(output.request_id)
+                if outputs is None:
+                    continue
+                outputs.put(output)
+                if output.finished:
+                    del self._outputs[output.request_id]
+
+    def _apply(self, action: str, key: str, payload, outputs) -> None:
+        from vllm.inputs import TokensPrompt
+
+        if action == "add":
+            prompt_ids, params = payload
+            try:
+                self._engine.add_request(key, TokensPrompt(prompt_token_ids=prompt_ids), params)
+            except Exception as error:  # a request vLLM refuses (too long, bad settings): only its caller hears
+                outputs.put(error)
+                return
+            self._outputs[key] = outputs
+        elif action == "abort" and key in self._outputs:
+            del self._outputs[key]
+            self._engine.abort_request([key])
+
+
+def load_engine(
+    heads: str | os.PathLike | None, *, base: str | None = None, model_name: str | None = None, seed: int = 0,
+    **engine_args,
+) -> VllmEngine:
+    """The vLLM engine for ``heads`` on ``base`` (what ``autodeco serve --engine vllm`` runs).
+
+    Args:
+        heads: a heads checkpoint; None: the heads shipped for ``base`` (the embedded default's), else fresh
+            heads seeded with ``seed`` (saved once under ``$AUTODECO_HOME/heads``).
+        base: the base model (default: the one the heads record; the embedded default without heads).
+        model_name: the id served in ``/v1/models``.
+        **engine_args: vLLM engine arguments.
+    """
+    if heads is None:
+        from autodeco.pretrained import default_heads_for
+
+        heads = default_heads_for(base)
+    if heads is None:
+        from autodeco.engines.vllm_export import saved_heads
+        from autodeco.model.base_model import EMBEDDED_MODEL
+        from autodeco.model.modeling import AutoDecoForCausalLM
+
+        heads = saved_heads(AutoDecoForCausalLM.from_base(base or EMBEDDED_MODEL, seed=seed))
+    return VllmEngine.from_checkpoint(heads, base=base, model_name=model_name, seed=seed, **engine_args)
+
+
+def _until_finished(outputs: queue.SimpleQueue) -> Iterator:
+    while True:
+        item = outputs.get()
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+        if item.finished:
+            return
+
+
+def _finish_reason(reason: str | None) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+
+class VllmRollouts:
+    """vLLM as the rollout engine of ``autodeco sample``/``eval``: the same two calls as
+    :class:`autodeco.sampling.rollouts.HFRollouts`, and :class:`~autodeco.sampling.rollouts.Completion` records
+    of the same form (text, ids up to the end-of-sequence token, per-token T and P for AutoDeco).
+
+    Greedy and static settings sample the base model (``autodeco: false``), AutoDeco uses the heads with
+    multipliers 1; each row has its own seed, derived from the call's ``seed``. Settings that need per-step
+    logic outside the model (the shuffle controls' value pools, or any other kind) are refused.
+    """
+
+    def __init__(self, engine: VllmEngine, tokenizer):
+        self.engine, self.tokenizer = engine, tokenizer
+
+    def prefill(self, rendered_prompts: list[str]):
+        """Encode the prompts (left-padded, as the HF engine's batch); vLLM caches their prefixes itself."""
+        from autodeco.sampling.inference import encode_prompts
+        from autodeco.sampling.rollouts import PromptBatch
+
+        encoded = encode_prompts(self.tokenizer, rendered_prompts, "cpu")
+        return PromptBatch(encoded["input_ids"], encoded["attention_mask"], None)
+
+    def complete(self, batch, setting, *, num_samples: int = 1, max_new_tokens: int = 256, seed: int = 0,
+                 value_pools=None, **options):
+        """``completions[prompt][sample]`` under ``setting``, as :func:`autodeco.sampling.rollouts.complete`."""
+        from autodeco.common.seeds import derived_seed
+        from autodeco.sampling.rollouts import Completion
+        from autodeco.sampling.settings import AUTODECO, GREEDY, STATIC
+
+        if value_pools is not None or setting.kind not in (GREEDY, STATIC, AUTODECO) or options:
+            raise ValueError(
+                f"the vLLM engine runs the greedy, static and autodeco settings; {setting.key!r} needs per-step logic "
+                "outside the model (value pools or a heuristic sampler): run it with --engine hf"
+            )
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        prompts = [ids[mask.bool()].tolist() for ids, mask in zip(batch.input_ids, batch.attention_mask)]
+        rows = []
+        for prompt_index, prompt in enumerate(prompts):
+            for sample in range(num_samples):
+                row_seed = derived_seed("vllm-row", seed, prompt_index, sample)
+                if setting.kind == AUTODECO:
+                    rows.append(RowRequest(prompt, max_new_tokens, 1.0, 1.0, True, row_seed))
+                elif setting.kind == STATIC:
+                    rows.append(RowRequest(prompt, max_new_tokens, setting.temperature, setting.top_p, False, row_seed))
+                else:
+                    rows.append(RowRequest(prompt, max_new_tokens, 0.0, 1.0, False, None))
+        flat = [
+            Completion(self.tokenizer.decode(result.token_ids, skip_special_tokens=True), result.token_ids,
+                       result.temperatures, result.top_ps)
+            for result in self.engine.generate(rows)
+        ]
+        return [flat[start : start + num_samples] for start in range(0, len(flat), num_samples)]
