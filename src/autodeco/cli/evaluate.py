@@ -78,7 +78,8 @@ def evaluate_command(
     chosen = check_methods(methods) if methods else (PAPER_METHODS if engine == "vllm" else METHODS)
     for flag, value in (("--meanshift", meanshift), ("--meanshift-data", meanshift_data)):
         if value is not None and not any(name in chosen for name in NEEDS_MEANSHIFT):
-            raise ValueError(f"{flag} {value} is only used by the {', '.join(NEEDS_MEANSHIFT)} methods, which --methods "
+            raise ValueError(f"{flag} {value} is only used by the meanshift method (and {', '.join(NEEDS_MEANSHIFT[1:])}), "
+                             "which --methods "
                              f"({' '.join(chosen)}) leaves out: add meanshift to --methods, or drop {flag}")
     temperatures, top_ps = oracle_grid(oracle_step)
     config = EvalConfig(
