@@ -352,12 +352,17 @@ def setting_seeds(settings, pair_seed: int) -> list[int]:
 
 @torch.no_grad()
 def shared_run(model, tokenizer, rendered, settings, num_samples: int, new_tokens: int, seeds):
-    """Prefill once, then :func:`~autodeco.sampling.rollouts.complete` every setting from the shared cache."""
+    """Prefill once, then :func:`~autodeco.sampling.rollouts.complete` every setting from the shared cache.
+
+    ``compact=False``: ``generate()`` continues from the cache, as in the repeated arm, so the two arms differ in the
+    prefill only (``benchmarks/compact_rows.py`` measures dropping ended rows from the batch).
+    """
     from autodeco.sampling.rollouts import complete, prefill
 
     batch = prefill(model.llm, tokenizer, rendered)
     return [
-        complete(model, tokenizer, batch, setting, num_samples=num_samples, max_new_tokens=new_tokens, seed=seed)
+        complete(model, tokenizer, batch, setting, num_samples=num_samples, max_new_tokens=new_tokens, seed=seed,
+                 compact=False)
         for setting, seed in zip(settings, seeds)
     ]
 

@@ -4,7 +4,9 @@ Self-sampling (``autodeco sample``) and evaluation (``autodeco eval``) both draw
 prompt under several decoding settings. Repeating each prompt n times (``num_return_sequences``)
 would recompute its KV cache n times per setting. Instead :func:`prefill` runs the prompts through
 the base once (all but their last token), and :func:`complete` copies that cache for each setting,
-repeats it n times along the batch, and lets ``generate()`` continue from the last prompt token.
+repeats it n times along the batch, and continues from the last prompt token with
+:func:`~autodeco.sampling.decode_loop.decode_rows`, which drops rows from the batch as they end
+(``compact=False`` lets ``generate()`` continue instead, every row until the last one ends).
 
     batch = prefill(model.llm, tokenizer, ["<rendered prompt 1>", "<rendered prompt 2>"])
     completions = complete(model, tokenizer, batch, DecodingSetting.autodeco(), num_samples=4, seed=0)
@@ -20,8 +22,10 @@ import inspect
 import torch
 
 from autodeco.common.seeds import derived_seed  # noqa: F401  (re-exported for callers of this module)
+from autodeco.model.base_model import context_length
 from autodeco.model.compat import CACHE_ARGUMENT, output_cache
 from autodeco.model.generation import generate_with_base
+from autodeco.sampling import decode_loop
 from autodeco.sampling.inference import encode_prompts
 from autodeco.sampling.policies import EntropyRecorder, blank_after_end, generate_with_setting
 from autodeco.sampling.settings import (  # noqa: F401  (re-exported)
@@ -102,6 +106,7 @@ def complete(
     max_new_tokens: int = 256,
     seed: int = 0,
     value_pools=None,
+    compact: bool = True,
 ) -> list[list[Completion]]:
     """Draw ``num_samples`` completions of every prompt in ``batch`` under ``setting``.
 
@@ -118,6 +123,10 @@ def complete(
             ``make_stream(prompt_row, sample_index)`` returning the stream of that prompt's sample (e.g.
             :func:`~autodeco.sampling.shuffle.stream_factory`), or a list of ``len(batch) * num_samples`` streams
             in row order (prompt-major: the samples of prompt 0 first). Every sample gets its own stream.
+        compact: decode with :func:`~autodeco.sampling.decode_loop.decode_rows`, which drops ended rows from the
+            batch (once :data:`~autodeco.sampling.decode_loop.COMPACT_MIN_ENDED_FRACTION` of it has ended); False:
+            transformers' ``generate()``, which runs every row until the last one ends. Both sample every token
+            from the same distribution; their random draws part once the first rows leave the batch.
 
     Returns:
         ``completions[prompt][sample]``.
@@ -132,33 +141,61 @@ def complete(
         cache.batch_repeat_interleave(num_samples)
         kwargs[CACHE_ARGUMENT] = cache
     streams = _row_streams(value_pools, setting, len(batch), num_samples)
+    eos_ids = end_of_sequence_ids(model.llm, tokenizer)
     devices = [input_ids.device] if input_ids.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        if setting.kind == AUTODECO:
-            recorder = EntropyRecorder()
-            output = model.generate(
-                input_ids, attention_mask, do_sample=True, return_dict_in_generate=True, logits_processor=[recorder],
-                **kwargs,
-            )
-            sequences, temperatures, top_ps = output.sequences, output.temperatures, output.top_ps
-            (entropies,) = blank_after_end(sequences, [recorder.recorded()], model.llm.generation_config.eos_token_id)
-        elif setting.kind in METHOD_KINDS:
-            output = generate_with_setting(model, input_ids, attention_mask, setting, value_pools=streams, **kwargs)
-            sequences, temperatures, top_ps, entropies = (
-                output.sequences, output.temperatures, output.top_ps, output.entropies
-            )
+        if compact:
+            new_tokens, *values = _decode_compacting(model, tokenizer, input_ids, attention_mask, kwargs, setting,
+                                                     streams, eos_ids)
         else:
-            sequences = generate_with_base(
-                model.llm, input_ids, attention_mask, sample=setting.kind == STATIC,
-                temperature=setting.temperature, top_p=setting.top_p, **kwargs,
-            )
-            temperatures = top_ps = entropies = None
-    new_tokens = sequences[:, input_ids.shape[1] :]  # (B*n, new)
-    eos_ids = end_of_sequence_ids(model.llm, tokenizer)
-    values = (temperatures, top_ps, entropies)
+            new_tokens, *values = _decode_with_generate(model, input_ids, attention_mask, kwargs, setting, streams)
     flat = [_completion(tokenizer, new_tokens[row], eos_ids, values, row) for row in range(new_tokens.shape[0])]
     return [flat[start : start + num_samples] for start in range(0, len(flat), num_samples)]
+
+
+def _decode_compacting(model, tokenizer, input_ids, attention_mask, kwargs, setting, streams, eos_ids):
+    """``(new_tokens (R, steps), temperatures, top_ps, entropies)`` from :func:`decode_loop.decode_rows`."""
+    max_new_tokens = kwargs["max_new_tokens"]
+    limit = context_length(model.llm)
+    if limit is not None:  # as AutoDecoForCausalLM.generate() fits the context (the base's warns and runs past it)
+        if input_ids.shape[1] >= limit:
+            raise ValueError(
+                f"the prompt is {input_ids.shape[1]} tokens but the base model's context holds {limit} "
+                f"(max_position_embeddings), leaving no room to generate; shorten the prompt below {limit} tokens"
+            )
+        max_new_tokens = min(max_new_tokens, limit - input_ids.shape[1])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids, default=0)
+    decoded = decode_loop.decode_rows(
+        model, input_ids, attention_mask, kwargs.get(CACHE_ARGUMENT), setting, max_new_tokens=max_new_tokens,
+        end_ids=eos_ids, pad_token_id=pad, value_pools=streams,
+        min_ended_fraction=decode_loop.COMPACT_MIN_ENDED_FRACTION,
+    )
+    return decoded.tokens, decoded.temperatures, decoded.top_ps, decoded.entropies
+
+
+def _decode_with_generate(model, input_ids, attention_mask, kwargs, setting, streams):
+    """``(new_tokens (R, steps), temperatures, top_ps, entropies)`` from transformers' ``generate()``."""
+    if setting.kind == AUTODECO:
+        recorder = EntropyRecorder()
+        output = model.generate(
+            input_ids, attention_mask, do_sample=True, return_dict_in_generate=True, logits_processor=[recorder],
+            **kwargs,
+        )
+        sequences, temperatures, top_ps = output.sequences, output.temperatures, output.top_ps
+        (entropies,) = blank_after_end(sequences, [recorder.recorded()], model.llm.generation_config.eos_token_id)
+    elif setting.kind in METHOD_KINDS:
+        output = generate_with_setting(model, input_ids, attention_mask, setting, value_pools=streams, **kwargs)
+        sequences, temperatures, top_ps, entropies = (
+            output.sequences, output.temperatures, output.top_ps, output.entropies
+        )
+    else:
+        sequences = generate_with_base(
+            model.llm, input_ids, attention_mask, sample=setting.kind == STATIC,
+            temperature=setting.temperature, top_p=setting.top_p, **kwargs,
+        )
+        temperatures = top_ps = entropies = None
+    return sequences[:, input_ids.shape[1] :], temperatures, top_ps, entropies
 
 
 def _row_streams(value_pools, setting: DecodingSetting, prompts: int, num_samples: int) -> list | None:
