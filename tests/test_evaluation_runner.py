@@ -133,8 +133,9 @@ def test_critique_methods_are_tuned_on_the_training_split_and_run_on_the_test_pr
         shuffled = [record for record in records if record.setting == methods[name]["setting"]]
         assert all(min(values) - 1e-6 <= record.temperature_mean <= max(values) + 1e-6 for record in shuffled)
     assert all(record.finished is not None for record in records)
-    report = (tmp_path / "report.md").read_text() if (tmp_path / "report.md").exists() else ""
-    assert report == ""  # no write_report given: nothing rendered
+    assert not (tmp_path / "report.md").exists()  # no write_report given: nothing rendered
+    resumed = evaluate(config, tmp_path, progress=False)  # the same tuning choices, so nothing to generate
+    assert resumed.samples_generated == 0 and resumed.summary["tuning"] == result.summary["tuning"]
 
 
 def test_untuned_heuristics_and_strict_scoring(tiny_chat_model_dir, tmp_path):
@@ -164,3 +165,22 @@ def test_tuning_on_the_evaluated_problems_is_refused(tiny_chat_model_dir, tmp_pa
 def test_shuffle_controls_need_autodeco(tiny_chat_model_dir):
     with pytest.raises(ValueError, match="shuffle and bin-shuffle draw AutoDeco's per-token values.*add autodeco"):
         config_for(tiny_chat_model_dir, methods=("shuffle", "bin-shuffle"))
+
+
+def test_entropy_shift_is_centred_on_the_other_heuristics_tokens_only(tiny_causal_lm):
+    import math
+    from types import SimpleNamespace
+
+    from autodeco.evaluation.records import SampleRecord
+    from autodeco.evaluation.runner import _mean_normalized_entropy
+
+    llm = tiny_causal_lm("llama")
+    loaded = SimpleNamespace(model=SimpleNamespace(llm=llm))
+    vocab = llm.get_output_embeddings().weight.shape[0]
+    edt = SampleRecord("p", "edt:T0=0.7,N=0.8,theta=1,P=1", 0, 0, "", None, False, 2, entropies=[1.0, 2.0])
+    shifted = SampleRecord("p", "entropy-shift:T=0.7,delta=1,mean_H=0.5,T_min=0.05,T_max=1.5,P=1", 0, 0, "", None,
+                           False, 1, entropies=[4.0])
+    expected = round(1.5 / math.log(vocab), 4)
+    # A resumed run must find the same mean (and so the same grid) after entropy-shift's own samples were written.
+    assert _mean_normalized_entropy([edt], loaded) == _mean_normalized_entropy([edt, shifted], loaded) == expected
+    assert _mean_normalized_entropy([shifted], loaded) is None

@@ -435,12 +435,17 @@ def _tuning_choices(config, records, heuristics, mean_entropy, num_problems) -> 
 
 
 def _mean_normalized_entropy(records, loaded) -> float | None:
-    """Mean of H / log V over the recorded tokens (None when no record holds entropies)."""
+    """Mean of H / log V over the recorded tokens of the other heuristics (None when none holds entropies).
+
+    entropy-shift's own tuning records are left out, so that a resumed run computes the same mean (and so the same
+    grid) as the first one.
+    """
     import math
 
     from autodeco.model.generation import output_head_shape
 
-    values = [value for record in records for value in (record.entropies or []) if value == value]
+    values = [value for record in records if not record.setting.startswith("entropy-shift")
+              for value in (record.entropies or []) if value == value]  # entropy-shift's own tokens never count
     if not values:
         return None
     vocab = output_head_shape(loaded.model.llm)[0]
