@@ -8,7 +8,7 @@ import os
 import sys
 import traceback
 
-from autodeco.cli import checkpoints, evaluate, generate, quickstart, sample, train
+from autodeco.cli import checkpoints, control, evaluate, generate, quickstart, sample, train
 from autodeco.cli._parser import add_command, check_numbers, flag_names
 
 COMMANDS = {
@@ -18,6 +18,7 @@ COMMANDS = {
     "train": train.train,
     "heldout": train.heldout,
     "eval": evaluate.evaluate_command,
+    "control-eval": control.control_eval,
     "init": checkpoints.init,
     "merge": checkpoints.merge,
     "split": checkpoints.split,
