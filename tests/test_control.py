@@ -125,6 +125,7 @@ def test_control_choice_is_a_function_of_seed_epoch_and_index_and_uses_training_
     ({"control_margin": -0.05}, r"control_margin must be a finite number >= 0, got -0.05"),
     ({"control_weight": -1.0}, r"control_weight must be a finite number >= 0, got -1.0"),
     ({"control_heads": "both"}, r"control_heads must be one of \['joint', 'temperature', 'top-p'\], got 'both'"),
+    ({"control_top_p_scale": "log"}, r"control_top_p_scale must be one of \['logit', 'probability'\], got 'log'"),
     ({"control_share": 0.5, "mode": "temperature"},
      r"control_heads 'joint' ranks the top-p predictions, but mode 'temperature' disables the top-p head; "
      r"pass --control-heads temperature"),
@@ -204,12 +205,14 @@ def test_pairs_are_the_same_however_the_global_batch_is_split(tokenizer, tmp_pat
     assert whole["drop_draws"].shape == (len(items), whole["input_ids"].shape[1] - 1)
 
 
-def test_gradient_with_control_is_the_mean_over_pairs_added_to_the_paper_losses(tokenizer, tiny_chat_model_dir, tmp_path):
+@pytest.mark.parametrize("scale", ["logit", "probability"])
+def test_gradient_with_control_is_the_mean_over_pairs_added_to_the_paper_losses(tokenizer, tiny_chat_model_dir, tmp_path, scale):
     """Four micro-batches of one give the gradient of the whole batch's paper losses + weight x mean ranking loss."""
     from autodeco.model.modeling import AutoDecoForCausalLM
 
     examples, _ = build_training_set([write_sums(tmp_path / "t.jsonl")], tokenizer, max_length=128)
-    config = TrainConfig(data=["unused"], output_dir="unused", control_share=0.7, control_margin=0.3, control_weight=2.0)
+    config = TrainConfig(data=["unused"], output_dir="unused", control_share=0.7, control_margin=0.3, control_weight=2.0,
+                         control_top_p_scale=scale)
     pairs = CommandedExamples(tokenizer, examples, load_phrasings(), share=0.7, seed=0, max_length=128)
     model = AutoDecoForCausalLM.from_base(str(tiny_chat_model_dir), seed=0)
     parameters = recipe.trainable_parameters(model)
@@ -231,7 +234,8 @@ def test_gradient_with_control_is_the_mean_over_pairs_added_to_the_paper_losses(
         output.logits[:plain], output.temperature[:plain], labels[:plain], random_values=whole["drop_draws"]
     ) + losses.top_p_loss(output.logits[:plain], output.temperature[:plain], output.top_p[:plain], labels[:plain])
     rows, directions = whole["control_rows"], whole["control_directions"]
-    for values_ in (output.temperature, output.top_p):
+    top_p = torch.log(output.top_p / (1 - output.top_p)) if scale == "logit" else output.top_p
+    for values_ in (output.temperature, top_p):
         command_means = losses.completion_means(values_[plain:], labels[plain:])
         plain_means = losses.completion_means(values_[:plain], labels[:plain])[rows]
         loss = loss + 2.0 * losses.ranking_loss(command_means, plain_means, directions, margin=0.3).mean()

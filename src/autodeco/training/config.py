@@ -28,6 +28,9 @@ SCHEDULES = ("constant", "cosine")
 CONTROL_TARGETS = {"joint": ("temperature", "top-p"), "temperature": ("temperature",), "top-p": ("top-p",)}
 """``control_heads`` value -> the predictions the decoding-control ranking loss orders."""
 
+CONTROL_TOP_P_SCALES = ("logit", "probability")
+"""Scales the decoding-control ranking loss can compare mean top-p values on."""
+
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 """Dtypes for the base model (``auto``: the checkpoint's). The heads always train in float32."""
 
@@ -175,6 +178,10 @@ class TrainConfig:
     control_heads: str = "joint"
     """Decoding control: which predictions the ranking loss orders: ``joint`` (T and P), ``temperature`` or ``top-p``."""
 
+    control_top_p_scale: str = "logit"
+    """Decoding control: rank P's mean on the ``logit`` scale (log(P / (1 - P)); its gradient does not vanish when
+    the top-p head saturates near P = 1, as it does on the embedded model) or as the ``probability`` itself."""
+
     control_phrasings: str | None = None
     """Decoding control: JSON file of command phrasings (``low``/``high``, each with ``train`` and ``eval`` lists);
     None: the built-in list. Training uses only the ``train`` lists."""
@@ -220,6 +227,7 @@ class TrainConfig:
         if not (math.isfinite(self.control_weight) and self.control_weight >= 0):
             raise ValueError(f"control_weight must be a finite number >= 0, got {self.control_weight}")
         _check_choice("control_heads", self.control_heads, MODES)
+        _check_choice("control_top_p_scale", self.control_top_p_scale, CONTROL_TOP_P_SCALES)
         if not self.control_enabled:
             return
         trained = {"joint": {"temperature", "top-p"}, "temperature": {"temperature"}, "top-p": {"top-p"}}[self.mode]

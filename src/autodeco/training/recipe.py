@@ -135,6 +135,10 @@ class MicroBatchLosses:
     """The decoding-control ranking loss of the micro-batch's pairs (None: no pair in it)."""
 
 
+LOGIT_EPSILON = 1e-7
+"""P is clamped to [1e-7, 1 - 1e-7] before its logit (float32 rounds a sigmoid to exactly 1 beyond a logit of ~17)."""
+
+
 @dataclasses.dataclass
 class ControlLosses:
     """The ranking loss of one micro-batch's decoding-control pairs and what it saw."""
@@ -190,7 +194,9 @@ def control_losses(temperature: torch.Tensor, top_p: torch.Tensor, batch: dict, 
         temperature, top_p: ``(B + A, L)`` the heads' predictions for the plain and the commanded rows.
         batch: with ``labels`` ``(B + A, L)``, ``control_rows`` ``(A,)`` (the plain row of each
             commanded row ``B + a``) and ``control_directions`` ``(A,)`` (-1 low, +1 high).
-        config: ``control_margin``, ``control_weight``, ``control_heads``.
+        config: ``control_margin``, ``control_weight``, ``control_heads``, ``control_top_p_scale``.
+
+    The gaps and hinges of P are on ``control_top_p_scale`` (logit units by default).
     """
     from autodeco.training.config import CONTROL_TARGETS
 
@@ -200,6 +206,8 @@ def control_losses(temperature: torch.Tensor, top_p: torch.Tensor, batch: dict, 
     plain = temperature.shape[0] - rows.shape[0]
     labels = batch["labels"]
     targets = CONTROL_TARGETS[config.control_heads]
+    if config.control_top_p_scale == "logit":  # log(P / (1 - P)): no vanishing gradient where the head saturates
+        top_p = torch.logit(top_p.double(), eps=LOGIT_EPSILON)
     parts = {}
     for name, values in (("temperature", temperature), ("top-p", top_p)):
         command_means = losses.completion_means(values[plain:].float(), labels[plain:])  # (A,)

@@ -52,7 +52,9 @@ _NOT_AFFECTING_RESULT = {
 split of the global batch (compared as ``global_batch_size``)."""
 
 
-CONTROL_SETTINGS = ("control_share", "control_margin", "control_weight", "control_heads", "control_phrasings")
+CONTROL_SETTINGS = (
+    "control_share", "control_margin", "control_weight", "control_heads", "control_top_p_scale", "control_phrasings",
+)
 """The decoding-control fields of :class:`TrainConfig`, recorded only when the option is on."""
 
 # ---------------------------------------------------------------------------------- stored settings
