@@ -44,3 +44,20 @@ def test_generate_uses_the_shipped_heads_on_the_embedded_model():
     recorded = loaded.model.config.training["teacher_forced_means"]["temperature"]
     # The heads were trained to a mean near 0.5 with small spread; fresh heads sit near 0.8-0.9.
     assert abs(sum(temperatures) / len(temperatures) - recorded) < 0.25
+
+
+def test_shipped_control_heads_are_trained_with_decoding_control_and_documented():
+    from autodeco.pretrained import resolve_heads_reference, shipped_names
+
+    assert "smollm2-135m-instruct-control" in shipped_names()
+    path = resolve_heads_reference("shipped:smollm2-135m-instruct-control")
+    contents = read_checkpoint("shipped:smollm2-135m-instruct-control")
+    assert contents.path == path and contents.config.trained is True and not contents.merged
+    assert contents.config.base_model_name_or_path == EMBEDDED_MODEL
+    settings = contents.config.training["settings"]
+    assert settings["control_share"] > 0 and len(settings["control_phrasings_fingerprint"]) == 64
+    assert sum(file.stat().st_size for file in path.iterdir()) < 5 * 2**20
+    card = (path / "README.md").read_text()
+    for required in ("Recipe", "--control-share", "autodeco control-eval", "| low diversity |", "| high diversity |"):
+        assert required in card
+    assert default_heads_for(None) != str(path)  # the default heads stay the ones trained without the option

@@ -51,11 +51,14 @@ def write_data(path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_two_processes_train_the_same_heads_as_one(tiny_chat_model_dir, tmp_path):
+@pytest.mark.parametrize("control", [{}, {"control_share": 0.5, "control_margin": 0.2}], ids=["plain", "decoding-control"])
+def test_two_processes_train_the_same_heads_as_one(tiny_chat_model_dir, tmp_path, control):
+    """With decoding control, each commanded copy rides with its plain example wherever the split puts it."""
     data = write_data(tmp_path / "trajectories.jsonl")
     common = {
         "data": [str(data)], "base": str(tiny_chat_model_dir), "max_steps": 3, "learning_rate": 1e-3,
         "warmup_steps": 0, "per_device_batch_size": 1, "save_every": 100, "log_every": 1, "easy_token_drop": 0.6,
+        **control,
     }
     single = TrainConfig(**common, output_dir=str(tmp_path / "one"), gradient_accumulation_steps=4)
     train_heads(single, progress=False)
@@ -84,3 +87,6 @@ def test_two_processes_train_the_same_heads_as_one(tiny_chat_model_dir, tmp_path
     rows_two = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
     assert [row["kept_tokens"] for row in rows_one] == [row["kept_tokens"] for row in rows_two]
     assert [row["loss"] for row in rows_one] == pytest.approx([row["loss"] for row in rows_two], rel=1e-6)
+    if control:
+        assert sum(row["control_pairs"] for row in rows_one) > 0
+        assert [row["control_pairs"] for row in rows_one] == [row["control_pairs"] for row in rows_two]

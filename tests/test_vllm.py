@@ -355,3 +355,40 @@ def test_load_engine_serves_the_shipped_heads_by_default(monkeypatch):
     monkeypatch.setattr(vllm_engine.VllmEngine, "from_checkpoint", classmethod(from_checkpoint))
     assert vllm_engine.load_engine(None, model_name="m") == "engine"
     assert calls["heads"].endswith("smollm2-135m-instruct") and calls["model_name"] == "m" and calls["base"] is None
+
+
+# ---------------------------------------------------------------------------------------------- serving
+
+
+def test_the_openai_server_on_the_vllm_engine_returns_the_values_used(stack):
+    """``autodeco serve --engine vllm``: the same API and per-token fields as the HF engine, streamed or not."""
+    openai = pytest.importorskip("openai")
+    from autodeco.serving.server import serve_in_thread
+
+    server = serve_in_thread(stack.engine, port=0)
+    try:
+        host, port = server.server_address[:2]
+        client = openai.OpenAI(base_url=f"http://{host}:{port}/v1", api_key="unused", max_retries=0)
+        prompt = "The cat"
+        answer = client.completions.create(model=stack.engine.model_name, prompt=prompt, max_tokens=8, temperature=0.5,
+                                           seed=3, extra_body={"autodeco": {"return_decoding": True}})
+        choice = answer.choices[0]
+        values = choice.model_extra["autodeco"]
+        assert len(values["temperatures"]) == len(values["top_ps"]) == answer.usage.completion_tokens >= 1
+        generated = encode(stack, choice.text)[: answer.usage.completion_tokens]
+        if len(generated) == answer.usage.completion_tokens:  # no end token: the text re-encodes to the tokens
+            expected_temperature, expected_top_p = teacher_forced(stack, encode(stack, prompt), generated, 0.5, 1.0)
+            torch.testing.assert_close(torch.tensor(values["temperatures"]), expected_temperature, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(torch.tensor(values["top_ps"]), expected_top_p, atol=1e-4, rtol=1e-4)
+        chunks = list(client.completions.create(model=stack.engine.model_name, prompt=prompt, max_tokens=8,
+                                                temperature=0.5, seed=3, stream=True,
+                                                extra_body={"autodeco": {"return_decoding": True}}))
+        streamed = [value for chunk in chunks for value in (chunk.choices[0].model_extra.get("autodeco") or {})
+                    .get("temperatures", [])] if chunks else []
+        assert "".join(chunk.choices[0].text for chunk in chunks if chunk.choices) == choice.text
+        assert streamed == pytest.approx(values["temperatures"], abs=1e-6)  # same seed, same tokens and values
+        with pytest.raises(openai.BadRequestError, match="top_p"):
+            client.completions.create(model=stack.engine.model_name, prompt=prompt, max_tokens=4, top_p=-1.0)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -8,7 +8,7 @@ import os
 import sys
 import traceback
 
-from autodeco.cli import checkpoints, evaluate, generate, quickstart, sample, serve, train
+from autodeco.cli import checkpoints, control, evaluate, generate, quickstart, sample, serve, train
 from autodeco.cli._parser import add_command, check_numbers, flag_names
 from autodeco.cli.diagnose import diagnose
 
@@ -20,6 +20,7 @@ COMMANDS = {
     "heldout": train.heldout,
     "diagnose": diagnose,
     "eval": evaluate.evaluate_command,
+    "control-eval": control.control_eval,
     "init": checkpoints.init,
     "merge": checkpoints.merge,
     "split": checkpoints.split,

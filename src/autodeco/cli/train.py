@@ -103,7 +103,9 @@ def heldout(
     trajectories = read_trajectories([data], on_bad_line=on_bad_line)[:max_examples]
     if not trajectories:
         raise ValueError(f"{data!r} holds no trajectory to evaluate")
-    if not Path(heads).exists():
+    from autodeco.pretrained import resolve_heads_reference
+
+    if not resolve_heads_reference(heads).exists():
         raise FileNotFoundError(f"heads checkpoint {heads!r} does not exist")
     trained = AutoDecoForCausalLM.from_pretrained(heads, base_model=base)
     reference = base or trained.config.base_model_name_or_path

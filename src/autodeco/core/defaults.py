@@ -12,3 +12,8 @@ EASY_TOKEN_DROP = 0.6
 
 STEEPNESS = 30.0
 """Slope ``alpha`` of the soft top-p mask ``exp(-alpha * relu(c - P))``."""
+
+CONTROL_MARGIN = 0.1
+"""Default margin of the decoding-control ranking loss (PAPER.md section 7 gives none): how far the
+commanded answer's mean T (and P) must sit below (low) or above (high) the plain answer's before the
+loss is zero. The paper's trained model moved mean T by about 0.1 either way."""

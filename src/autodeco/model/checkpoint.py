@@ -52,7 +52,9 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
     Raises:
         CheckpointError: naming the file and what is wrong with it.
     """
-    folder = Path(path).expanduser()
+    from autodeco.pretrained import resolve_heads_reference
+
+    folder = resolve_heads_reference(path)  # a folder, or shipped:<name>
     recover_interrupted_swap(folder)
     if not folder.exists():
         raise CheckpointError(f"checkpoint {str(folder)!r} does not exist")

@@ -25,6 +25,12 @@ MODES = ("joint", "temperature", "top-p")
 SCHEDULES = ("constant", "cosine")
 """Learning-rate schedules after the linear warmup: flat, or a cosine decay towards 0 at the last step."""
 
+CONTROL_TARGETS = {"joint": ("temperature", "top-p"), "temperature": ("temperature",), "top-p": ("top-p",)}
+"""``control_heads`` value -> the predictions the decoding-control ranking loss orders."""
+
+CONTROL_TOP_P_SCALES = ("logit", "probability")
+"""Scales the decoding-control ranking loss can compare mean top-p values on."""
+
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 """Dtypes for the base model (``auto``: the checkpoint's). The heads always train in float32."""
 
@@ -158,6 +164,28 @@ class TrainConfig:
     overlong: str = "truncate"
     """A trajectory longer than ``max_length``: ``truncate`` its completion, or ``skip`` it (counted)."""
 
+    control_share: float = 0.0
+    """Decoding control (PAPER.md section 7): share of training examples, in [0, 1], paired with a copy whose
+    prompt ends with a low- or high-diversity command; 0 turns the option off."""
+
+    control_margin: float = defaults.CONTROL_MARGIN
+    """Decoding control: how far (>= 0) the commanded answer's mean T and P must sit below (low) or above (high)
+    the same answer's means without the command before the ranking loss is zero."""
+
+    control_weight: float = 1.0
+    """Decoding control: weight (>= 0) of the ranking loss (mean over pairs) added to the paper's losses."""
+
+    control_heads: str = "joint"
+    """Decoding control: which predictions the ranking loss orders: ``joint`` (T and P), ``temperature`` or ``top-p``."""
+
+    control_top_p_scale: str = "logit"
+    """Decoding control: rank P's mean on the ``logit`` scale (log(P / (1 - P)); its gradient does not vanish when
+    the top-p head saturates near P = 1, as it does on the embedded model) or as the ``probability`` itself."""
+
+    control_phrasings: str | None = None
+    """Decoding control: JSON file of command phrasings (``low``/``high``, each with ``train`` and ``eval`` lists);
+    None: the built-in list. Training uses only the ``train`` lists."""
+
     def __post_init__(self):
         self.data = [str(path) for path in ([self.data] if isinstance(self.data, (str, os.PathLike)) else self.data)]
         if not self.data:
@@ -189,6 +217,35 @@ class TrainConfig:
             raise ValueError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
         if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 2:
             raise ValueError(f"max_length must be an integer >= 2 (a prompt token and a completion token), got {self.max_length!r}")
+        self._check_control()
+
+    def _check_control(self) -> None:
+        if not 0.0 <= self.control_share <= 1.0:
+            raise ValueError(f"control_share must be a share in [0, 1] (0 turns decoding control off), got {self.control_share}")
+        if not (math.isfinite(self.control_margin) and self.control_margin >= 0):
+            raise ValueError(f"control_margin must be a finite number >= 0, got {self.control_margin}")
+        if not (math.isfinite(self.control_weight) and self.control_weight >= 0):
+            raise ValueError(f"control_weight must be a finite number >= 0, got {self.control_weight}")
+        _check_choice("control_heads", self.control_heads, MODES)
+        _check_choice("control_top_p_scale", self.control_top_p_scale, CONTROL_TOP_P_SCALES)
+        if not self.control_enabled:
+            return
+        trained = {"joint": {"temperature", "top-p"}, "temperature": {"temperature"}, "top-p": {"top-p"}}[self.mode]
+        for head in sorted(set(CONTROL_TARGETS[self.control_heads]) - trained):
+            other = "top-p" if head == "temperature" else "temperature"
+            raise ValueError(
+                f"control_heads {self.control_heads!r} ranks the {head} predictions, but mode {self.mode!r} disables the "
+                f"{head} head; pass --control-heads {other} (rank only the trained head's predictions), "
+                "use --mode joint, or turn decoding control off with --control-share 0"
+            )
+        from autodeco.training.control import load_phrasings
+
+        load_phrasings(self.control_phrasings)  # an empty or malformed file fails here, before any model loads
+
+    @property
+    def control_enabled(self) -> bool:
+        """Whether decoding-control pairs are trained (a positive share)."""
+        return self.control_share > 0
 
     @classmethod
     def from_preset(cls, name: str, **settings) -> TrainConfig:

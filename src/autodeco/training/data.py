@@ -28,6 +28,7 @@ import torch
 from autodeco.common.seeds import derived_seed
 from autodeco.core.losses import IGNORE_INDEX
 from autodeco.training.config import BAD_LINE_CHOICES, OVERLONG_CHOICES  # noqa: F401  (re-exported)
+from autodeco.training.control import ControlChoice, ControlPhrasings, append_command, control_choice
 
 REQUIRED_FIELDS = ("prompt", "completion")
 """Fields every line must hold, as non-empty strings."""
@@ -59,11 +60,14 @@ class TrainingExample:
         input_ids: ``(L,)`` prompt, completion and EOS token ids.
         labels: ``(L,)`` the same ids, -100 on the prompt.
         location: ``file:line`` of the source line.
+        prompt: the user message (chat template not applied), when known.
     """
 
     input_ids: torch.Tensor
     labels: torch.Tensor
     location: str = ""
+    prompt: str | None = None
+    """The user message it was built from (decoding-control pairs append a command to it)."""
 
     @property
     def num_labelled(self) -> int:
@@ -234,15 +238,19 @@ def tokenize_trajectory(tokenizer, prompt: str, completion: str) -> tuple[list[i
     Raises:
         TrainingDataError: when the tokenizer has no EOS token.
     """
-    from autodeco.sampling.inference import render_prompt
-
     if tokenizer.eos_token_id is None:
         raise TrainingDataError("the tokenizer has no eos_token; the trajectories' end cannot be marked")
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return tokenize_prompt(tokenizer, prompt), list(completion_ids)
+
+
+def tokenize_prompt(tokenizer, prompt: str) -> list[int]:
+    """Token ids of the chat-rendered prompt (generation prompt included), as :func:`tokenize_trajectory` makes them."""
+    from autodeco.sampling.inference import render_prompt
+
     has_template = bool(getattr(tokenizer, "chat_template", None))
     rendered = render_prompt(tokenizer, prompt)
-    prompt_ids = tokenizer(rendered, add_special_tokens=not has_template)["input_ids"]
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return list(prompt_ids), list(completion_ids)
+    return list(tokenizer(rendered, add_special_tokens=not has_template)["input_ids"])
 
 
 def fit_to_length(
@@ -308,7 +316,9 @@ def build_training_set(
         if len(prompt_ids) + len(completion_ids) > max_length:
             report.truncated += 1
         input_ids, labels = fitted
-        examples.append(TrainingExample(torch.tensor(input_ids), torch.tensor(labels), trajectory.location))
+        examples.append(
+            TrainingExample(torch.tensor(input_ids), torch.tensor(labels), trajectory.location, trajectory.prompt)
+        )
     report.examples = len(examples)
     if not examples:
         raise TrainingDataError(
@@ -316,6 +326,62 @@ def build_training_set(
             f"{[str(path) for path in paths]}, raise --max-length, or use --overlong truncate"
         )
     return examples, report
+
+
+# ------------------------------------------------------------------------------- decoding control
+
+
+class CommandedExamples:
+    """The decoding-control partner of each training example: the same completion under a commanded prompt.
+
+    ``pairs(epoch, index)`` gives ``(choice, example)`` when :func:`~autodeco.training.control.control_choice`
+    pairs that example with a command (and the commanded prompt leaves room for a completion token
+    within ``max_length``), else None. Tokenized partners are cached per (example, phrasing).
+
+    Example:
+        >>> from autodeco.training.control import load_phrasings
+        >>> pairs = CommandedExamples(None, [], load_phrasings(), share=0.0, seed=0, max_length=64)
+        >>> pairs(0, 0) is None  # share 0: never paired (no example or tokenizer is touched)
+        True
+    """
+
+    def __init__(
+        self, tokenizer, examples: list[TrainingExample], phrasings: ControlPhrasings, *, share: float, seed: int,
+        max_length: int,
+    ):
+        self.tokenizer, self.examples, self.phrasings = tokenizer, examples, phrasings
+        self.share, self.seed, self.max_length = share, seed, max_length
+        self._cache: dict[tuple[int, str], TrainingExample | None] = {}
+
+    def __call__(self, epoch: int, index: int) -> tuple[ControlChoice, TrainingExample] | None:
+        choice = control_choice(self.seed, epoch, index, self.share, self.phrasings)
+        if choice is None:
+            return None
+        key = (index, choice.phrasing)
+        if key not in self._cache:
+            self._cache[key] = commanded_example(self.tokenizer, self.examples[index], choice.phrasing, self.max_length)
+        example = self._cache[key]
+        return None if example is None else (choice, example)
+
+
+def commanded_example(tokenizer, example: TrainingExample, command: str, max_length: int) -> TrainingExample | None:
+    """``example`` with ``command`` appended to its prompt: the same completion tokens, a longer prompt.
+
+    Returns:
+        The new example (its completion cut to fit ``max_length`` if needed), or None when not
+        even the commanded prompt and one completion token fit.
+
+    Raises:
+        ValueError: the example does not know its prompt (it was not built by :func:`build_training_set`).
+    """
+    if example.prompt is None:
+        raise ValueError(f"training example {example.location or '(unnamed)'} records no prompt to append a command to")
+    completion_ids = example.labels[example.labels != IGNORE_INDEX].tolist()
+    prompt_ids = tokenize_prompt(tokenizer, append_command(example.prompt, command))
+    fitted = fit_to_length(prompt_ids, completion_ids, max_length)
+    if fitted is None:
+        return None
+    return TrainingExample(torch.tensor(fitted[0]), torch.tensor(fitted[1]), example.location, append_command(example.prompt, command))
 
 
 # ------------------------------------------------------------------------------------------ batches

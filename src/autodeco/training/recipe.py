@@ -12,6 +12,10 @@ the gradient reduced by hand so that it is *exactly* the one-process gradient of
   float64, where the order of summation does not matter), all-reduced with the counts, and
   combined as ``grad_T / count_T + grad_P / count_P``: the mean over the kept tokens of the
   whole global batch. Every process then holds the same gradient and takes the same step.
+* with decoding control on (``control_share > 0``, PAPER.md section 7), a paired example's
+  commanded copy rides in the same micro-batch as the plain example (rows after the plain ones);
+  the paper's losses see the plain rows only, and the ranking loss's summed gradient and pair
+  count are reduced like the others and added as ``grad_C / pairs``.
 
 No ``DistributedDataParallel`` wrapper is involved (it would average one loss per process), so a
 frozen base needs no ``find_unused_parameters``. Under DeepSpeed ZeRO-3 (an ``accelerate`` config
@@ -45,6 +49,7 @@ from autodeco.training import state
 from autodeco.training.config import ADAM_BETAS, ADAM_EPSILON, TrainConfig
 from autodeco.training.curve import append_log, truncate_log
 from autodeco.training.data import (
+    CommandedExamples,
     DataReport,
     TrainingExample,
     build_training_set,
@@ -97,17 +102,23 @@ def learning_rate_at(step: int, *, peak: float, warmup_steps: int, total_steps: 
 
 
 def combine_gradients(
-    temperature_gradient: torch.Tensor, temperature_count: float, top_p_gradient: torch.Tensor, top_p_count: float
+    temperature_gradient: torch.Tensor, temperature_count: float, top_p_gradient: torch.Tensor, top_p_count: float,
+    control_gradient: torch.Tensor | None = None, control_pairs: float = 0.0,
 ) -> torch.Tensor:
-    """``grad_T / count_T + grad_P / count_P``: each loss averaged over its own kept tokens.
+    """``grad_T / count_T + grad_P / count_P (+ grad_C / pairs)``: each loss averaged over its own tokens (or pairs).
 
-    A loss with no kept token contributes nothing (its summed gradient is 0 anyway).
+    A loss with no kept token (or no pair) contributes nothing (its summed gradient is 0 anyway).
 
     Example:
         >>> combine_gradients(torch.tensor([4.0]), 2, torch.tensor([3.0]), 3)
         tensor([3.])
+        >>> combine_gradients(torch.tensor([4.0]), 2, torch.tensor([3.0]), 3, torch.tensor([1.0]), 4)
+        tensor([3.2500])
     """
-    return temperature_gradient / max(temperature_count, 1.0) + top_p_gradient / max(top_p_count, 1.0)
+    combined = temperature_gradient / max(temperature_count, 1.0) + top_p_gradient / max(top_p_count, 1.0)
+    if control_gradient is not None:
+        combined = combined + control_gradient / max(control_pairs, 1.0)
+    return combined
 
 
 @dataclasses.dataclass
@@ -120,6 +131,29 @@ class MicroBatchLosses:
     """``(N,)`` predicted T at the positions that predict a labelled token (detached)."""
     top_ps: torch.Tensor
     """``(N,)`` predicted P at the same positions (detached)."""
+    control: ControlLosses | None = None
+    """The decoding-control ranking loss of the micro-batch's pairs (None: no pair in it)."""
+
+
+LOGIT_EPSILON = 1e-7
+"""P is clamped to [1e-7, 1 - 1e-7] before its logit (float32 rounds a sigmoid to exactly 1 beyond a logit of ~17)."""
+
+
+@dataclasses.dataclass
+class ControlLosses:
+    """The ranking loss of one micro-batch's decoding-control pairs and what it saw."""
+
+    total: torch.Tensor
+    """Scalar: ``control_weight`` x the sum over pairs of the enabled parts' hinges; carries the gradient."""
+    pairs: int
+    temperature_loss_sum: float
+    top_p_loss_sum: float
+    temperature_gap_sum: float
+    """Sum over pairs of ``direction * (commanded mean T - plain mean T)`` (positive: moved as commanded)."""
+    top_p_gap_sum: float
+    temperature_moved: int
+    """Pairs whose commanded mean T moved the commanded way."""
+    top_p_moved: int
 
 
 def micro_batch_losses(model, batch: dict[str, torch.Tensor], config: TrainConfig) -> MicroBatchLosses:
@@ -131,28 +165,71 @@ def micro_batch_losses(model, batch: dict[str, torch.Tensor], config: TrainConfi
         config: the loss settings.
     """
     output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    labels = batch["labels"]
+    plain = batch["drop_draws"].shape[0]  # B: the rows after them are commanded copies (decoding control)
+    logits, temperature, top_p = output.logits[:plain], output.temperature[:plain], output.top_p[:plain]
+    labels = batch["labels"][:plain]
     temperature_sum = top_p_sum = None
     if model.config.enable_temperature_head:
         temperature_sum = losses.temperature_loss(
-            output.logits, output.temperature, labels, easy_token_drop=config.easy_token_drop,
+            logits, temperature, labels, easy_token_drop=config.easy_token_drop,
             dft_weighting=config.dft_weighting, random_values=batch["drop_draws"], reduction="sum",
         )
     if model.config.enable_top_p_head:
         top_p_sum = losses.top_p_loss(
-            output.logits, output.temperature, output.top_p, labels, steepness=config.steepness,
+            logits, temperature, top_p, labels, steepness=config.steepness,
             dft_weighting=config.dft_weighting, reduction="sum",
         )
     predicting = labels[:, 1:] != losses.IGNORE_INDEX  # (B, L-1): positions whose next token is labelled
+    control = control_losses(output.temperature, output.top_p, batch, config) if "control_rows" in batch else None
     return MicroBatchLosses(
         temperature_sum, top_p_sum,
-        output.temperature[:, :-1][predicting].detach().float(), output.top_p[:, :-1][predicting].detach().float(),
+        temperature[:, :-1][predicting].detach().float(), top_p[:, :-1][predicting].detach().float(), control,
+    )
+
+
+def control_losses(temperature: torch.Tensor, top_p: torch.Tensor, batch: dict, config: TrainConfig) -> ControlLosses | None:
+    """The ranking loss of the commanded rows against their plain rows (teacher-forced means over the completion).
+
+    Args:
+        temperature, top_p: ``(B + A, L)`` the heads' predictions for the plain and the commanded rows.
+        batch: with ``labels`` ``(B + A, L)``, ``control_rows`` ``(A,)`` (the plain row of each
+            commanded row ``B + a``) and ``control_directions`` ``(A,)`` (-1 low, +1 high).
+        config: ``control_margin``, ``control_weight``, ``control_heads``, ``control_top_p_scale``.
+
+    The gaps and hinges of P are on ``control_top_p_scale`` (logit units by default).
+    """
+    from autodeco.training.config import CONTROL_TARGETS
+
+    rows, directions = batch["control_rows"], batch["control_directions"]
+    if rows.numel() == 0:
+        return None
+    plain = temperature.shape[0] - rows.shape[0]
+    labels = batch["labels"]
+    targets = CONTROL_TARGETS[config.control_heads]
+    if config.control_top_p_scale == "logit":  # log(P / (1 - P)): no vanishing gradient where the head saturates
+        top_p = torch.logit(top_p.double(), eps=LOGIT_EPSILON)
+    parts = {}
+    for name, values in (("temperature", temperature), ("top-p", top_p)):
+        command_means = losses.completion_means(values[plain:].float(), labels[plain:])  # (A,)
+        plain_means = losses.completion_means(values[:plain].float(), labels[:plain])[rows]  # (A,)
+        hinge = losses.ranking_loss(command_means, plain_means, directions.float(), margin=config.control_margin)
+        gap = directions.float() * (command_means - plain_means).detach()  # (A,)
+        parts[name] = (hinge, gap)
+    total = sum(parts[name][0].sum() for name in targets) * config.control_weight
+    return ControlLosses(
+        total=total, pairs=int(rows.numel()),
+        temperature_loss_sum=float(parts["temperature"][0].detach().sum()),
+        top_p_loss_sum=float(parts["top-p"][0].detach().sum()),
+        temperature_gap_sum=float(parts["temperature"][1].sum()), top_p_gap_sum=float(parts["top-p"][1].sum()),
+        temperature_moved=int((parts["temperature"][1] > 0).sum()), top_p_moved=int((parts["top-p"][1] > 0).sum()),
     )
 
 
 STATISTICS = (
     "temperature_loss_sum", "kept_tokens", "top_p_loss_sum", "top_p_tokens",
     "temperature_sum", "temperature_square_sum", "top_p_sum", "top_p_square_sum", "positions",
+    "control_loss_sum", "control_pairs", "control_temperature_loss_sum", "control_top_p_loss_sum",
+    "control_temperature_gap_sum", "control_top_p_gap_sum", "control_temperature_moved", "control_top_p_moved",
 )
 """The per-step sums reduced across processes with the gradients (float64)."""
 
@@ -161,32 +238,45 @@ def accumulate_gradients(model, parameters: list[torch.Tensor], micro_batches: l
     """Summed gradients of each loss and the statistics over this process's micro-batches.
 
     Returns:
-        ``(temperature_gradient (P,), top_p_gradient (P,), statistics (len(STATISTICS),))``,
-        float64, with ``P`` the number of trained parameters.
+        ``(temperature_gradient (P,), top_p_gradient (P,), control_gradient (P,), statistics (len(STATISTICS),))``,
+        float64, with ``P`` the number of trained parameters (``control_gradient`` is 0 without decoding control).
     """
     size = sum(parameter.numel() for parameter in parameters)
     device = parameters[0].device
     temperature_gradient = torch.zeros(size, dtype=torch.float64, device=device)
     top_p_gradient = torch.zeros(size, dtype=torch.float64, device=device)
+    control_gradient = torch.zeros(size, dtype=torch.float64, device=device)
     statistics = torch.zeros(len(STATISTICS), dtype=torch.float64, device=device)
     slot = {name: index for index, name in enumerate(STATISTICS)}
     for batch in micro_batches:
         result = micro_batch_losses(model, batch, config)
+        later = [result.top_p is not None, result.control is not None]  # losses still to differentiate
         if result.temperature is not None:
-            temperature_gradient += _flat_gradient(result.temperature.total, parameters, retain_graph=result.top_p is not None)
+            temperature_gradient += _flat_gradient(result.temperature.total, parameters, retain_graph=any(later))
             statistics[slot["temperature_loss_sum"]] += result.temperature.total.detach().double()
             statistics[slot["kept_tokens"]] += result.temperature.count.double()
         if result.top_p is not None:
-            top_p_gradient += _flat_gradient(result.top_p.total, parameters, retain_graph=False)
+            top_p_gradient += _flat_gradient(result.top_p.total, parameters, retain_graph=later[1])
             statistics[slot["top_p_loss_sum"]] += result.top_p.total.detach().double()
             statistics[slot["top_p_tokens"]] += result.top_p.count.double()
+        if result.control is not None:
+            control = result.control
+            control_gradient += _flat_gradient(control.total, parameters, retain_graph=False)
+            for name, value in (
+                ("control_loss_sum", float(control.total.detach())), ("control_pairs", control.pairs),
+                ("control_temperature_loss_sum", control.temperature_loss_sum),
+                ("control_top_p_loss_sum", control.top_p_loss_sum),
+                ("control_temperature_gap_sum", control.temperature_gap_sum), ("control_top_p_gap_sum", control.top_p_gap_sum),
+                ("control_temperature_moved", control.temperature_moved), ("control_top_p_moved", control.top_p_moved),
+            ):
+                statistics[slot[name]] += value
         temperatures, top_ps = result.temperatures.double(), result.top_ps.double()
         statistics[slot["temperature_sum"]] += temperatures.sum()
         statistics[slot["temperature_square_sum"]] += temperatures.square().sum()
         statistics[slot["top_p_sum"]] += top_ps.sum()
         statistics[slot["top_p_square_sum"]] += top_ps.square().sum()
         statistics[slot["positions"]] += temperatures.numel()
-    return temperature_gradient, top_p_gradient, statistics
+    return temperature_gradient, top_p_gradient, control_gradient, statistics
 
 
 def _flat_gradient(loss: torch.Tensor, parameters: list[torch.Tensor], retain_graph: bool) -> torch.Tensor:
@@ -199,15 +289,31 @@ def _flat_gradient(loss: torch.Tensor, parameters: list[torch.Tensor], retain_gr
     ])
 
 
-def step_metrics(statistics: torch.Tensor) -> dict[str, float]:
-    """Losses, token counts and the mean/std of T and P from the reduced statistics of one step."""
+def step_metrics(statistics: torch.Tensor, *, control: bool = False) -> dict[str, float]:
+    """Losses, token counts and the mean/std of T and P from the reduced statistics of one step.
+
+    With ``control``, ``loss`` includes the weighted ranking loss, logged on its own as ``control_loss``
+    next to its unweighted parts, the pair count, the mean gaps ``direction * (commanded - plain)``
+    of T and P, and the shares of pairs that moved the commanded way.
+    """
     values = dict(zip(STATISTICS, statistics.tolist()))
     positions = max(values["positions"], 1.0)
     temperature_loss = values["temperature_loss_sum"] / max(values["kept_tokens"], 1.0)
     top_p_loss = values["top_p_loss_sum"] / max(values["top_p_tokens"], 1.0)
     temperature_mean, top_p_mean = values["temperature_sum"] / positions, values["top_p_sum"] / positions
+    pairs = max(values["control_pairs"], 1.0)
+    control_metrics = {
+        "control_loss": values["control_loss_sum"] / pairs,
+        "control_pairs": int(values["control_pairs"]),
+        "control_temperature_loss": values["control_temperature_loss_sum"] / pairs,
+        "control_top_p_loss": values["control_top_p_loss_sum"] / pairs,
+        "control_temperature_gap": values["control_temperature_gap_sum"] / pairs,
+        "control_top_p_gap": values["control_top_p_gap_sum"] / pairs,
+        "control_temperature_moved": values["control_temperature_moved"] / pairs,
+        "control_top_p_moved": values["control_top_p_moved"] / pairs,
+    } if control else {}
     return {
-        "loss": temperature_loss + top_p_loss,
+        "loss": temperature_loss + top_p_loss + control_metrics.get("control_loss", 0.0),
         "temperature_loss": temperature_loss,
         "top_p_loss": top_p_loss,
         "kept_tokens": int(values["kept_tokens"]),
@@ -216,6 +322,7 @@ def step_metrics(statistics: torch.Tensor) -> dict[str, float]:
         "temperature_std": math.sqrt(max(values["temperature_square_sum"] / positions - temperature_mean**2, 0.0)),
         "top_p_mean": top_p_mean,
         "top_p_std": math.sqrt(max(values["top_p_square_sum"] / positions - top_p_mean**2, 0.0)),
+        **control_metrics,
     }
 
 
@@ -265,6 +372,17 @@ def _train_locked(config: TrainConfig, accelerator, *, overwrite: bool, progress
     )
     _say(accelerator, f"data: {report.summary()}")
     total_steps = config.total_steps(len(examples), accelerator.num_processes)
+    control = None
+    if config.control_enabled:
+        from autodeco.training.control import load_phrasings
+
+        phrasings = load_phrasings(config.control_phrasings)
+        control = CommandedExamples(
+            tokenizer, examples, phrasings, share=config.control_share, seed=config.seed, max_length=config.max_length
+        )
+        _say(accelerator, f"decoding control: {config.control_share:.0%} of examples paired with a command from "
+                          f"{phrasings.source} (margin {config.control_margin}, weight {config.control_weight}, "
+                          f"ranking {config.control_heads})")
 
     with base_loading(accelerator):
         model = load_model(config, settings["base"])
@@ -287,7 +405,7 @@ def _train_locked(config: TrainConfig, accelerator, *, overwrite: bool, progress
         truncate_log(output, start_step)  # lines a killed run wrote after its last checkpoint
     last_log = run_loop(
         model, optimizer, parameters, examples, tokenizer, config, accelerator,
-        start_step=start_step, total_steps=total_steps, progress=progress,
+        start_step=start_step, total_steps=total_steps, progress=progress, control=control,
     )
     if accelerator.is_main_process:
         state.save_final_heads(model, output, settings, report, total_steps, last_log)
@@ -299,7 +417,10 @@ def _train_locked(config: TrainConfig, accelerator, *, overwrite: bool, progress
     )
 
 
-def run_loop(model, optimizer, parameters, examples, tokenizer, config, accelerator, *, start_step, total_steps, progress):
+def run_loop(
+    model, optimizer, parameters, examples, tokenizer, config, accelerator, *, start_step, total_steps, progress,
+    control: CommandedExamples | None = None,
+):
     """The training loop: for each step, build this process's micro-batches, reduce the gradient, step."""
     from tqdm.auto import tqdm
 
@@ -309,7 +430,7 @@ def run_loop(model, optimizer, parameters, examples, tokenizer, config, accelera
                disable=not (progress and accelerator.is_main_process))
     last_log = None
     for step in range(start_step, total_steps):
-        micro_batches = local_micro_batches(examples, step, config, accelerator, pad_token_id(tokenizer))
+        micro_batches = local_micro_batches(examples, step, config, accelerator, pad_token_id(tokenizer), control)
         learning_rate = learning_rate_at(
             step, peak=config.learning_rate, warmup_steps=config.warmup_steps, total_steps=total_steps,
             schedule=config.schedule,
@@ -332,11 +453,18 @@ def run_loop(model, optimizer, parameters, examples, tokenizer, config, accelera
 
 def optimizer_step(model, optimizer, parameters, micro_batches, config, accelerator, learning_rate) -> dict:
     """Accumulate, all-reduce and combine the gradient, clip it, and take one AdamW step."""
-    temperature_gradient, top_p_gradient, statistics = accumulate_gradients(model, parameters, micro_batches, config)
+    temperature_gradient, top_p_gradient, control_gradient, statistics = accumulate_gradients(
+        model, parameters, micro_batches, config
+    )
     size = temperature_gradient.numel()
-    packed = accelerator.reduce(torch.cat([temperature_gradient, top_p_gradient, statistics]), reduction="sum")
-    values = dict(zip(STATISTICS, packed[2 * size :].tolist()))
-    gradient = combine_gradients(packed[:size], values["kept_tokens"], packed[size : 2 * size], values["top_p_tokens"])
+    packed = accelerator.reduce(
+        torch.cat([temperature_gradient, top_p_gradient, control_gradient, statistics]), reduction="sum"
+    )
+    values = dict(zip(STATISTICS, packed[3 * size :].tolist()))
+    gradient = combine_gradients(
+        packed[:size], values["kept_tokens"], packed[size : 2 * size], values["top_p_tokens"],
+        packed[2 * size : 3 * size], values["control_pairs"],
+    )
     offset = 0
     for parameter in parameters:
         parameter.grad = gradient[offset : offset + parameter.numel()].view_as(parameter).to(parameter.dtype)
@@ -347,27 +475,41 @@ def optimizer_step(model, optimizer, parameters, micro_batches, config, accelera
         group["lr"] = learning_rate
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return step_metrics(packed[2 * size :])
+    return step_metrics(packed[3 * size :], control=config.control_enabled)
 
 
-def local_micro_batches(examples, step: int, config: TrainConfig, accelerator, pad_id: int) -> list[dict]:
+def local_micro_batches(
+    examples, step: int, config: TrainConfig, accelerator, pad_id: int, control: CommandedExamples | None = None
+) -> list[dict]:
     """This process's share of global batch ``step``: one padded batch per accumulation micro-step."""
     batch = global_batch(step, config.global_batch_size(accelerator.num_processes), len(examples), config.seed)
     return [
         make_micro_batch(examples, micro_batch_slice(
             batch, micro_step=micro_step, process_index=accelerator.process_index,
             num_processes=accelerator.num_processes, per_device_batch_size=config.per_device_batch_size,
-        ), pad_id, config.seed, accelerator.device)
+        ), pad_id, config.seed, accelerator.device, control)
         for micro_step in range(config.gradient_accumulation_steps)
     ]
 
 
-def make_micro_batch(examples, items: list[tuple[int, int]], pad_id: int, seed: int, device) -> dict[str, torch.Tensor]:
-    """Collate ``(epoch, index)`` items into a padded batch with their easy-token draws, on ``device``."""
+def make_micro_batch(
+    examples, items: list[tuple[int, int]], pad_id: int, seed: int, device, control: CommandedExamples | None = None
+) -> dict[str, torch.Tensor]:
+    """Collate ``(epoch, index)`` items into a padded batch with their easy-token draws, on ``device``.
+
+    With ``control``, each item it pairs with a command adds its commanded copy as a row after the
+    ``B`` plain rows, and the batch gains ``control_rows`` ``(A,)`` (each copy's plain row) and
+    ``control_directions`` ``(A,)`` (-1 low, +1 high). ``drop_draws`` stays ``(B, L - 1)``.
+    """
     chosen: list[TrainingExample] = [examples[index] for _, index in items]
-    batch = collate(chosen, pad_id)
+    pairs = [(row, control(epoch, index)) for row, (epoch, index) in enumerate(items)] if control is not None else []
+    pairs = [(row, pair) for row, pair in pairs if pair is not None]
+    batch = collate(chosen + [example for _, (_, example) in pairs], pad_id)
     draws = [drop_draws(seed, epoch, index, examples[index].input_ids.shape[0]) for epoch, index in items]
     batch["drop_draws"] = collate_drop_draws(draws, batch["input_ids"].shape[1])
+    if control is not None:
+        batch["control_rows"] = torch.tensor([row for row, _ in pairs], dtype=torch.long)
+        batch["control_directions"] = torch.tensor([choice.direction for _, (choice, _) in pairs], dtype=torch.float32)
     return {name: tensor.to(device) for name, tensor in batch.items()}
 
 

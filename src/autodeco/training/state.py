@@ -46,11 +46,16 @@ STATE_FORMAT = 1
 
 _NOT_AFFECTING_RESULT = {
     "data", "output_dir", "save_every", "keep_last", "log_every", "per_device_batch_size",
-    "gradient_accumulation_steps",
+    "gradient_accumulation_steps", "control_phrasings",
 }
-"""Settings a resumed run may change: paths (the data is compared by content), bookkeeping, and the
+"""Settings a resumed run may change: paths (the data and the phrasings are compared by content), bookkeeping, and the
 split of the global batch (compared as ``global_batch_size``)."""
 
+
+CONTROL_SETTINGS = (
+    "control_share", "control_margin", "control_weight", "control_heads", "control_top_p_scale", "control_phrasings",
+)
+"""The decoding-control fields of :class:`TrainConfig`, recorded only when the option is on."""
 
 # ---------------------------------------------------------------------------------- stored settings
 
@@ -81,6 +86,14 @@ def run_settings(config: TrainConfig, num_processes: int) -> dict[str, Any]:
         num_processes=num_processes,
         global_batch_size=config.global_batch_size(num_processes),
     )
+    if config.control_enabled:
+        from autodeco.training.control import load_phrasings
+
+        phrasings = load_phrasings(config.control_phrasings)
+        settings.update(control_phrasings=phrasings.source, control_phrasings_fingerprint=phrasings.fingerprint)
+    else:  # decoding control off: recorded as before the option existed, so older runs still resume
+        for name in CONTROL_SETTINGS:
+            settings.pop(name)
     return settings
 
 

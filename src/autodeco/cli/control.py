@@ -1,0 +1,38 @@
+"""``autodeco control-eval``: how decoding commands in the prompt move the heads' T and P, and the answers."""
+
+from __future__ import annotations
+
+from autodeco.cli._parser import config_command, config_errors
+from autodeco.evaluation.control import ControlEvalConfig
+
+FLAGS: dict[str, str] = {}
+
+
+@config_command(ControlEvalConfig, flags=FLAGS)
+def control_eval(output: str = "runs/control", no_progress: bool = False, **settings):
+    """Measure how the heads react to decoding commands appended to held-out questions (PAPER.md section 7, Table 4).
+
+    Each question is answered K times as it is, with a low-diversity command ("as certain as
+    possible") and with a high-diversity one ("more innovative and diverse"), with the same seed.
+    Prints the table and writes OUTPUT/control.json, control.md and control.png. Every setting is a
+    flag below (from ControlEvalConfig).
+
+    Args:
+        output: output folder (locked while the command runs; its files are replaced).
+        no_progress: no progress bar.
+    """
+    from autodeco.common.runlock import run_lock
+    from autodeco.evaluation.control import control_evaluation
+    from autodeco.views.control import control_table, write_control_report
+
+    with config_errors(ControlEvalConfig, FLAGS):
+        config = ControlEvalConfig(**settings)
+    with run_lock(output, "control-eval"):
+        result = control_evaluation(config, progress=not no_progress)
+        files = write_control_report(output, result)
+    print(control_table(result))
+    goal = result["goal"]
+    print(f"\ngoal met: {'yes' if goal['met'] else 'no'} "
+          f"({sum(item['met'] for item in goal['criteria'])} of {len(goal['criteria'])} criteria)")
+    print(f"report: {files['control.md']}")
+    return result

@@ -1,0 +1,350 @@
+"""Does a decoding command in the prompt change the heads' T and P, and what the model writes? (PAPER.md section 7)
+
+For N held-out questions, every question is answered K times under three prompts: as it is
+(``none``), with a low-diversity command appended (``low``) and with a high-diversity command
+appended (``high``). The commands come from the phrasing file's ``eval`` lists, which training
+never uses; question ``i`` gets phrasing ``i mod len(list)`` of each kind. The three runs of a
+batch of questions share one sampling seed, so they are paired.
+
+Per question and prompt this records the mean T and P over all generated answer tokens of the K
+answers (the values ``generate()`` records for each token it draws), the share of correct answers,
+and two diversity measures across the K answers: the number of distinct final answers and the
+distinct-n ratio (distinct token n-grams over all token n-grams). Over questions it reports,
+per command kind, the mean T and P without and with the command, the share of questions whose
+mean moved the commanded way, and paired bootstrap intervals for every difference; like the
+paper's Table 4 (N = 100).
+
+With ``compare_heads`` (heads trained without the option, say), those heads answer the plain
+prompts too, with the same seeds, and the accuracy difference gets a paired interval: decoding
+control must not cost accuracy when no command is given.
+
+:func:`control_evaluation` returns a JSON-ready dict; :mod:`autodeco.views.control` renders it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections.abc import Sequence
+
+from autodeco.common.seeds import derived_seed
+from autodeco.evaluation.metrics import BOOTSTRAP_RESAMPLES, paired_bootstrap
+from autodeco.training.control import DIRECTIONS, HIGH, LOW, append_command, load_phrasings
+
+CONDITIONS = ("none", LOW, HIGH)
+"""The three prompts of each question: plain, with a low-diversity command, with a high-diversity command."""
+
+DISTINCT_NGRAM = 2
+"""n of the distinct-n diversity ratio (distinct token bigrams over all bigrams of the K answers)."""
+
+GOAL_MOVED_SHARE = 0.95
+"""The share of questions that must move the commanded way, for T and for P, in both directions."""
+
+
+@dataclasses.dataclass
+class ControlEvalConfig:
+    """What ``autodeco control-eval`` measures, on which questions and with how many samples."""
+
+    heads: str | None = None
+    """Heads checkpoint (a folder or ``shipped:<name>``); None: the heads shipped for the embedded model."""
+    base: str | None = None
+    """Base model; None: the one the heads record."""
+    dataset: str = "arithmetic"
+    """Questions: ``arithmetic`` (built-in; its test split is never trained on), a known name, a JSONL file or ``hf:...``."""
+    split: str = "test"
+    """Dataset split (held out from training)."""
+    questions: int = 100
+    """Number of questions N (the paper's table: 100)."""
+    samples: int = 4
+    """Answers K per question and prompt (for the means, diversity and accuracy)."""
+    max_new_tokens: int | None = None
+    """Length limit of each answer (None: 32 for arithmetic, 1024 otherwise)."""
+    batch_size: int = 16
+    """Questions generated together (each with K rows)."""
+    phrasings: str | None = None
+    """Phrasing file (JSON with low/high train/eval lists); None: the built-in one. Only the eval lists are used."""
+    compare_heads: str | None = None
+    """Heads to compare accuracy without a command against (e.g. trained without decoding control); None: no comparison."""
+    scorer: str = "math-verify"
+    """Answer checker: ``math-verify`` or ``exact``."""
+    seed: int = 0
+    """Seed of the sampling (the same for the paired runs) and of the arithmetic generator."""
+    data_dir: str | None = None
+    """Folder of dataset files for known names (default: $AUTODECO_DATA_DIR)."""
+    resamples: int = BOOTSTRAP_RESAMPLES
+    """Bootstrap resamples of the paired intervals."""
+
+    def __post_init__(self):
+        if self.max_new_tokens is None:
+            from autodeco.problems import default_max_new_tokens
+
+            self.max_new_tokens = default_max_new_tokens(self.dataset)
+        for name in ("questions", "samples", "max_new_tokens", "batch_size", "resamples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        from autodeco.problems.answers import SCORERS
+
+        if self.scorer not in SCORERS:
+            raise ValueError(f"scorer must be one of {', '.join(SCORERS)}, got {self.scorer!r}")
+
+
+# ------------------------------------------------------------------------------------- pure measures
+
+
+def distinct_ngram_ratio(sequences: Sequence[Sequence[int]], n: int = DISTINCT_NGRAM) -> float:
+    """Distinct n-grams over all n-grams of the sequences together (0 when they hold none).
+
+    Example:
+        >>> distinct_ngram_ratio([[1, 2, 3], [1, 2, 4]])  # bigrams (1,2) (2,3) (1,2) (2,4): 3 distinct of 4
+        0.75
+    """
+    grams = [tuple(sequence[start : start + n]) for sequence in sequences for start in range(len(sequence) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def distinct_answers(answers: Sequence[str | None]) -> int:
+    """Number of different final answers (no answer counts as one more kind of answer).
+
+    Example:
+        >>> distinct_answers(["4", "4", None, "5"])
+        3
+    """
+    return len({"<none>" if answer is None else answer for answer in answers})
+
+
+def moved_share(without: dict[str, float], with_command: dict[str, float], direction: int) -> dict[str, float]:
+    """How many questions' values moved the commanded way (strictly), stayed, or moved against it.
+
+    Example:
+        >>> moved_share({"a": 0.5, "b": 0.5}, {"a": 0.4, "b": 0.5}, direction=-1)
+        {'moved': 0.5, 'unchanged': 0.5, 'against': 0.0, 'questions': 2}
+    """
+    signs = [direction * (with_command[key] - without[key]) for key in without]
+    count = max(len(signs), 1)
+    return {
+        "moved": sum(sign > 0 for sign in signs) / count,
+        "unchanged": sum(sign == 0 for sign in signs) / count,
+        "against": sum(sign < 0 for sign in signs) / count,
+        "questions": len(signs),
+    }
+
+
+# ----------------------------------------------------------------------------------------- the run
+
+
+def control_evaluation(config: ControlEvalConfig, *, progress: bool = True) -> dict:
+    """Answer every question with and without decoding commands and summarise how T, P and the answers change.
+
+    Args:
+        config: what to measure.
+        progress: show progress bars.
+
+    Returns:
+        A JSON-ready dict: ``settings``; ``baseline`` (mean T and P without a command); ``directions``
+        (per command kind: T and P without and with it, their paired difference with an interval,
+        the share of questions moved the commanded way; diversity and accuracy differences);
+        ``conditions`` (per prompt kind: mean T, P, distinct answers, distinct-n and accuracy with
+        intervals); ``comparison`` (accuracy against ``compare_heads``, or None); ``goal`` (the
+        issue's criteria, each with whether it holds); ``questions`` (every question's values).
+
+    Example:
+        >>> result = control_evaluation(ControlEvalConfig(questions=100, samples=4))  # doctest: +SKIP
+        >>> result["directions"]["low"]["temperature"]["moved"]  # doctest: +SKIP
+        0.99
+    """
+    from autodeco.problems import load_problems
+
+    phrasings = load_phrasings(config.phrasings)  # bad files fail before any model loads
+    problems = load_problems(config.dataset, split=config.split, limit=config.questions, seed=config.seed,
+                             data_dir=config.data_dir)
+    loaded, reference = _load(config.heads, config.base)
+    compared = None
+    if config.compare_heads is not None:
+        compared, compare_reference = _load(config.compare_heads, config.base, llm=loaded.model.llm)
+    commands = {kind: [phrasings.eval[kind][index % len(phrasings.eval[kind])] for index in range(len(problems))]
+                for kind in DIRECTIONS}
+    runs = [("heads", loaded, CONDITIONS)] + ([("compare", compared, ("none",))] if compared is not None else [])
+    questions = _answer_all(config, problems, commands, runs, progress)
+    result = summarise(questions, resamples=config.resamples, seed=config.seed)
+    from autodeco.common.fingerprint import tensors_fingerprint
+
+    result["settings"] = {
+        **dataclasses.asdict(config),
+        "heads": reference, "model": loaded.description,
+        "heads_fingerprint": tensors_fingerprint(loaded.model.head_state_dict()),
+        "compare_heads": compare_reference if compared is not None else None,
+        "phrasings": phrasings.source, "phrasings_fingerprint": phrasings.fingerprint,
+        "eval_phrasings": {kind: list(phrasings.eval[kind]) for kind in DIRECTIONS},
+        "distinct_ngram": DISTINCT_NGRAM,
+    }
+    return result
+
+
+def _load(heads: str | None, base: str | None, llm=None):
+    from autodeco.pretrained import default_heads_for
+    from autodeco.sampling.inference import load_for_generation
+
+    reference = heads or default_heads_for(base)
+    if reference is None:
+        raise ValueError("no heads to evaluate: pass --heads (a trained heads folder or shipped:<name>)")
+    if llm is None:
+        return load_for_generation(reference, base), reference
+    from autodeco.model.modeling import AutoDecoForCausalLM
+    from autodeco.sampling.inference import LoadedModel
+
+    model = AutoDecoForCausalLM.from_pretrained(reference, base_model=llm)  # the same base, loaded once
+    return LoadedModel(model, None, f"{model.config.base_model_name_or_path} + heads from {reference}"), reference
+
+
+def _answer_all(config: ControlEvalConfig, problems, commands, runs, progress: bool) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    from autodeco.problems.answers import score
+    from autodeco.sampling.inference import render_prompt
+    from autodeco.sampling.rollouts import prefill
+    from autodeco.sampling.settings import DecodingSetting
+
+    tokenizer = runs[0][1].tokenizer
+    questions = [
+        {"id": problem.id, "question": problem.question, "answer": problem.answer,
+         "commands": {kind: commands[kind][index] for kind in DIRECTIONS}, "heads": {}, "compare": {}}
+        for index, problem in enumerate(problems)
+    ]
+    total = len(problems) * sum(len(conditions) for _, _, conditions in runs)
+    bar = tqdm(total=total, desc="control-eval", unit="question", disable=not progress)
+    for start in range(0, len(problems), config.batch_size):
+        rows = range(start, min(start + config.batch_size, len(problems)))
+        seed = derived_seed("control-eval", config.seed, problems[start].id)  # one seed for every paired run
+        for name, loaded, conditions in runs:
+            for condition in conditions:
+                prompts = [
+                    problems[row].prompt() if condition == "none" else append_command(problems[row].prompt(), commands[condition][row])
+                    for row in rows
+                ]
+                batch = prefill(loaded.model.llm, tokenizer, [render_prompt(tokenizer, prompt) for prompt in prompts])
+                completions = _complete(loaded.model, tokenizer, batch, config, seed, DecodingSetting.autodeco())
+                for row, samples in zip(rows, completions):
+                    scored = [score(sample.text, problems[row].answer, config.scorer) for sample in samples]
+                    questions[row][name][condition] = _question_values(samples, scored)
+                bar.update(len(rows))
+    bar.close()
+    for question in questions:
+        if not question["compare"]:
+            del question["compare"]
+    return questions
+
+
+def _complete(model, tokenizer, batch, config: ControlEvalConfig, seed: int, setting):
+    from autodeco.sampling.rollouts import complete
+
+    return complete(model, tokenizer, batch, setting, num_samples=config.samples, max_new_tokens=config.max_new_tokens,
+                    seed=seed)
+
+
+def _question_values(samples, scored) -> dict:
+    """One question under one prompt: token-pooled mean T and P, accuracy, diversity, the answers."""
+    temperatures = [value for sample in samples for value in sample.temperatures]
+    top_ps = [value for sample in samples for value in sample.top_ps]
+    answers = [extracted for extracted, _ in scored]
+    return {
+        "temperature": statistics.fmean(temperatures) if temperatures else float("nan"),
+        "top_p": statistics.fmean(top_ps) if top_ps else float("nan"),
+        "tokens": len(temperatures),
+        "accuracy": sum(bool(correct) for _, correct in scored) / len(scored),
+        "distinct_answers": distinct_answers(answers),
+        "distinct_ngrams": distinct_ngram_ratio([sample.token_ids for sample in samples]),
+        "answers": answers,
+        "texts": [sample.text for sample in samples],
+    }
+
+
+# ------------------------------------------------------------------------------------------ summary
+
+MEASURES = ("temperature", "top_p", "distinct_answers", "distinct_ngrams", "accuracy")
+"""Per-question values summarised for every prompt kind."""
+
+
+def summarise(questions: list[dict], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+    """The report's numbers from the per-question values (see :func:`control_evaluation`).
+
+    Example:
+        >>> values = lambda t, p, a: {"temperature": t, "top_p": p, "distinct_answers": 1, "distinct_ngrams": a, "accuracy": 1.0}
+        >>> questions = [{"id": str(i), "heads": {"none": values(0.5, 0.9, 0.5), "low": values(0.4, 0.8, 0.4),
+        ...               "high": values(0.6, 0.95, 0.6)}} for i in range(3)]
+        >>> summary = summarise(questions, resamples=10)
+        >>> summary["directions"]["low"]["temperature"]["moved"], summary["goal"]["met"]
+        (1.0, True)
+    """
+    by_condition = {
+        condition: {measure: {question["id"]: question["heads"][condition][measure] for question in questions}
+                    for measure in MEASURES}
+        for condition in CONDITIONS
+    }
+
+    def interval(a: dict, b: dict) -> dict:
+        difference = paired_bootstrap(a, b, resamples=resamples, seed=seed)
+        return {"mean": difference.mean_difference, "low": difference.low, "high": difference.high}
+
+    zeros = {question["id"]: 0.0 for question in questions}
+    conditions = {
+        condition: {measure: {"mean": statistics.fmean(values.values()), "interval": interval(values, zeros)}
+                    for measure, values in measures.items()}
+        for condition, measures in by_condition.items()
+    }
+    directions = {}
+    for kind, sign in DIRECTIONS.items():
+        entry = {}
+        for measure in MEASURES:
+            without, with_command = by_condition["none"][measure], by_condition[kind][measure]
+            entry[measure] = {
+                "without": statistics.fmean(without.values()), "with": statistics.fmean(with_command.values()),
+                "difference": interval(with_command, without), **moved_share(without, with_command, sign),
+            }
+        directions[kind] = entry
+    comparison = None
+    if all("compare" in question for question in questions) and questions:
+        theirs = {question["id"]: question["compare"]["none"]["accuracy"] for question in questions}
+        comparison = {
+            "accuracy_without_command": statistics.fmean(by_condition["none"]["accuracy"].values()),
+            "compare_accuracy_without_command": statistics.fmean(theirs.values()),
+            "difference": interval(by_condition["none"]["accuracy"], theirs),
+            "compare_temperature": statistics.fmean(question["compare"]["none"]["temperature"] for question in questions),
+            "compare_top_p": statistics.fmean(question["compare"]["none"]["top_p"] for question in questions),
+        }
+    return {
+        "num_questions": len(questions),
+        "baseline": {"temperature": conditions["none"]["temperature"]["mean"], "top_p": conditions["none"]["top_p"]["mean"]},
+        "directions": directions,
+        "conditions": conditions,
+        "comparison": comparison,
+        "goal": goal_check(directions, comparison),
+        "questions": questions,
+    }
+
+
+def goal_check(directions: dict, comparison: dict | None) -> dict:
+    """The issue's criteria, each with the measured value and whether it holds.
+
+    * T and P move the commanded way for >= 95 % of questions, for both command kinds;
+    * a real diversity change: the distinct-n ratio's paired interval lies above 0 for high and
+      below 0 for low;
+    * accuracy without a command does not drop: the interval of (these heads - compared heads)
+      reaches 0 or above (only with a comparison; otherwise not judged).
+    """
+    criteria = []
+    for kind, sign in DIRECTIONS.items():
+        for measure in ("temperature", "top_p"):
+            share = directions[kind][measure]["moved"]
+            criteria.append({"criterion": f"{kind}: {measure} moved the commanded way for >= {GOAL_MOVED_SHARE:.0%}",
+                             "value": share, "met": share >= GOAL_MOVED_SHARE})
+        difference = directions[kind]["distinct_ngrams"]["difference"]
+        bound = difference["low"] if sign > 0 else -difference["high"]
+        criteria.append({"criterion": f"{kind}: distinct-{DISTINCT_NGRAM} ratio {'rises' if sign > 0 else 'falls'} "
+                                      "(paired 95 % interval excludes 0)",
+                         "value": difference["mean"], "met": bound > 0})
+    if comparison is not None:
+        difference = comparison["difference"]
+        criteria.append({"criterion": "accuracy without a command not below the compared heads' (interval reaches 0)",
+                         "value": difference["mean"], "met": difference["high"] >= 0})
+    return {"met": all(item["met"] for item in criteria), "criteria": criteria}

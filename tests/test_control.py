@@ -1,0 +1,354 @@
+"""Decoding control (PAPER.md section 7): the ranking loss, phrasing files, pairing, training and control-eval."""
+
+import json
+
+import pytest
+import torch
+
+from autodeco.core import losses
+from autodeco.training import recipe
+from autodeco.training.config import TrainConfig
+from autodeco.training.control import (
+    BUILTIN_PHRASINGS,
+    ControlPhrasingsError,
+    append_command,
+    control_choice,
+    load_phrasings,
+)
+from autodeco.training.data import CommandedExamples, build_training_set
+
+# ------------------------------------------------------------------------------------ ranking loss
+
+
+def test_ranking_loss_is_zero_when_the_order_already_holds_by_the_margin():
+    plain = torch.tensor([0.70, 0.70, 0.70, 0.70])
+    command = torch.tensor([0.55, 0.60, 0.85, 0.80])
+    directions = torch.tensor([-1.0, -1.0, 1.0, 1.0])
+    # low: relu(cmd - plain + m); high: relu(plain - cmd + m), m = 0.1
+    expected = torch.tensor([0.0, 0.0, 0.0, 0.0])
+    torch.testing.assert_close(losses.ranking_loss(command, plain, directions, margin=0.1), expected, rtol=0, atol=1e-6)
+    # Inside the margin or on the wrong side: the hinge's value, written out.
+    command = torch.tensor([0.65, 0.80, 0.75, 0.50])
+    expected = torch.tensor([0.65 - 0.70 + 0.1, 0.80 - 0.70 + 0.1, 0.70 - 0.75 + 0.1, 0.70 - 0.50 + 0.1])
+    torch.testing.assert_close(losses.ranking_loss(command, plain, directions, margin=0.1), expected, rtol=0, atol=1e-6)
+
+
+def test_ranking_loss_gradient_pushes_low_commands_down_and_high_commands_up():
+    command = torch.tensor([0.80, 0.60], requires_grad=True)  # low above plain, high below plain: both violated
+    plain = torch.tensor([0.70, 0.70], requires_grad=True)
+    directions = torch.tensor([-1.0, 1.0])
+    losses.ranking_loss(command, plain, directions, margin=0.05, detach_plain=False).sum().backward()
+    # A descent step moves against the gradient: low's commanded mean goes down, high's up, the plain ones the other way.
+    assert command.grad.tolist() == [1.0, -1.0]
+    assert plain.grad.tolist() == [-1.0, 1.0]
+    command.grad = None
+    losses.ranking_loss(command, plain.detach().requires_grad_(), directions, margin=0.05).sum().backward()
+    assert command.grad.tolist() == [1.0, -1.0]
+    satisfied = torch.tensor([0.5, 0.9], requires_grad=True)
+    losses.ranking_loss(satisfied, torch.tensor([0.7, 0.7]), directions, margin=0.05).sum().backward()
+    assert satisfied.grad.tolist() == [0.0, 0.0]  # order holds by the margin: no push at all
+
+
+def test_ranking_loss_refuses_a_negative_margin_and_bad_directions():
+    values = torch.tensor([0.5])
+    with pytest.raises(ValueError, match="margin must be >= 0, got -0.1"):
+        losses.ranking_loss(values, values, torch.tensor([1.0]), margin=-0.1)
+    with pytest.raises(ValueError, match=r"directions must be -1 \(low\) or \+1 \(high\), got \[0.0\]"):
+        losses.ranking_loss(values, values, torch.tensor([0.0]))
+
+
+def test_completion_means_average_the_positions_that_predict_labelled_tokens():
+    values = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5], [0.9, 0.8, 0.7, 0.6, 0.5]])
+    labels = torch.tensor([[-100, -100, 7, 8, 2], [-100, 5, 2, -100, -100]])
+    # Row 0: positions 1, 2, 3 predict tokens 2, 3, 4 -> (0.2 + 0.3 + 0.4) / 3; row 1: positions 0, 1 -> (0.9 + 0.8) / 2.
+    torch.testing.assert_close(losses.completion_means(values, labels), torch.tensor([0.3, 0.85]), rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------- phrasings
+
+
+def test_builtin_phrasings_keep_training_and_evaluation_apart():
+    phrasings = load_phrasings()
+    assert phrasings.source == str(BUILTIN_PHRASINGS)
+    for kind in ("low", "high"):
+        assert len(phrasings.train[kind]) >= 5 and len(phrasings.eval[kind]) >= 3
+        assert not set(phrasings.train[kind]) & set(phrasings.eval[kind])
+    assert "I hope the answers can be more innovative and diverse." in phrasings.train["high"]
+
+
+def write_phrasings(path, content):
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+GOOD = {"low": {"train": ["be sure"], "eval": ["be certain"]}, "high": {"train": ["be wild"], "eval": ["be free"]}}
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", r"is empty"),
+    ("{\"low\": ", r"is not valid JSON \(Expecting value at line 1 column 9\)"),
+    ([1, 2], r"must hold a JSON object with 'low' and 'high', got list"),
+    ({"low": GOOD["low"]}, r"'high' must be an object with 'train' and 'eval' lists of phrasings, got missing"),
+    ({**GOOD, "high": {"train": [], "eval": ["x"]}}, r"high.train must be a non-empty list of phrasings \(strings\), got \[\]"),
+    ({**GOOD, "low": {"train": ["ok", "  "], "eval": ["x"]}}, r"low.train\[1\] must be a non-empty string, got '  '"),
+    ({**GOOD, "low": {"train": ["Be Sure"], "eval": ["be  sure"]}}, r"low.train and low.eval share 'be sure'"),
+])
+def test_bad_phrasing_files_are_refused_saying_what_is_wrong(tmp_path, content, message):
+    path = write_phrasings(tmp_path / "phrasings.json", content)
+    with pytest.raises(ControlPhrasingsError, match=message):
+        load_phrasings(path)
+
+
+def test_missing_phrasing_file_is_named(tmp_path):
+    with pytest.raises(ControlPhrasingsError, match=r"'.*nothing.json' does not exist"):
+        load_phrasings(tmp_path / "nothing.json")
+
+
+def test_control_choice_is_a_function_of_seed_epoch_and_index_and_uses_training_phrasings_only():
+    phrasings = load_phrasings()
+    choices = [control_choice(0, 0, index, 0.5, phrasings) for index in range(2000)]
+    assert choices == [control_choice(0, 0, index, 0.5, phrasings) for index in range(2000)]
+    paired = [choice for choice in choices if choice is not None]
+    assert 0.45 < len(paired) / len(choices) < 0.55
+    assert {choice.kind for choice in paired} == {"low", "high"}
+    assert all(choice.phrasing in phrasings.train[choice.kind] for choice in paired)
+    assert choices != [control_choice(0, 1, index, 0.5, phrasings) for index in range(2000)]  # a new draw each epoch
+    assert all(control_choice(0, 0, index, 1.0, phrasings) is not None for index in range(50))
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"control_share": 1.5}, r"control_share must be a share in \[0, 1\] \(0 turns decoding control off\), got 1.5"),
+    ({"control_share": -0.1}, r"control_share must be a share in \[0, 1\]"),
+    ({"control_margin": -0.05}, r"control_margin must be a finite number >= 0, got -0.05"),
+    ({"control_weight": -1.0}, r"control_weight must be a finite number >= 0, got -1.0"),
+    ({"control_heads": "both"}, r"control_heads must be one of \['joint', 'temperature', 'top-p'\], got 'both'"),
+    ({"control_top_p_scale": "log"}, r"control_top_p_scale must be one of \['logit', 'probability'\], got 'log'"),
+    ({"control_share": 0.5, "mode": "temperature"},
+     r"control_heads 'joint' ranks the top-p predictions, but mode 'temperature' disables the top-p head; "
+     r"pass --control-heads temperature"),
+    ({"control_share": 0.5, "mode": "top-p", "control_heads": "temperature"},
+     r"ranks the temperature predictions, but mode 'top-p' disables the temperature head"),
+])
+def test_control_settings_are_validated(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(data=["t.jsonl"], output_dir="run", **overrides)
+
+
+def test_a_bad_phrasing_file_fails_when_the_config_is_made(tmp_path):
+    empty = write_phrasings(tmp_path / "empty.json", "")
+    with pytest.raises(ControlPhrasingsError, match="is empty"):
+        TrainConfig(data=["t.jsonl"], output_dir="run", control_share=0.3, control_phrasings=str(empty))
+    # Off: the file is not read; one head alone with its own ranking part is fine.
+    assert not TrainConfig(data=["t.jsonl"], output_dir="run", control_phrasings=str(empty)).control_enabled
+    assert TrainConfig(data=["t.jsonl"], output_dir="run", control_share=0.3, mode="top-p", control_heads="top-p").control_enabled
+
+
+def test_cli_names_the_flag_of_a_bad_control_setting(tmp_path):
+    from autodeco.cli.train import train
+
+    with pytest.raises(ValueError, match=r"control_share \(--control-share\) must be a share in \[0, 1\]"):
+        train([str(tmp_path / "t.jsonl")], output=str(tmp_path / "run"), control_share=2.0)
+
+
+# ---------------------------------------------------------------------------------------- pairing
+
+
+def write_sums(path, count=8):
+    rows = [{"prompt": f"What is {a} + {a + 3}?", "completion": f"{a} + {a + 3} = {2 * a + 3}."} for a in range(count)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_chat_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_chat_model_dir)
+
+
+def test_commanded_copy_keeps_the_completion_and_appends_the_command(tokenizer, tmp_path):
+    examples, _ = build_training_set([write_sums(tmp_path / "t.jsonl")], tokenizer, max_length=128)
+    pairs = CommandedExamples(tokenizer, examples, load_phrasings(), share=1.0, seed=0, max_length=128)
+    choice, commanded = pairs(0, 2)
+    plain = examples[2]
+    assert commanded.prompt == append_command(plain.prompt, choice.phrasing)
+    assert commanded.labels[commanded.labels != -100].tolist() == plain.labels[plain.labels != -100].tolist()
+    prompt_length = int((commanded.labels == -100).sum())
+    rendered = "".join(tokenizer.convert_ids_to_tokens(commanded.input_ids[:prompt_length].tolist()))
+    assert rendered == f"<u>{plain.prompt}<unk>{choice.phrasing}</s><a>"  # the newline is <unk> to this tokenizer
+    assert pairs(0, 2)[1] is commanded  # tokenized once
+    short = CommandedExamples(tokenizer, examples, load_phrasings(), share=1.0, seed=0, max_length=20)
+    assert short(0, 2) is None  # the commanded prompt does not fit: no pair
+
+
+def test_pairs_are_the_same_however_the_global_batch_is_split(tokenizer, tmp_path):
+    examples, _ = build_training_set([write_sums(tmp_path / "t.jsonl")], tokenizer, max_length=128)
+    pairs = CommandedExamples(tokenizer, examples, load_phrasings(), share=0.5, seed=3, max_length=128)
+    items = [(0, index) for index in (5, 1, 7, 2, 0, 6)]
+    whole = recipe.make_micro_batch(examples, items, tokenizer.pad_token_id, 3, "cpu", pairs)
+    split = [recipe.make_micro_batch(examples, items[start : start + 2], tokenizer.pad_token_id, 3, "cpu", pairs)
+             for start in (0, 2, 4)]
+
+    def described(batch, offset):
+        plain = batch["drop_draws"].shape[0]
+        return [
+            (offset + int(row), int(direction), batch["input_ids"][plain + copy][batch["attention_mask"][plain + copy].bool()].tolist())
+            for copy, (row, direction) in enumerate(zip(batch["control_rows"], batch["control_directions"]))
+        ]
+
+    assert 0 < len(whole["control_rows"]) < len(items)  # share 0.5 paired some of the six
+    assert described(whole, 0) == [pair for index, batch in enumerate(split) for pair in described(batch, 2 * index)]
+    assert whole["input_ids"].shape[0] == len(items) + len(whole["control_rows"])
+    assert whole["drop_draws"].shape == (len(items), whole["input_ids"].shape[1] - 1)
+
+
+@pytest.mark.parametrize("scale", ["logit", "probability"])
+def test_gradient_with_control_is_the_mean_over_pairs_added_to_the_paper_losses(tokenizer, tiny_chat_model_dir, tmp_path, scale):
+    """Four micro-batches of one give the gradient of the whole batch's paper losses + weight x mean ranking loss."""
+    from autodeco.model.modeling import AutoDecoForCausalLM
+
+    examples, _ = build_training_set([write_sums(tmp_path / "t.jsonl")], tokenizer, max_length=128)
+    config = TrainConfig(data=["unused"], output_dir="unused", control_share=0.7, control_margin=0.3, control_weight=2.0,
+                         control_top_p_scale=scale)
+    pairs = CommandedExamples(tokenizer, examples, load_phrasings(), share=0.7, seed=0, max_length=128)
+    model = AutoDecoForCausalLM.from_base(str(tiny_chat_model_dir), seed=0)
+    parameters = recipe.trainable_parameters(model)
+    items = [(0, index) for index in (3, 0, 7, 5)]
+    singles = [recipe.make_micro_batch(examples, [item], tokenizer.pad_token_id, 0, "cpu", pairs) for item in items]
+    temperature_gradient, top_p_gradient, control_gradient, statistics = recipe.accumulate_gradients(
+        model, parameters, singles, config
+    )
+    values = dict(zip(recipe.STATISTICS, statistics.tolist()))
+    assert 1 <= values["control_pairs"] < 4 and control_gradient.abs().sum() > 0
+    combined = recipe.combine_gradients(temperature_gradient, values["kept_tokens"], top_p_gradient, values["top_p_tokens"],
+                                        control_gradient, values["control_pairs"])
+
+    whole = recipe.make_micro_batch(examples, items, tokenizer.pad_token_id, 0, "cpu", pairs)
+    output = model(input_ids=whole["input_ids"], attention_mask=whole["attention_mask"])
+    plain = len(items)
+    labels = whole["labels"]
+    loss = losses.temperature_loss(
+        output.logits[:plain], output.temperature[:plain], labels[:plain], random_values=whole["drop_draws"]
+    ) + losses.top_p_loss(output.logits[:plain], output.temperature[:plain], output.top_p[:plain], labels[:plain])
+    rows, directions = whole["control_rows"], whole["control_directions"]
+    top_p = torch.log(output.top_p / (1 - output.top_p)) if scale == "logit" else output.top_p
+    for values_ in (output.temperature, top_p):
+        command_means = losses.completion_means(values_[plain:], labels[plain:])
+        plain_means = losses.completion_means(values_[:plain], labels[:plain])[rows]
+        loss = loss + 2.0 * losses.ranking_loss(command_means, plain_means, directions, margin=0.3).mean()
+    reference = torch.cat([gradient.reshape(-1) for gradient in torch.autograd.grad(loss, parameters)])
+    torch.testing.assert_close(combined.float(), reference, rtol=1e-5, atol=1e-8)
+
+
+# -------------------------------------------------------------------------------------- end to end
+
+
+def test_tiny_end_to_end_train_with_control_then_control_eval(tiny_chat_model_dir, tmp_path, capsys):
+    from autodeco.cli.control import control_eval
+    from autodeco.model.checkpoint import read_checkpoint
+    from autodeco.training.recipe import train_heads
+    from autodeco.training.state import run_settings
+
+    data = write_sums(tmp_path / "t.jsonl")
+    common = {"data": [str(data)], "base": str(tiny_chat_model_dir), "max_steps": 4, "learning_rate": 1e-2,
+              "warmup_steps": 0, "per_device_batch_size": 2, "gradient_accumulation_steps": 2, "log_every": 1,
+              "save_every": 100}
+    controlled = TrainConfig(**common, output_dir=str(tmp_path / "control"), control_share=0.5, control_margin=0.2)
+    train_heads(controlled, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "control" / "log.jsonl").read_text().splitlines()]
+    assert sum(row["control_pairs"] for row in rows) > 0
+    for row in rows:
+        assert row["loss"] == pytest.approx(row["temperature_loss"] + row["top_p_loss"] + row["control_loss"])
+        assert row["control_loss"] == pytest.approx(row["control_temperature_loss"] + row["control_top_p_loss"])
+        assert 0 <= row["control_temperature_moved"] <= 1
+    recorded = read_checkpoint(tmp_path / "control" / "heads").config.training["settings"]
+    assert recorded["control_share"] == 0.5 and len(recorded["control_phrasings_fingerprint"]) == 64
+    plain = TrainConfig(**common, output_dir=str(tmp_path / "plain"))
+    train_heads(plain, progress=False)
+    assert "control_loss" not in json.loads((tmp_path / "plain" / "log.jsonl").read_text().splitlines()[0])
+    assert not any(key.startswith("control") for key in run_settings(plain, 1))  # recorded as before the option
+
+    output = tmp_path / "eval"
+    result = control_eval(
+        output=str(output), no_progress=True, heads=str(tmp_path / "control" / "heads"), questions=3, samples=2,
+        max_new_tokens=4, batch_size=2, resamples=50, compare_heads=str(tmp_path / "plain" / "heads"),
+    )
+    assert {"control.json", "control.md", "control.png"} <= {path.name for path in output.iterdir()}
+    stored = json.loads((output / "control.json").read_text())
+    assert stored["num_questions"] == 3 and len(stored["questions"]) == 3
+    question = stored["questions"][0]
+    assert set(question["heads"]) == {"none", "low", "high"} and set(question["compare"]) == {"none"}
+    assert question["commands"]["low"] in load_phrasings().eval["low"]  # evaluation uses unseen phrasings only
+    for condition in ("none", "low", "high"):
+        assert 0 < question["heads"][condition]["temperature"] < 2 and question["heads"][condition]["tokens"] >= 2
+        assert 1 <= question["heads"][condition]["distinct_answers"] <= 2
+    low = result["directions"]["low"]["temperature"]
+    assert low["moved"] + low["unchanged"] + low["against"] == pytest.approx(1.0)
+    assert result["comparison"] is not None and "accuracy without a command" in result["goal"]["criteria"][-1]["criterion"]
+    markdown = (output / "control.md").read_text()
+    assert "| none (baseline) |" in markdown and "Goal check" in markdown
+    assert (output / "control.png").read_bytes()[:4] == b"\x89PNG"
+    assert "low diversity" in capsys.readouterr().out
+
+
+def test_control_eval_pairs_runs_with_the_same_seed(tiny_chat_model_dir, tmp_path, monkeypatch):
+    """The three prompts of a batch of questions are sampled with one seed (a paired comparison)."""
+    from autodeco.evaluation import control
+
+    seeds = []
+    original = control._complete
+
+    def record(model, tokenizer, batch, config, seed, setting):
+        seeds.append(seed)
+        return original(model, tokenizer, batch, config, seed, setting)
+
+    monkeypatch.setattr(control, "_complete", record)
+    from autodeco.model.modeling import AutoDecoForCausalLM
+
+    heads = tmp_path / "heads"
+    AutoDecoForCausalLM.from_base(str(tiny_chat_model_dir), seed=0).save_pretrained(heads)
+    config = control.ControlEvalConfig(heads=str(heads), questions=3, samples=1, max_new_tokens=2, batch_size=2, resamples=10)
+    control.control_evaluation(config, progress=False)
+    assert len(seeds) == 6 and len(set(seeds[:3])) == 1 and len(set(seeds[3:])) == 1 and seeds[0] != seeds[3]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"questions": 0}, r"questions must be an integer >= 1, got 0"),
+    ({"samples": 0}, r"samples must be an integer >= 1, got 0"),
+    ({"scorer": "fuzzy"}, r"scorer must be one of"),
+])
+def test_control_eval_settings_are_validated(overrides, message):
+    from autodeco.evaluation.control import ControlEvalConfig
+
+    with pytest.raises(ValueError, match=message):
+        ControlEvalConfig(**overrides)
+
+
+def test_control_eval_refuses_a_bad_phrasing_file_before_loading_a_model(tmp_path, monkeypatch):
+    from autodeco.evaluation import control
+
+    monkeypatch.setattr(control, "_load", lambda *args, **kwargs: pytest.fail("a model was loaded"))
+    bad = write_phrasings(tmp_path / "bad.json", "{}")
+    with pytest.raises(ControlPhrasingsError, match="'low' must be an object"):
+        control.control_evaluation(control.ControlEvalConfig(phrasings=str(bad)), progress=False)
+
+
+def test_shipped_heads_are_named_and_unknown_names_listed():
+    from autodeco.pretrained import resolve_heads_reference
+
+    assert (resolve_heads_reference("shipped:smollm2-135m-instruct") / "config.json").is_file()
+    with pytest.raises(ValueError, match=r"no shipped heads named 'nope'.*shipped:smollm2-135m-instruct"):
+        resolve_heads_reference("shipped:nope")
+
+
+def test_distinct_measures_and_moved_share_on_hand_built_values():
+    from autodeco.evaluation.control import distinct_answers, distinct_ngram_ratio, moved_share
+
+    assert distinct_ngram_ratio([[1, 2, 1, 2], [1, 2]]) == pytest.approx(2 / 4)  # (1,2) (2,1) (1,2) (1,2)
+    assert distinct_ngram_ratio([[5]]) == 0.0
+    assert distinct_answers(["7", "7", "7"]) == 1
+    shares = moved_share({"a": 0.7, "b": 0.7, "c": 0.7, "d": 0.7}, {"a": 0.8, "b": 0.9, "c": 0.7, "d": 0.6}, direction=1)
+    assert shares == {"moved": 0.5, "unchanged": 0.25, "against": 0.25, "questions": 4}
