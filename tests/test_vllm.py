@@ -375,11 +375,14 @@ def test_the_openai_server_on_the_vllm_engine_returns_the_values_used(stack):
         choice = answer.choices[0]
         values = choice.model_extra["autodeco"]
         assert len(values["temperatures"]) == len(values["top_ps"]) == answer.usage.completion_tokens >= 1
-        generated = encode(stack, choice.text)[: answer.usage.completion_tokens]
-        if len(generated) == answer.usage.completion_tokens:  # no end token: the text re-encodes to the tokens
-            expected_temperature, expected_top_p = teacher_forced(stack, encode(stack, prompt), generated, 0.5, 1.0)
-            torch.testing.assert_close(torch.tensor(values["temperatures"]), expected_temperature, atol=1e-4, rtol=1e-4)
-            torch.testing.assert_close(torch.tensor(values["top_ps"]), expected_top_p, atol=1e-4, rtol=1e-4)
+        # The same request straight to the engine (same seed: same tokens) gives the values the server returned.
+        direct = list(stack.engine.stream(GenerationRequest(prompt_ids=encode(stack, prompt), max_tokens=8,
+                                                            temperature=0.5, seed=3)))
+        assert values["temperatures"] == pytest.approx([event.temperature for event in direct], abs=1e-6)
+        assert values["top_ps"] == pytest.approx([event.top_p for event in direct], abs=1e-6)
+        expected_temperature, expected_top_p = teacher_forced(stack, encode(stack, prompt),
+                                                              [event.token_id for event in direct], 0.5, 1.0)
+        torch.testing.assert_close(torch.tensor(values["temperatures"]), expected_temperature, atol=1e-4, rtol=1e-4)
         chunks = list(client.completions.create(model=stack.engine.model_name, prompt=prompt, max_tokens=8,
                                                 temperature=0.5, seed=3, stream=True,
                                                 extra_body={"autodeco": {"return_decoding": True}}))
