@@ -84,3 +84,23 @@ def test_cross_fitted_oracle_scores_each_half_with_the_other_halfs_choice():
     assert methods[ORACLE_CROSS_FITTED]["autodeco_minus_method"]["mean_difference"] == pytest.approx(1.0)
     table = headline_table(summary)
     assert "per half: T=0.20,P=1.00 / T=1.00,P=1.00" in table
+
+
+def test_the_table_shows_each_methods_static_values_and_what_is_dynamic():
+    from autodeco.sampling.settings import DecodingSetting
+
+    settings = {
+        "min-p": DecodingSetting.min_p(0.7, 0.1).key,
+        "temperature-head": DecodingSetting.temperature_head(1.0).key,
+        "top-p-head": DecodingSetting.top_p_head(0.53).key,
+        "confidence-gated": DecodingSetting.confidence_gated(0.7, 0.7).key,
+        "edt": DecodingSetting.edt(0.5, 0.8, 1.0).key,
+    }
+    records = [_record(problem, setting, problem == "a") for problem in ("a", "b") for setting in settings.values()]
+    summary = build_summary({"methods": settings, "max_new_tokens": LIMIT}, records, bootstrap_resamples=10)
+    rows = {line.split(" |")[0].lstrip("| ").split(" (")[0]: line for line in headline_table(summary).splitlines()[2:]}
+    assert "| 0.70 | min-p | 50.00" in rows["min-p"]
+    assert "| dynamic | 1.00 | 50.00" in rows["temperature-head"]
+    assert "| 0.53 | dynamic | 50.00" in rows["top-p-head"]
+    assert "| 0 or 0.70 | 1.00 | 50.00" in rows["confidence-gated"]
+    assert "| dynamic | 1.00 | 50.00" in rows["edt"]

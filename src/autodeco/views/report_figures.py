@@ -85,7 +85,7 @@ def _differences_figure(summary: dict[str, Any]):
     rows = [method for method in summary["methods"] if method["autodeco_minus_method"] is not None]
     if not rows:
         raise SkipPlot("no comparison with AutoDeco (AutoDeco or the other methods have no samples)")
-    figure, axes = subplots(1, 1, (7.0, max(2.5, 0.45 * len(rows) + 1.2)))
+    figure, axes = subplots(1, 1, (9.0, max(2.5, 0.45 * len(rows) + 1.4)))
     axis = axes[0]
     for position, method in enumerate(reversed(rows)):
         comparison = method["autodeco_minus_method"]
@@ -97,10 +97,10 @@ def _differences_figure(summary: dict[str, Any]):
     labels = [method["label"] + (" †" if method.get("selection_ignored") else "") for method in reversed(rows)]
     axis.set_yticks(range(len(rows)), labels, fontsize=8)
     confidence = round(100 * summary["bootstrap"]["confidence"])
-    axis.set_xlabel(f"AutoDeco − method, Pass@1 points ({confidence} % paired bootstrap interval over problems)")
-    axis.set_title("Right of 0: AutoDeco better; intervals crossing 0: no significant difference"
-                   + ("; † selection ignored" if any(method.get("selection_ignored") for method in rows) else ""),
-                   fontsize=9)
+    axis.set_xlabel(f"AutoDeco − method, Pass@1 points ({confidence} % paired bootstrap interval)")
+    axis.set_title("Right of 0: AutoDeco better; crossing 0: no significant difference"
+                   + ("\n† interval ignores the oracle's selection on these problems"
+                      if any(method.get("selection_ignored") for method in rows) else ""), fontsize=9)
     return figure
 
 

@@ -162,7 +162,7 @@ def _reading(summary: dict[str, Any]) -> str:
     by_verdict: dict[str, list[str]] = {BETTER: [], WORSE: [], NO_DIFFERENCE: []}
     for method in methods.values():
         comparison = method["autodeco_minus_method"]
-        if comparison is not None:
+        if comparison is not None and not method.get("selection_ignored"):  # the oracle gets its own sentence
             by_verdict[comparison["verdict"]].append(f"{method['label']} ({_format_difference(method, star=False)})")
     if by_verdict[BETTER]:
         sentences.append("AutoDeco is significantly better than " + _join(by_verdict[BETTER]) + ".")
@@ -333,9 +333,22 @@ def _format_operating_point(method: dict[str, Any], levels: dict[str, Any], orac
     if method["name"] == ORACLE_CROSS_FITTED:
         chosen = (oracle.get("cross_fitted") or {}).get("settings") or []
         return "per half: " + " / ".join(chosen), "–"
-    if method.get("temperature") is None:
-        return "dynamic", "dynamic"
-    return f"{method['temperature']:.2f}", f"{method['top_p']:.2f}"
+    if method.get("temperature") is not None:
+        return f"{method['temperature']:.2f}", f"{method['top_p']:.2f}"
+    parameters = method.get("parameters") or {}
+    temperature = f"{parameters['T']:.2f}" if kind in STATIC_TEMPERATURE_KINDS and "T" in parameters else "dynamic"
+    if kind == "confidence-gated":
+        temperature = f"0 or {parameters['T']:.2f}"
+    if kind in TRUNCATION_KINDS:
+        return temperature, kind
+    return temperature, f"{parameters['P']:.2f}" if "P" in parameters else "dynamic"
+
+
+STATIC_TEMPERATURE_KINDS = ("min-p", "eta", "top-n-sigma", "top-p-head")
+"""Method kinds that sample at one static temperature (their ``T`` parameter)."""
+
+TRUNCATION_KINDS = ("min-p", "eta", "top-n-sigma")
+"""Method kinds whose support is cut by their own rule instead of a top-p (the P column names the rule)."""
 
 
 def _format_difference(method: dict[str, Any], *, star: bool = True) -> str:
