@@ -45,9 +45,6 @@ from autodeco.evaluation.methods import (
 from autodeco.evaluation.records import RecordWriter, SampleRecord, read_records
 from autodeco.sampling.settings import AUTODECO, GREEDY, DecodingSetting, static_setting
 
-HEURISTIC_KINDS = HEURISTIC_METHODS
-"""Decoding kinds of the heuristic methods (each method's kind has its name)."""
-
 __all__ = ["METHODS", "PAPER_METHODS", "EvalConfig", "EvalResult", "evaluate", "oracle_grid", "plan_stages"]
 
 DEFAULT_TEMPERATURE_GRID = tuple(round(0.1 * step, 1) for step in range(1, 11))
@@ -786,11 +783,11 @@ def _record(problem, setting: DecodingSetting, seed: int, index: int, completion
             temperature_mean=statistics.fmean(temperatures), temperature_std=statistics.pstdev(temperatures),
             top_p_mean=statistics.fmean(top_ps), top_p_std=statistics.pstdev(top_ps),
         )
-        entropies = getattr(completion, "entropies", None)
+        entropies = completion.entropies
         if setting.kind == "autodeco":
             fields.update(temperatures=[round(value, 4) for value in temperatures],
                           top_ps=[round(value, 4) for value in top_ps], tokens=pieces)
-        if entropies and setting.kind in ("autodeco", *HEURISTIC_KINDS):
+        if entropies and setting.kind in ("autodeco", *HEURISTIC_METHODS):  # a heuristic's kind is its name
             fields.update(entropies=[round(value, 4) for value in entropies])
     return SampleRecord(
         problem_id=problem.id, setting=setting.key, seed=seed, sample=index, text=completion.text,

@@ -356,21 +356,19 @@ def _cross_fitted_oracle(config, outcomes, alternative, by_setting, warnings_lis
         warnings_list.append("cross-fitted oracle not computed: fewer than two problems with oracle samples")
         return None
     chosen, scored, extra, records = [], {}, {}, []
-    for choose_on, score_on in ((halves[0], halves[1]), (halves[1], halves[0])):
+    rates = {setting: _success_rates(outcomes[setting]) for setting in menu}  # setting -> problem -> rate
+    for choose_on, score_on in ((halves[0], set(halves[1])), (halves[1], set(halves[0]))):
 
-        def mean_on(setting, problems_=choose_on):
-            rates = [sum(sum(seed) for seed in outcomes[setting][p].values()) /
-                     sum(len(seed) for seed in outcomes[setting][p].values())
-                     for p in problems_ if p in outcomes[setting]]
-            return sum(rates) / len(rates) if rates else float("-inf")
+        def mean_on(setting, problems=choose_on):
+            values = [rates[setting][problem] for problem in problems if problem in rates[setting]]
+            return sum(values) / len(values) if values else float("-inf")
 
         best = max(menu, key=lambda setting: (mean_on(setting), setting))
         chosen.append(best)
-        for problem in score_on:
-            if problem in outcomes[best]:
-                scored[problem] = outcomes[best][problem]
-                extra[problem] = alternative[best][problem]
-        records += [record for record in by_setting[best] if record.problem_id in set(score_on)]
+        for problem in score_on & outcomes[best].keys():
+            scored[problem] = outcomes[best][problem]
+            extra[problem] = alternative[best][problem]
+        records += [record for record in by_setting[best] if record.problem_id in score_on]
     description = {
         "settings": chosen,
         "halves": [len(half) for half in halves],

@@ -212,9 +212,13 @@ def stream_factory(setting: DecodingSetting, pools: Mapping[str, ValuePool], pro
     ``derived_seed(seed, setting.key, problem id, sample_index)`` so it does not depend on batching.
     """
 
+    others: dict[str, ValuePool] = {}  # problem -> the other problems' pool, built once for all its samples
+
     def make_stream(prompt_row: int, sample_index: int):
         problem = problem_ids[prompt_row]
+        if problem not in others:
+            others[problem] = pool_excluding(pools, problem)
         stream_seed = derived_seed("value-stream", seed, setting.key, problem, sample_index)
-        return make_value_stream(setting, pool_excluding(pools, problem), stream_seed)
+        return make_value_stream(setting, others[problem], stream_seed)
 
     return make_stream
