@@ -1,6 +1,8 @@
 """Decoding control (PAPER.md section 7): the ranking loss, phrasing files, pairing, training and control-eval."""
 
+import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -126,6 +128,10 @@ def test_control_choice_is_a_function_of_seed_epoch_and_index_and_uses_training_
     ({"control_weight": -1.0}, r"control_weight must be a finite number >= 0, got -1.0"),
     ({"control_heads": "both"}, r"control_heads must be one of \['joint', 'temperature', 'top-p'\], got 'both'"),
     ({"control_top_p_scale": "log"}, r"control_top_p_scale must be one of \['logit', 'probability'\], got 'log'"),
+    ({"control_top_p_margin": -0.5}, r"control_top_p_margin must be a finite number >= 0 \(or None: control_margin\), got -0.5"),
+    ({"control_top_p_margin": float("nan")}, r"control_top_p_margin must be a finite number >= 0"),
+    ({"control_pairing": "two"}, r"control_pairing must be one of \['one', 'both'\], got 'two'"),
+    ({"control_temperature_scale": "logit"}, r"control_temperature_scale must be one of \['linear', 'log'\], got 'logit'"),
     ({"control_share": 0.5, "mode": "temperature"},
      r"control_heads 'joint' ranks the top-p predictions, but mode 'temperature' disables the top-p head; "
      r"pass --control-heads temperature"),
@@ -135,6 +141,34 @@ def test_control_choice_is_a_function_of_seed_epoch_and_index_and_uses_training_
 def test_control_settings_are_validated(overrides, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(data=["t.jsonl"], output_dir="run", **overrides)
+
+
+def test_control_losses_use_each_scale_and_margin_on_hand_built_values():
+    """T on the log scale with margin log 2 (a ratio of 2), P on the logit scale with its own margin 1."""
+    ignored = losses.IGNORE_INDEX
+    # rows 0-1 plain, rows 2-3 their commanded copies (2 low of row 0, 3 high of row 1); one labelled position each
+    labels = torch.tensor([[ignored, 5, ignored]] * 4)
+    temperature = torch.tensor([[0.8, 0.0, 0.0], [0.8, 0.0, 0.0], [0.5, 0.0, 0.0], [1.2, 0.0, 0.0]], requires_grad=True)
+    top_p = torch.sigmoid(torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0.5, 0, 0], [2.5, 0, 0]]))
+    batch = {"labels": labels, "control_rows": torch.tensor([0, 1]), "control_directions": torch.tensor([-1, 1])}
+    config = TrainConfig(data=["t.jsonl"], output_dir="run", control_share=1.0, control_margin=math.log(2.0),
+                         control_top_p_margin=1.0, control_temperature_scale="log", control_weight=1.0)
+    result = recipe.control_losses(temperature, top_p, batch, config)
+    # T: low needs 0.5 <= 0.4 (0.8 / 2): hinge log(0.5 / 0.4); high needs 1.2 >= 1.6: hinge log(1.6 / 1.2)
+    expected_temperature = math.log(0.5 / 0.4) + math.log(1.6 / 1.2)
+    # P (logits): low 0.5 <= 1 - 1 = 0: hinge 0.5; high 2.5 >= 1 + 1: already holds, hinge 0
+    assert result.temperature_loss_sum == pytest.approx(expected_temperature, rel=1e-5, abs=1e-6)
+    assert result.top_p_loss_sum == pytest.approx(0.5, rel=1e-5, abs=1e-6)
+    assert float(result.total.detach()) == pytest.approx(expected_temperature + 0.5, rel=1e-5, abs=1e-6)
+    assert result.temperature_moved == 2 and result.top_p_moved == 2
+    result.total.backward()
+    assert temperature.grad[2, 0] > 0 and temperature.grad[3, 0] < 0  # descent lowers the low copy, raises the high one
+    assert temperature.grad[:2].abs().sum() == 0  # the plain side is detached
+
+    linear = TrainConfig(data=["t.jsonl"], output_dir="run", control_share=1.0, control_margin=0.1)
+    assert linear.control_margins == {"temperature": 0.1, "top-p": 0.1}  # one margin for both by default
+    result = recipe.control_losses(temperature.detach(), top_p, batch, linear)
+    assert result.temperature_loss_sum == pytest.approx(0.0 + 0.0, abs=1e-6)  # 0.5 <= 0.7 and 1.2 >= 0.9 hold
 
 
 def test_a_bad_phrasing_file_fails_when_the_config_is_made(tmp_path):
@@ -172,21 +206,25 @@ def tokenizer(tiny_chat_model_dir):
 def test_commanded_copy_keeps_the_completion_and_appends_the_command(tokenizer, tmp_path):
     examples, _ = build_training_set([write_sums(tmp_path / "t.jsonl")], tokenizer, max_length=128)
     pairs = CommandedExamples(tokenizer, examples, load_phrasings(), share=1.0, seed=0, max_length=128)
-    choice, commanded = pairs(0, 2)
+    [(choice, commanded)] = pairs(0, 2)
     plain = examples[2]
     assert commanded.prompt == append_command(plain.prompt, choice.phrasing)
     assert commanded.labels[commanded.labels != -100].tolist() == plain.labels[plain.labels != -100].tolist()
     prompt_length = int((commanded.labels == -100).sum())
     rendered = "".join(tokenizer.convert_ids_to_tokens(commanded.input_ids[:prompt_length].tolist()))
     assert rendered == f"<u>{plain.prompt}<unk>{choice.phrasing}</s><a>"  # the newline is <unk> to this tokenizer
-    assert pairs(0, 2)[1] is commanded  # tokenized once
+    assert pairs(0, 2)[0][1] is commanded  # tokenized once
     short = CommandedExamples(tokenizer, examples, load_phrasings(), share=1.0, seed=0, max_length=20)
-    assert short(0, 2) is None  # the commanded prompt does not fit: no pair
+    assert short(0, 2) == []  # the commanded prompt does not fit: no pair
+    both = CommandedExamples(tokenizer, examples, load_phrasings(), share=1.0, seed=0, max_length=128, both=True)
+    assert [choice.kind for choice, _ in both(0, 2)] == ["low", "high"]
+    assert all(copy.labels[copy.labels != -100].tolist() == plain.labels[plain.labels != -100].tolist() for _, copy in both(0, 2))
 
 
-def test_pairs_are_the_same_however_the_global_batch_is_split(tokenizer, tmp_path):
+@pytest.mark.parametrize("both", [False, True], ids=["one-command", "both-commands"])
+def test_pairs_are_the_same_however_the_global_batch_is_split(tokenizer, tmp_path, both):
     examples, _ = build_training_set([write_sums(tmp_path / "t.jsonl")], tokenizer, max_length=128)
-    pairs = CommandedExamples(tokenizer, examples, load_phrasings(), share=0.5, seed=3, max_length=128)
+    pairs = CommandedExamples(tokenizer, examples, load_phrasings(), share=0.5, seed=3, max_length=128, both=both)
     items = [(0, index) for index in (5, 1, 7, 2, 0, 6)]
     whole = recipe.make_micro_batch(examples, items, tokenizer.pad_token_id, 3, "cpu", pairs)
     split = [recipe.make_micro_batch(examples, items[start : start + 2], tokenizer.pad_token_id, 3, "cpu", pairs)
@@ -199,7 +237,14 @@ def test_pairs_are_the_same_however_the_global_batch_is_split(tokenizer, tmp_pat
             for copy, (row, direction) in enumerate(zip(batch["control_rows"], batch["control_directions"]))
         ]
 
-    assert 0 < len(whole["control_rows"]) < len(items)  # share 0.5 paired some of the six
+    paired = len(set(whole["control_rows"].tolist()))
+    assert 0 < paired < len(items)  # share 0.5 paired some of the six
+    assert len(whole["control_rows"]) == paired * (2 if both else 1)
+    if both:  # every paired row has one low and one high copy
+        directions = {}
+        for row, direction in zip(whole["control_rows"].tolist(), whole["control_directions"].tolist()):
+            directions.setdefault(row, []).append(direction)
+        assert all(sorted(values) == [-1.0, 1.0] for values in directions.values())
     assert described(whole, 0) == [pair for index, batch in enumerate(split) for pair in described(batch, 2 * index)]
     assert whole["input_ids"].shape[0] == len(items) + len(whole["control_rows"])
     assert whole["drop_draws"].shape == (len(items), whole["input_ids"].shape[1] - 1)
@@ -313,6 +358,45 @@ def test_control_eval_pairs_runs_with_the_same_seed(tiny_chat_model_dir, tmp_pat
     config = control.ControlEvalConfig(heads=str(heads), questions=3, samples=1, max_new_tokens=2, batch_size=2, resamples=10)
     control.control_evaluation(config, progress=False)
     assert len(seeds) == 6 and len(set(seeds[:3])) == 1 and len(set(seeds[3:])) == 1 and seeds[0] != seeds[3]
+
+
+def test_control_eval_resumes_from_its_recorded_batches(tiny_chat_model_dir, tmp_path, monkeypatch):
+    """A killed run keeps its finished batches; a rerun answers only the rest; other settings are refused."""
+    from autodeco.evaluation import control
+    from autodeco.model.modeling import AutoDecoForCausalLM
+
+    heads = tmp_path / "heads"
+    AutoDecoForCausalLM.from_base(str(tiny_chat_model_dir), seed=0).save_pretrained(heads)
+    config = control.ControlEvalConfig(heads=str(heads), questions=3, samples=2, max_new_tokens=3, batch_size=2, resamples=10)
+    output = tmp_path / "run"
+    complete_run = control.control_evaluation(config, output=tmp_path / "whole", progress=False)
+
+    calls, kill_after = [], [4]
+    original = control._complete
+
+    def killed_after_four(*args):
+        if len(calls) == kill_after[0]:
+            raise RuntimeError("killed")
+        calls.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(control, "_complete", killed_after_four)
+    with pytest.raises(RuntimeError, match="killed"):
+        control.control_evaluation(config, output=output, progress=False)
+    assert len((output / control.PROGRESS_FILE).read_text().splitlines()) == 4  # first batch's 3 prompts + 1 more
+
+    calls.clear()
+    kill_after[0] = None
+    resumed = control.control_evaluation(config, output=output, progress=False)
+    assert len(calls) == 2  # only the second batch's two prompts not yet recorded
+    assert resumed["questions"] == complete_run["questions"]  # the same answers as an uninterrupted run
+
+    changed = dataclasses.replace(config, samples=3)
+    with pytest.raises(ValueError, match=r"different configuration \(samples: 2 there, 3 now\).*--overwrite"):
+        control.control_evaluation(changed, output=output, progress=False)
+    calls.clear()
+    control.control_evaluation(changed, output=output, overwrite=True, progress=False)
+    assert len(calls) == 6
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -9,16 +9,18 @@ FLAGS: dict[str, str] = {}
 
 
 @config_command(ControlEvalConfig, flags=FLAGS)
-def control_eval(output: str = "runs/control", no_progress: bool = False, **settings):
+def control_eval(output: str = "runs/control", overwrite: bool = False, no_progress: bool = False, **settings):
     """Measure how the heads react to decoding commands appended to held-out questions (PAPER.md section 7, Table 4).
 
     Each question is answered K times as it is, with a low-diversity command ("as certain as
     possible") and with a high-diversity one ("more innovative and diverse"), with the same seed.
-    Prints the table and writes OUTPUT/control.json, control.md and control.png. Every setting is a
-    flag below (from ControlEvalConfig).
+    Prints the table and writes OUTPUT/control.json, control.md and control.png. Finished batches are
+    recorded in OUTPUT as they end: an interrupted run resumes when the same command is run again.
+    Every setting is a flag below (from ControlEvalConfig).
 
     Args:
-        output: output folder (locked while the command runs; its files are replaced).
+        output: output folder (locked while the command runs; its report files are replaced).
+        overwrite: discard the answers recorded in OUTPUT instead of resuming them.
         no_progress: no progress bar.
     """
     from autodeco.common.runlock import run_lock
@@ -28,7 +30,7 @@ def control_eval(output: str = "runs/control", no_progress: bool = False, **sett
     with config_errors(ControlEvalConfig, FLAGS):
         config = ControlEvalConfig(**settings)
     with run_lock(output, "control-eval"):
-        result = control_evaluation(config, progress=not no_progress)
+        result = control_evaluation(config, output=output, overwrite=overwrite, progress=not no_progress)
         files = write_control_report(output, result)
     print(control_table(result))
     goal = result["goal"]

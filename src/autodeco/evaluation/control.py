@@ -19,13 +19,17 @@ prompts too, with the same seeds, and the accuracy difference gets a paired inte
 control must not cost accuracy when no command is given.
 
 :func:`control_evaluation` returns a JSON-ready dict; :mod:`autodeco.views.control` renders it.
+Given a run folder it records every finished batch there (``control_run.json`` holds the settings,
+``progress.jsonl`` the answers), so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 from collections.abc import Sequence
+from pathlib import Path
 
 from autodeco.common.seeds import derived_seed
 from autodeco.evaluation.metrics import BOOTSTRAP_RESAMPLES, paired_bootstrap
@@ -36,6 +40,12 @@ CONDITIONS = ("none", LOW, HIGH)
 
 DISTINCT_NGRAM = 2
 """n of the distinct-n diversity ratio (distinct token bigrams over all bigrams of the K answers)."""
+
+RUN_FILE = "control_run.json"
+"""The settings of a run folder's measurement (a resumed run must match them)."""
+
+PROGRESS_FILE = "progress.jsonl"
+"""One line per finished batch of questions, heads and prompt kind (what a resumed run skips)."""
 
 GOAL_MOVED_SHARE = 0.95
 """The share of questions that must move the commanded way, for T and for P, in both directions."""
@@ -133,11 +143,16 @@ def moved_share(without: dict[str, float], with_command: dict[str, float], direc
 # ----------------------------------------------------------------------------------------- the run
 
 
-def control_evaluation(config: ControlEvalConfig, *, progress: bool = True) -> dict:
+def control_evaluation(
+    config: ControlEvalConfig, *, output: str | os.PathLike | None = None, overwrite: bool = False, progress: bool = True,
+) -> dict:
     """Answer every question with and without decoding commands and summarise how T, P and the answers change.
 
     Args:
         config: what to measure.
+        output: run folder to record finished batches in (and resume from); None: nothing is recorded. The caller
+            holds its lock.
+        overwrite: discard the batches recorded in ``output`` instead of resuming them.
         progress: show progress bars.
 
     Returns:
@@ -165,20 +180,54 @@ def control_evaluation(config: ControlEvalConfig, *, progress: bool = True) -> d
     commands = {kind: [phrasings.eval[kind][index % len(phrasings.eval[kind])] for index in range(len(problems))]
                 for kind in DIRECTIONS}
     runs = [("heads", loaded, CONDITIONS)] + ([("compare", compared, ("none",))] if compared is not None else [])
-    questions = _answer_all(config, problems, commands, runs, progress)
-    result = summarise(questions, resamples=config.resamples, seed=config.seed)
     from autodeco.common.fingerprint import tensors_fingerprint
 
-    result["settings"] = {
+    settings = {
         **dataclasses.asdict(config),
         "heads": reference, "model": loaded.description,
         "heads_fingerprint": tensors_fingerprint(loaded.model.head_state_dict()),
         "compare_heads": compare_reference if compared is not None else None,
+        "compare_heads_fingerprint": tensors_fingerprint(compared.model.head_state_dict()) if compared is not None else None,
         "phrasings": phrasings.source, "phrasings_fingerprint": phrasings.fingerprint,
         "eval_phrasings": {kind: list(phrasings.eval[kind]) for kind in DIRECTIONS},
         "distinct_ngram": DISTINCT_NGRAM,
     }
+    record = _Progress(output, settings, [problem.id for problem in problems], overwrite) if output is not None else None
+    questions = _answer_all(config, problems, commands, runs, progress, record)
+    result = summarise(questions, resamples=config.resamples, seed=config.seed)
+    result["settings"] = settings
     return result
+
+
+_NOT_AFFECTING_ANSWERS = ("resamples", "heads", "compare_heads", "phrasings", "data_dir", "model")
+"""Settings a resumed run may change: the bootstrap (only the summary reads it) and paths (their content is
+compared through the fingerprints and the problems' ids)."""
+
+
+class _Progress:
+    """A run folder's record of finished batches: what to skip on resume, and where new ones go."""
+
+    def __init__(self, output: str | os.PathLike, settings: dict, problem_ids: list[str], overwrite: bool):
+        from autodeco.common.jsonl import check_resume_config, read_jsonl_tolerant, write_json_atomic
+
+        self.folder = Path(output)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            for name in (RUN_FILE, PROGRESS_FILE):
+                (self.folder / name).unlink(missing_ok=True)
+        comparable = {key: value for key, value in settings.items() if key not in _NOT_AFFECTING_ANSWERS}
+        comparable["problem_ids"] = problem_ids
+        fix = "choose another --output or pass --overwrite to start again"
+        if not check_resume_config(self.folder / RUN_FILE, comparable, what="control-eval run", fix=fix):
+            (self.folder / PROGRESS_FILE).unlink(missing_ok=True)  # answers of an unrecorded run cannot be trusted
+            write_json_atomic(self.folder / RUN_FILE, comparable)
+        self.done = {(row["start"], row["run"], row["condition"]): row["values"]
+                     for row in read_jsonl_tolerant(self.folder / PROGRESS_FILE)}
+
+    def add(self, start: int, run: str, condition: str, values: list[dict]) -> None:
+        from autodeco.common.jsonl import append_jsonl
+
+        append_jsonl(self.folder / PROGRESS_FILE, [{"start": start, "run": run, "condition": condition, "values": values}])
 
 
 def _load(heads: str | None, base: str | None, llm=None):
@@ -197,7 +246,7 @@ def _load(heads: str | None, base: str | None, llm=None):
     return LoadedModel(model, None, f"{model.config.base_model_name_or_path} + heads from {reference}"), reference
 
 
-def _answer_all(config: ControlEvalConfig, problems, commands, runs, progress: bool) -> list[dict]:
+def _answer_all(config: ControlEvalConfig, problems, commands, runs, progress: bool, record: _Progress | None) -> list[dict]:
     from tqdm.auto import tqdm
 
     from autodeco.problems.answers import score
@@ -218,6 +267,12 @@ def _answer_all(config: ControlEvalConfig, problems, commands, runs, progress: b
         seed = derived_seed("control-eval", config.seed, problems[start].id)  # one seed for every paired run
         for name, loaded, conditions in runs:
             for condition in conditions:
+                stored = record.done.get((start, name, condition)) if record is not None else None
+                if stored is not None and len(stored) == len(rows):
+                    for row, values in zip(rows, stored):
+                        questions[row][name][condition] = values
+                    bar.update(len(rows))
+                    continue
                 prompts = [
                     problems[row].prompt() if condition == "none" else append_command(problems[row].prompt(), commands[condition][row])
                     for row in rows
@@ -227,6 +282,8 @@ def _answer_all(config: ControlEvalConfig, problems, commands, runs, progress: b
                 for row, samples in zip(rows, completions):
                     scored = [score(sample.text, problems[row].answer, config.scorer) for sample in samples]
                     questions[row][name][condition] = _question_values(samples, scored)
+                if record is not None:
+                    record.add(start, name, condition, [questions[row][name][condition] for row in rows])
                 bar.update(len(rows))
     bar.close()
     for question in questions:

@@ -31,6 +31,12 @@ CONTROL_TARGETS = {"joint": ("temperature", "top-p"), "temperature": ("temperatu
 CONTROL_TOP_P_SCALES = ("logit", "probability")
 """Scales the decoding-control ranking loss can compare mean top-p values on."""
 
+CONTROL_PAIRINGS = ("one", "both")
+"""How many commanded copies a paired example gets: one (low or high at random) or both (a low and a high one)."""
+
+CONTROL_TEMPERATURE_SCALES = ("linear", "log")
+"""Scales the decoding-control ranking loss can compare mean temperatures on."""
+
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 """Dtypes for the base model (``auto``: the checkpoint's). The heads always train in float32."""
 
@@ -182,6 +188,18 @@ class TrainConfig:
     """Decoding control: rank P's mean on the ``logit`` scale (log(P / (1 - P)); its gradient does not vanish when
     the top-p head saturates near P = 1, as it does on the embedded model) or as the ``probability`` itself."""
 
+    control_pairing: str = "one"
+    """Decoding control: a paired example gets ``one`` commanded copy (low or high at random) or ``both`` (a low and a
+    high one, in the same micro-batch: what the ranking loss asks of the two cancels out wherever the heads cannot tell
+    the commands apart, so it cannot drift the heads' values of plain prompts; three rows per example instead of two)."""
+
+    control_top_p_margin: float | None = None
+    """Decoding control: the margin (>= 0) of the top-p part, in ``control_top_p_scale`` units; None: ``control_margin``."""
+
+    control_temperature_scale: str = "linear"
+    """Decoding control: rank T's mean as it is (``linear``) or its ``log``, where the margin is a ratio: margin 0.5
+    asks a low-diversity command for at most exp(-0.5) = 0.61 times the plain mean T and a high one for 1.65 times."""
+
     control_phrasings: str | None = None
     """Decoding control: JSON file of command phrasings (``low``/``high``, each with ``train`` and ``eval`` lists);
     None: the built-in list. Training uses only the ``train`` lists."""
@@ -228,6 +246,14 @@ class TrainConfig:
             raise ValueError(f"control_weight must be a finite number >= 0, got {self.control_weight}")
         _check_choice("control_heads", self.control_heads, MODES)
         _check_choice("control_top_p_scale", self.control_top_p_scale, CONTROL_TOP_P_SCALES)
+        _check_choice("control_temperature_scale", self.control_temperature_scale, CONTROL_TEMPERATURE_SCALES)
+        _check_choice("control_pairing", self.control_pairing, CONTROL_PAIRINGS)
+        if self.control_top_p_margin is not None and not (
+            math.isfinite(self.control_top_p_margin) and self.control_top_p_margin >= 0
+        ):
+            raise ValueError(
+                f"control_top_p_margin must be a finite number >= 0 (or None: control_margin), got {self.control_top_p_margin}"
+            )
         if not self.control_enabled:
             return
         trained = {"joint": {"temperature", "top-p"}, "temperature": {"temperature"}, "top-p": {"top-p"}}[self.mode]
@@ -241,6 +267,12 @@ class TrainConfig:
         from autodeco.training.control import load_phrasings
 
         load_phrasings(self.control_phrasings)  # an empty or malformed file fails here, before any model loads
+
+    @property
+    def control_margins(self) -> dict[str, float]:
+        """The ranking loss's margin of each prediction, ``{"temperature": ..., "top-p": ...}``, on its own scale."""
+        top_p = self.control_margin if self.control_top_p_margin is None else self.control_top_p_margin
+        return {"temperature": self.control_margin, "top-p": top_p}
 
     @property
     def control_enabled(self) -> bool:

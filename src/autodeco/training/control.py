@@ -167,9 +167,32 @@ def control_choice(seed: int, epoch: int, example_index: int, share: float, phra
         >>> control_choice(0, 0, 3, 0.0, phrasings) is None
         True
     """
+    choices = control_choices(seed, epoch, example_index, share, phrasings)
+    return choices[0] if choices else None
+
+
+def control_choices(
+    seed: int, epoch: int, example_index: int, share: float, phrasings: ControlPhrasings, *, both: bool = False,
+) -> tuple[ControlChoice, ...]:
+    """The commands example ``example_index`` of ``epoch`` is paired with: none, one, or (``both``) a low and a high one.
+
+    With probability ``share`` the example is paired. Then, by default, with one command whose kind
+    is low or high with equal probability (:func:`control_choice`); with ``both``, with one command of
+    each kind, so that what the ranking loss asks of the two copies cancels out wherever the heads
+    cannot tell the commands apart. Phrasings are drawn uniformly from the kind's training list.
+    A pure function of its arguments.
+
+    Example:
+        >>> [choice.kind for choice in control_choices(0, 0, 3, 1.0, load_phrasings(), both=True)]
+        ['low', 'high']
+    """
     generator = random.Random(derived_seed("control", seed, epoch, example_index))
     if not generator.random() < share:
-        return None
-    kind = LOW if generator.random() < 0.5 else HIGH
-    options = phrasings.train[kind]
-    return ControlChoice(kind, options[generator.randrange(len(options))])
+        return ()
+    if both:
+        kinds = (LOW, HIGH)
+    else:
+        kinds = (LOW if generator.random() < 0.5 else HIGH,)
+    return tuple(
+        ControlChoice(kind, phrasings.train[kind][generator.randrange(len(phrasings.train[kind]))]) for kind in kinds
+    )

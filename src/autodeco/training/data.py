@@ -28,7 +28,7 @@ import torch
 from autodeco.common.seeds import derived_seed
 from autodeco.core.losses import IGNORE_INDEX
 from autodeco.training.config import BAD_LINE_CHOICES, OVERLONG_CHOICES  # noqa: F401  (re-exported)
-from autodeco.training.control import ControlChoice, ControlPhrasings, append_command, control_choice
+from autodeco.training.control import ControlChoice, ControlPhrasings, append_command, control_choices
 
 REQUIRED_FIELDS = ("prompt", "completion")
 """Fields every line must hold, as non-empty strings."""
@@ -332,36 +332,37 @@ def build_training_set(
 
 
 class CommandedExamples:
-    """The decoding-control partner of each training example: the same completion under a commanded prompt.
+    """The decoding-control partners of each training example: the same completion under commanded prompts.
 
-    ``pairs(epoch, index)`` gives ``(choice, example)`` when :func:`~autodeco.training.control.control_choice`
-    pairs that example with a command (and the commanded prompt leaves room for a completion token
-    within ``max_length``), else None. Tokenized partners are cached per (example, phrasing).
+    ``pairs(epoch, index)`` lists ``(choice, example)`` for each command
+    :func:`~autodeco.training.control.control_choices` pairs that example with (none, one, or with
+    ``both`` a low and a high one) whose commanded prompt leaves room for a completion token within
+    ``max_length``. Tokenized partners are cached per (example, phrasing).
 
     Example:
         >>> from autodeco.training.control import load_phrasings
         >>> pairs = CommandedExamples(None, [], load_phrasings(), share=0.0, seed=0, max_length=64)
-        >>> pairs(0, 0) is None  # share 0: never paired (no example or tokenizer is touched)
-        True
+        >>> pairs(0, 0)  # share 0: never paired (no example or tokenizer is touched)
+        []
     """
 
     def __init__(
         self, tokenizer, examples: list[TrainingExample], phrasings: ControlPhrasings, *, share: float, seed: int,
-        max_length: int,
+        max_length: int, both: bool = False,
     ):
         self.tokenizer, self.examples, self.phrasings = tokenizer, examples, phrasings
-        self.share, self.seed, self.max_length = share, seed, max_length
+        self.share, self.seed, self.max_length, self.both = share, seed, max_length, both
         self._cache: dict[tuple[int, str], TrainingExample | None] = {}
 
-    def __call__(self, epoch: int, index: int) -> tuple[ControlChoice, TrainingExample] | None:
-        choice = control_choice(self.seed, epoch, index, self.share, self.phrasings)
-        if choice is None:
-            return None
-        key = (index, choice.phrasing)
-        if key not in self._cache:
-            self._cache[key] = commanded_example(self.tokenizer, self.examples[index], choice.phrasing, self.max_length)
-        example = self._cache[key]
-        return None if example is None else (choice, example)
+    def __call__(self, epoch: int, index: int) -> list[tuple[ControlChoice, TrainingExample]]:
+        pairs = []
+        for choice in control_choices(self.seed, epoch, index, self.share, self.phrasings, both=self.both):
+            key = (index, choice.phrasing)
+            if key not in self._cache:
+                self._cache[key] = commanded_example(self.tokenizer, self.examples[index], choice.phrasing, self.max_length)
+            if self._cache[key] is not None:
+                pairs.append((choice, self._cache[key]))
+        return pairs
 
 
 def commanded_example(tokenizer, example: TrainingExample, command: str, max_length: int) -> TrainingExample | None:

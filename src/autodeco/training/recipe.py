@@ -138,6 +138,9 @@ class MicroBatchLosses:
 LOGIT_EPSILON = 1e-7
 """P is clamped to [1e-7, 1 - 1e-7] before its logit (float32 rounds a sigmoid to exactly 1 beyond a logit of ~17)."""
 
+LOG_FLOOR = 1e-6
+"""Mean temperatures are clamped to at least this before their log (``control_temperature_scale="log"``)."""
+
 
 @dataclasses.dataclass
 class ControlLosses:
@@ -194,9 +197,11 @@ def control_losses(temperature: torch.Tensor, top_p: torch.Tensor, batch: dict, 
         temperature, top_p: ``(B + A, L)`` the heads' predictions for the plain and the commanded rows.
         batch: with ``labels`` ``(B + A, L)``, ``control_rows`` ``(A,)`` (the plain row of each
             commanded row ``B + a``) and ``control_directions`` ``(A,)`` (-1 low, +1 high).
-        config: ``control_margin``, ``control_weight``, ``control_heads``, ``control_top_p_scale``.
+        config: ``control_margin``, ``control_top_p_margin``, ``control_weight``, ``control_heads``,
+            ``control_top_p_scale``, ``control_temperature_scale``.
 
-    The gaps and hinges of P are on ``control_top_p_scale`` (logit units by default).
+    The gaps and hinges of P are on ``control_top_p_scale`` (logit units by default), those of T on
+    ``control_temperature_scale`` (the mean itself by default, or its log).
     """
     from autodeco.training.config import CONTROL_TARGETS
 
@@ -208,11 +213,14 @@ def control_losses(temperature: torch.Tensor, top_p: torch.Tensor, batch: dict, 
     targets = CONTROL_TARGETS[config.control_heads]
     if config.control_top_p_scale == "logit":  # log(P / (1 - P)): no vanishing gradient where the head saturates
         top_p = torch.logit(top_p.double(), eps=LOGIT_EPSILON)
+    margins = config.control_margins
     parts = {}
     for name, values in (("temperature", temperature), ("top-p", top_p)):
         command_means = losses.completion_means(values[plain:].float(), labels[plain:])  # (A,)
         plain_means = losses.completion_means(values[:plain].float(), labels[:plain])[rows]  # (A,)
-        hinge = losses.ranking_loss(command_means, plain_means, directions.float(), margin=config.control_margin)
+        if name == "temperature" and config.control_temperature_scale == "log":  # the log of each mean: a ratio
+            command_means, plain_means = command_means.clamp(min=LOG_FLOOR).log(), plain_means.clamp(min=LOG_FLOOR).log()
+        hinge = losses.ranking_loss(command_means, plain_means, directions.float(), margin=margins[name])
         gap = directions.float() * (command_means - plain_means).detach()  # (A,)
         parts[name] = (hinge, gap)
     total = sum(parts[name][0].sum() for name in targets) * config.control_weight
@@ -378,11 +386,14 @@ def _train_locked(config: TrainConfig, accelerator, *, overwrite: bool, progress
 
         phrasings = load_phrasings(config.control_phrasings)
         control = CommandedExamples(
-            tokenizer, examples, phrasings, share=config.control_share, seed=config.seed, max_length=config.max_length
+            tokenizer, examples, phrasings, share=config.control_share, seed=config.seed, max_length=config.max_length,
+            both=config.control_pairing == "both",
         )
-        _say(accelerator, f"decoding control: {config.control_share:.0%} of examples paired with a command from "
-                          f"{phrasings.source} (margin {config.control_margin}, weight {config.control_weight}, "
-                          f"ranking {config.control_heads})")
+        _say(accelerator, f"decoding control: {config.control_share:.0%} of examples paired with "
+                          f"{'a low and a high command' if config.control_pairing == 'both' else 'a command'} from "
+                          f"{phrasings.source} (margins: T {config.control_margins['temperature']} on the "
+                          f"{config.control_temperature_scale} scale, P {config.control_margins['top-p']} on the "
+                          f"{config.control_top_p_scale} scale; weight {config.control_weight}, ranking {config.control_heads})")
 
     with base_loading(accelerator):
         model = load_model(config, settings["base"])
@@ -497,13 +508,12 @@ def make_micro_batch(
 ) -> dict[str, torch.Tensor]:
     """Collate ``(epoch, index)`` items into a padded batch with their easy-token draws, on ``device``.
 
-    With ``control``, each item it pairs with a command adds its commanded copy as a row after the
+    With ``control``, each command it pairs an item with adds a commanded copy as a row after the
     ``B`` plain rows, and the batch gains ``control_rows`` ``(A,)`` (each copy's plain row) and
     ``control_directions`` ``(A,)`` (-1 low, +1 high). ``drop_draws`` stays ``(B, L - 1)``.
     """
     chosen: list[TrainingExample] = [examples[index] for _, index in items]
-    pairs = [(row, control(epoch, index)) for row, (epoch, index) in enumerate(items)] if control is not None else []
-    pairs = [(row, pair) for row, pair in pairs if pair is not None]
+    pairs = [(row, pair) for row, (epoch, index) in enumerate(items) for pair in control(epoch, index)] if control else []
     batch = collate(chosen + [example for _, (_, example) in pairs], pad_id)
     draws = [drop_draws(seed, epoch, index, examples[index].input_ids.shape[0]) for epoch, index in items]
     batch["drop_draws"] = collate_drop_draws(draws, batch["input_ids"].shape[1])

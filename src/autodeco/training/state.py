@@ -54,6 +54,7 @@ split of the global batch (compared as ``global_batch_size``)."""
 
 CONTROL_SETTINGS = (
     "control_share", "control_margin", "control_weight", "control_heads", "control_top_p_scale", "control_phrasings",
+    "control_top_p_margin", "control_temperature_scale", "control_pairing",
 )
 """The decoding-control fields of :class:`TrainConfig`, recorded only when the option is on."""
 
