@@ -190,8 +190,9 @@ class TrainConfig:
 
     control_pairing: str = "one"
     """Decoding control: a paired example gets ``one`` commanded copy (low or high at random) or ``both`` (a low and a
-    high one, in the same micro-batch: what the ranking loss asks of the two cancels out wherever the heads cannot tell
-    the commands apart, so it cannot drift the heads' values of plain prompts; three rows per example instead of two)."""
+    high one, in the same micro-batch, so that what the ranking loss asks of the two copies pulls opposite ways wherever
+    the heads cannot tell the commands apart; three rows per example instead of two). On the embedded model it did not
+    stop the plain prompts' values from drifting (see the control checkpoint's model card)."""
 
     control_top_p_margin: float | None = None
     """Decoding control: the margin (>= 0) of the top-p part, in ``control_top_p_scale`` units; None: ``control_margin``."""

@@ -178,8 +178,8 @@ def control_choices(
 
     With probability ``share`` the example is paired. Then, by default, with one command whose kind
     is low or high with equal probability (:func:`control_choice`); with ``both``, with one command of
-    each kind, so that what the ranking loss asks of the two copies cancels out wherever the heads
-    cannot tell the commands apart. Phrasings are drawn uniformly from the kind's training list.
+    each kind, so that what the ranking loss asks of the two copies pulls opposite ways wherever the
+    heads cannot tell the commands apart. Phrasings are drawn uniformly from the kind's training list.
     A pure function of its arguments.
 
     Example:

@@ -513,7 +513,7 @@ def make_micro_batch(
     ``control_directions`` ``(A,)`` (-1 low, +1 high). ``drop_draws`` stays ``(B, L - 1)``.
     """
     chosen: list[TrainingExample] = [examples[index] for _, index in items]
-    pairs = [(row, pair) for row, (epoch, index) in enumerate(items) for pair in control(epoch, index)] if control else []
+    pairs = [(row, pair) for row, (epoch, index) in enumerate(items) for pair in control(epoch, index)] if control is not None else []
     batch = collate(chosen + [example for _, (_, example) in pairs], pad_id)
     draws = [drop_draws(seed, epoch, index, examples[index].input_ids.shape[0]) for epoch, index in items]
     batch["drop_draws"] = collate_drop_draws(draws, batch["input_ids"].shape[1])
