@@ -137,6 +137,9 @@ def test_control_choice_is_a_function_of_seed_epoch_and_index_and_uses_training_
      r"pass --control-heads temperature"),
     ({"control_share": 0.5, "mode": "top-p", "control_heads": "temperature"},
      r"ranks the temperature predictions, but mode 'top-p' disables the temperature head"),
+    ({"control_share": 0.5, "control_anchor_weight": -1.0}, r"control_anchor_weight must be a finite number >= 0, got -1.0"),
+    ({"control_anchor": "shipped:smollm2-135m-instruct"},
+     r"control_anchor 'shipped:smollm2-135m-instruct' keeps .* but decoding control is off; pass --control-share above 0"),
 ])
 def test_control_settings_are_validated(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -169,6 +172,41 @@ def test_control_losses_use_each_scale_and_margin_on_hand_built_values():
     assert linear.control_margins == {"temperature": 0.1, "top-p": 0.1}  # one margin for both by default
     result = recipe.control_losses(temperature.detach(), top_p, batch, linear)
     assert result.temperature_loss_sum == pytest.approx(0.0 + 0.0, abs=1e-6)  # 0.5 <= 0.7 and 1.2 >= 0.9 hold
+
+
+def test_anchor_loss_is_the_plain_rows_mean_squared_distance_on_the_ranking_scales():
+    """Per row, the mean over its completion positions of the squared differences; rows without one count for nothing."""
+    from types import SimpleNamespace
+
+    ignored = losses.IGNORE_INDEX
+    # row 0 predicts at positions 0 and 1, row 1 at position 0, row 2 nowhere
+    labels = torch.tensor([[ignored, 5, 6], [ignored, 5, ignored], [ignored, ignored, ignored]])
+    temperature = torch.tensor([[0.5, 1.0, 9.0], [0.8, 9.0, 9.0], [9.0, 9.0, 9.0]], requires_grad=True)
+    anchor_temperature = torch.tensor([[1.0, 1.0, 0.1], [0.4, 0.1, 0.1], [0.1, 0.1, 0.1]])
+    top_p = torch.sigmoid(torch.tensor([[0.0, 1.0, 5.0], [2.0, 5.0, 5.0], [5.0, 5.0, 5.0]]))
+    anchor_top_p = torch.sigmoid(torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+    config = TrainConfig(data=["t.jsonl"], output_dir="run", control_share=1.0, control_temperature_scale="log",
+                         control_anchor="unused", control_anchor_weight=2.0)
+    both = SimpleNamespace(enable_temperature_head=True, enable_top_p_head=True)
+    result = recipe.anchor_loss(temperature, top_p, anchor_temperature, anchor_top_p, labels, both, config)
+    log2 = math.log(2.0) ** 2  # (log 0.5 - log 1)^2 and (log 0.8 - log 0.4)^2
+    assert result.rows == 2
+    assert float(result.total.detach()) == pytest.approx(2.0 * ((log2 + 1.0) / 2 + (log2 + 4.0)), rel=1e-5, abs=1e-6)
+    result.total.backward()
+    assert temperature.grad[0, 0] < 0 and temperature.grad[1, 0] > 0  # descent moves each T towards the anchor's
+    assert temperature.grad[0, 1] == 0 and temperature.grad[:, 2].abs().sum() == 0 and temperature.grad[2].abs().sum() == 0
+
+    only_temperature = SimpleNamespace(enable_temperature_head=True, enable_top_p_head=False)
+    linear = dataclasses.replace(config, control_temperature_scale="linear", control_anchor_weight=1.0)
+    result = recipe.anchor_loss(temperature.detach(), top_p, anchor_temperature, anchor_top_p, labels, only_temperature, linear)
+    assert float(result.total) == pytest.approx(0.5**2 / 2 + 0.4**2, rel=1e-5, abs=1e-6)  # P is not anchored
+    probability = dataclasses.replace(linear, control_top_p_scale="probability")
+    only_top_p = SimpleNamespace(enable_temperature_head=False, enable_top_p_head=True)
+    result = recipe.anchor_loss(temperature.detach(), top_p, anchor_temperature, anchor_top_p, labels, only_top_p, probability)
+    expected = (float(top_p[0, 0] - anchor_top_p[0, 0]) ** 2 / 2 + float(top_p[1, 0] - anchor_top_p[1, 0]) ** 2)
+    assert float(result.total) == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    assert float(recipe.anchor_loss(anchor_temperature, anchor_top_p, anchor_temperature, anchor_top_p, labels, both,
+                                    config).total) == 0.0
 
 
 def test_a_bad_phrasing_file_fails_when_the_config_is_made(tmp_path):
@@ -250,26 +288,31 @@ def test_pairs_are_the_same_however_the_global_batch_is_split(tokenizer, tmp_pat
     assert whole["drop_draws"].shape == (len(items), whole["input_ids"].shape[1] - 1)
 
 
-@pytest.mark.parametrize("scale", ["logit", "probability"])
-def test_gradient_with_control_is_the_mean_over_pairs_added_to_the_paper_losses(tokenizer, tiny_chat_model_dir, tmp_path, scale):
-    """Four micro-batches of one give the gradient of the whole batch's paper losses + weight x mean ranking loss."""
+@pytest.mark.parametrize("scale, anchored", [("logit", False), ("probability", False), ("logit", True)])
+def test_gradient_with_control_is_the_mean_over_pairs_added_to_the_paper_losses(
+    tokenizer, tiny_chat_model_dir, tmp_path, scale, anchored
+):
+    """Four micro-batches of one give the gradient of the whole batch's paper losses + weight x mean ranking loss
+    (+ anchor weight x the plain rows' mean anchor loss)."""
     from autodeco.model.modeling import AutoDecoForCausalLM
 
     examples, _ = build_training_set([write_sums(tmp_path / "t.jsonl")], tokenizer, max_length=128)
     config = TrainConfig(data=["unused"], output_dir="unused", control_share=0.7, control_margin=0.3, control_weight=2.0,
-                         control_top_p_scale=scale)
+                         control_top_p_scale=scale, control_anchor="unused" if anchored else None, control_anchor_weight=0.5)
     pairs = CommandedExamples(tokenizer, examples, load_phrasings(), share=0.7, seed=0, max_length=128)
     model = AutoDecoForCausalLM.from_base(str(tiny_chat_model_dir), seed=0)
+    anchor = AutoDecoForCausalLM.from_base(model.llm, seed=1) if anchored else None  # other heads on the same base
     parameters = recipe.trainable_parameters(model)
     items = [(0, index) for index in (3, 0, 7, 5)]
     singles = [recipe.make_micro_batch(examples, [item], tokenizer.pad_token_id, 0, "cpu", pairs) for item in items]
-    temperature_gradient, top_p_gradient, control_gradient, statistics = recipe.accumulate_gradients(
-        model, parameters, singles, config
+    temperature_gradient, top_p_gradient, control_gradient, anchor_gradient, statistics = recipe.accumulate_gradients(
+        model, parameters, singles, config, anchor
     )
     values = dict(zip(recipe.STATISTICS, statistics.tolist()))
     assert 1 <= values["control_pairs"] < 4 and control_gradient.abs().sum() > 0
+    assert values["anchor_rows"] == (4 if anchored else 0) and (anchor_gradient.abs().sum() > 0) == anchored
     combined = recipe.combine_gradients(temperature_gradient, values["kept_tokens"], top_p_gradient, values["top_p_tokens"],
-                                        control_gradient, values["control_pairs"])
+                                        control_gradient, values["control_pairs"], anchor_gradient, values["anchor_rows"])
 
     whole = recipe.make_micro_batch(examples, items, tokenizer.pad_token_id, 0, "cpu", pairs)
     output = model(input_ids=whole["input_ids"], attention_mask=whole["attention_mask"])
@@ -284,6 +327,12 @@ def test_gradient_with_control_is_the_mean_over_pairs_added_to_the_paper_losses(
         command_means = losses.completion_means(values_[plain:], labels[plain:])
         plain_means = losses.completion_means(values_[:plain], labels[:plain])[rows]
         loss = loss + 2.0 * losses.ranking_loss(command_means, plain_means, directions, margin=0.3).mean()
+    if anchored:
+        with torch.no_grad():
+            anchor_output = anchor(input_ids=whole["input_ids"][:plain], attention_mask=whole["attention_mask"][:plain])
+        squared = (output.temperature[:plain] - anchor_output.temperature).square()
+        squared = squared + (torch.logit(output.top_p[:plain]) - torch.logit(anchor_output.top_p)).square()
+        loss = loss + 0.5 * losses.completion_means(squared, labels[:plain]).mean()
     reference = torch.cat([gradient.reshape(-1) for gradient in torch.autograd.grad(loss, parameters)])
     torch.testing.assert_close(combined.float(), reference, rtol=1e-5, atol=1e-8)
 
@@ -337,6 +386,72 @@ def test_tiny_end_to_end_train_with_control_then_control_eval(tiny_chat_model_di
     assert "| none (baseline) |" in markdown and "Goal check" in markdown
     assert (output / "control.png").read_bytes()[:4] == b"\x89PNG"
     assert "low diversity" in capsys.readouterr().out
+
+
+def _plain_means(heads, tokenizer, examples):
+    """Teacher-forced completion means of log T and logit P of each example without a command."""
+    from autodeco.model.modeling import AutoDecoForCausalLM
+    from autodeco.training.data import collate
+
+    model = AutoDecoForCausalLM.from_pretrained(heads).eval()
+    batch = collate(examples, tokenizer.pad_token_id)
+    with torch.no_grad():
+        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return (losses.completion_means(output.temperature.log(), batch["labels"]),
+            losses.completion_means(torch.logit(output.top_p.double()).float(), batch["labels"]))
+
+
+def test_an_anchor_keeps_the_plain_values_near_its_own_while_control_trains(tiny_chat_model_dir, tokenizer, tmp_path):
+    from autodeco.model.modeling import AutoDecoForCausalLM
+    from autodeco.training.recipe import train_heads
+    from autodeco.training.state import check_stored_settings, run_settings
+
+    data = write_sums(tmp_path / "t.jsonl")
+    examples, _ = build_training_set([data], tokenizer, max_length=128)
+    AutoDecoForCausalLM.from_base(str(tiny_chat_model_dir), seed=3).save_pretrained(tmp_path / "start")
+    common = {"data": [str(data)], "base": str(tiny_chat_model_dir), "heads": str(tmp_path / "start"), "max_steps": 6,
+              "learning_rate": 1e-2, "warmup_steps": 0, "per_device_batch_size": 4, "log_every": 1, "save_every": 100,
+              "control_share": 1.0, "control_margin": 1.0, "control_temperature_scale": "log"}
+    anchored = TrainConfig(**common, output_dir=str(tmp_path / "anchored"), control_anchor=str(tmp_path / "start"),
+                           control_anchor_weight=100.0)
+    for config in (TrainConfig(**common, output_dir=str(tmp_path / "free")), anchored):
+        train_heads(config, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "anchored" / "log.jsonl").read_text().splitlines()]
+    assert rows[0]["anchor_loss"] == pytest.approx(0.0, abs=1e-9)  # the run starts at the anchor
+    assert all(row["anchor_loss"] > 0 for row in rows[1:])
+    for row in rows:
+        assert row["loss"] == pytest.approx(row["temperature_loss"] + row["top_p_loss"] + row["control_loss"] + row["anchor_loss"])
+    start = _plain_means(tmp_path / "start", tokenizer, examples)
+    drift = {}
+    for name in ("free", "anchored"):
+        trained = _plain_means(tmp_path / name / "heads", tokenizer, examples)
+        drift[name] = sum(float((after - before).abs().mean()) for after, before in zip(trained, start))
+    assert drift["anchored"] < 0.5 * drift["free"], drift
+
+    from autodeco.common.fingerprint import tensors_fingerprint
+    from autodeco.model.checkpoint import read_checkpoint
+
+    recorded = run_settings(anchored, 1)["control_anchor_fingerprint"]
+    assert recorded == tensors_fingerprint(read_checkpoint(tmp_path / "start").head_tensors)
+    assert "control_anchor" not in run_settings(TrainConfig(**common, output_dir="x"), 1)  # recorded as before the option
+    other = AutoDecoForCausalLM.from_base(str(tiny_chat_model_dir), seed=4)
+    other.save_pretrained(tmp_path / "start")  # the same path now holds other heads: resuming is refused
+    with pytest.raises(ValueError, match="control_anchor_fingerprint"):
+        check_stored_settings(tmp_path / "anchored", run_settings(anchored, 1))
+
+
+def test_an_anchor_without_a_head_this_run_trains_is_refused(tiny_chat_model_dir, tmp_path):
+    from autodeco.model.modeling import AutoDecoForCausalLM
+
+    model = AutoDecoForCausalLM.from_base(str(tiny_chat_model_dir), seed=0)
+    AutoDecoForCausalLM.from_base(model.llm, enable_top_p_head=False, seed=1).save_pretrained(tmp_path / "t-only")
+    config = TrainConfig(data=["t.jsonl"], output_dir="run", control_share=1.0, control_anchor=str(tmp_path / "t-only"))
+    with pytest.raises(ValueError, match=r"disable the top-p head that this run trains.*leave --control-anchor out"):
+        recipe.load_anchor(config, model, "cpu")
+    only_temperature = dataclasses.replace(config, mode="temperature", control_heads="temperature")
+    model.config.enable_top_p_head = False
+    anchor = recipe.load_anchor(only_temperature, model, "cpu")
+    assert anchor.llm is model.llm and not any(parameter.requires_grad for parameter in anchor.temp_head.parameters())
 
 
 def test_control_eval_pairs_runs_with_the_same_seed(tiny_chat_model_dir, tmp_path, monkeypatch):

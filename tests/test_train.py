@@ -109,7 +109,7 @@ def test_gradient_is_the_mean_over_kept_tokens_of_the_global_batch(train_file, t
     parameters = recipe.trainable_parameters(model)
     items = [(0, index) for index in (3, 0, 7, 5)]
     singles = [recipe.make_micro_batch(examples, [item], tokenizer.pad_token_id, config.seed, "cpu") for item in items]
-    temperature_gradient, top_p_gradient, _, statistics = recipe.accumulate_gradients(model, parameters, singles, config)
+    temperature_gradient, top_p_gradient, _, _, statistics = recipe.accumulate_gradients(model, parameters, singles, config)
     values = dict(zip(recipe.STATISTICS, statistics.tolist()))
     assert 0 < values["kept_tokens"] < values["top_p_tokens"] == values["positions"]  # some easy tokens were dropped
     combined = recipe.combine_gradients(temperature_gradient, values["kept_tokens"], top_p_gradient, values["top_p_tokens"])

@@ -51,10 +51,16 @@ def write_data(path: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("control", [{}, {"control_share": 0.5, "control_margin": 0.2}], ids=["plain", "decoding-control"])
+@pytest.mark.parametrize("control", [
+    {}, {"control_share": 0.5, "control_margin": 0.2}, {"control_share": 0.5, "control_margin": 0.2, "control_anchor": "anchor"},
+], ids=["plain", "decoding-control", "decoding-control-anchored"])
 def test_two_processes_train_the_same_heads_as_one(tiny_chat_model_dir, tmp_path, control):
-    """With decoding control, each commanded copy rides with its plain example wherever the split puts it."""
+    """With decoding control, each commanded copy rides with its plain example wherever the split puts it; an
+    anchor's gradient is reduced with the others."""
     data = write_data(tmp_path / "trajectories.jsonl")
+    if "control_anchor" in control:  # heads other than the run's fresh ones, so the anchor loss is not 0
+        AutoDecoForCausalLM.from_base(str(tiny_chat_model_dir), seed=7).save_pretrained(tmp_path / "anchor")
+        control = {**control, "control_anchor": str(tmp_path / "anchor")}
     common = {
         "data": [str(data)], "base": str(tiny_chat_model_dir), "max_steps": 3, "learning_rate": 1e-3,
         "warmup_steps": 0, "per_device_batch_size": 1, "save_every": 100, "log_every": 1, "easy_token_drop": 0.6,
@@ -90,3 +96,6 @@ def test_two_processes_train_the_same_heads_as_one(tiny_chat_model_dir, tmp_path
     if control:
         assert sum(row["control_pairs"] for row in rows_one) > 0
         assert [row["control_pairs"] for row in rows_one] == [row["control_pairs"] for row in rows_two]
+    if "control_anchor" in control:
+        assert all(row["anchor_loss"] > 0 for row in rows_one)
+        assert [row["anchor_loss"] for row in rows_one] == pytest.approx([row["anchor_loss"] for row in rows_two], rel=1e-6)

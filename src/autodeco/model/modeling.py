@@ -43,6 +43,7 @@ class AutoDecoOutput(ModelOutput):
         temperature_loss, top_p_loss: each head's loss.
         logits: ``(B, L, V)`` the base model's unscaled logits.
         temperature, top_p: ``(B, L)`` per-position predictions (1.0 for a disabled head).
+        head_input: ``(B, L, H)`` the final hidden states the heads read (what other heads would read too).
         cache / past_key_values: the base model's cache, under the name the installed transformers
             uses for it (``cache`` from 5.24 on, ``past_key_values`` before).
     """
@@ -53,6 +54,7 @@ class AutoDecoOutput(ModelOutput):
     logits: torch.Tensor | None = None
     temperature: torch.Tensor | None = None
     top_p: torch.Tensor | None = None
+    head_input: torch.Tensor | None = None
     # The cache field follows the installed transformers, like the base model's own outputs.
     if CACHE_ARGUMENT == "cache":
         cache: Any = None
@@ -292,7 +294,8 @@ class AutoDecoForCausalLM(nn.Module):
         logits = base_output.logits  # (B, L, V)
         temperature, top_p = self.predict(capture.hidden_states, logits)  # (B, L) each
         output = AutoDecoOutput(
-            logits=logits, temperature=temperature, top_p=top_p, **{CACHE_ARGUMENT: output_cache(base_output)}
+            logits=logits, temperature=temperature, top_p=top_p, head_input=capture.hidden_states,
+            **{CACHE_ARGUMENT: output_cache(base_output)},
         )
         if labels is not None:
             parts = []

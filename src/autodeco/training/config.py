@@ -205,6 +205,15 @@ class TrainConfig:
     """Decoding control: JSON file of command phrasings (``low``/``high``, each with ``train`` and ``eval`` lists);
     None: the built-in list. Training uses only the ``train`` lists."""
 
+    control_anchor: str | None = None
+    """Decoding control: heads (a folder or ``shipped:<name>``, on the same base) whose per-token T and P on the
+    plain rows the trained heads are pulled towards, so that commands change the values but prompts without one keep
+    the anchor's; None: no anchor. Starting from the same heads (``heads``) is the natural pairing."""
+
+    control_anchor_weight: float = 1.0
+    """Decoding control: weight (>= 0) of the anchor loss, the plain rows' mean squared distance to the anchor's
+    predictions (T on ``control_temperature_scale``, P on ``control_top_p_scale``), averaged over plain rows."""
+
     def __post_init__(self):
         self.data = [str(path) for path in ([self.data] if isinstance(self.data, (str, os.PathLike)) else self.data)]
         if not self.data:
@@ -255,7 +264,14 @@ class TrainConfig:
             raise ValueError(
                 f"control_top_p_margin must be a finite number >= 0 (or None: control_margin), got {self.control_top_p_margin}"
             )
+        if not (math.isfinite(self.control_anchor_weight) and self.control_anchor_weight >= 0):
+            raise ValueError(f"control_anchor_weight must be a finite number >= 0, got {self.control_anchor_weight}")
         if not self.control_enabled:
+            if self.control_anchor is not None:
+                raise ValueError(
+                    f"control_anchor {self.control_anchor!r} keeps the plain prompts' values while decoding control "
+                    "trains, but decoding control is off; pass --control-share above 0, or leave --control-anchor out"
+                )
             return
         trained = {"joint": {"temperature", "top-p"}, "temperature": {"temperature"}, "top-p": {"top-p"}}[self.mode]
         for head in sorted(set(CONTROL_TARGETS[self.control_heads]) - trained):

@@ -15,7 +15,9 @@ the gradient reduced by hand so that it is *exactly* the one-process gradient of
 * with decoding control on (``control_share > 0``, PAPER.md section 7), a paired example's
   commanded copy rides in the same micro-batch as the plain example (rows after the plain ones);
   the paper's losses see the plain rows only, and the ranking loss's summed gradient and pair
-  count are reduced like the others and added as ``grad_C / pairs``.
+  count are reduced like the others and added as ``grad_C / pairs``. With an anchor
+  (``control_anchor``), the plain rows' distance to the anchor heads' predictions (computed on the
+  same hidden states) adds ``grad_A / rows`` the same way.
 
 No ``DistributedDataParallel`` wrapper is involved (it would average one loss per process), so a
 frozen base needs no ``find_unused_parameters``. Under DeepSpeed ZeRO-3 (an ``accelerate`` config
@@ -104,10 +106,12 @@ def learning_rate_at(step: int, *, peak: float, warmup_steps: int, total_steps: 
 def combine_gradients(
     temperature_gradient: torch.Tensor, temperature_count: float, top_p_gradient: torch.Tensor, top_p_count: float,
     control_gradient: torch.Tensor | None = None, control_pairs: float = 0.0,
+    anchor_gradient: torch.Tensor | None = None, anchor_rows: float = 0.0,
 ) -> torch.Tensor:
-    """``grad_T / count_T + grad_P / count_P (+ grad_C / pairs)``: each loss averaged over its own tokens (or pairs).
+    """``grad_T / count_T + grad_P / count_P (+ grad_C / pairs + grad_A / rows)``: each loss averaged over its own
+    tokens (or pairs, or plain rows).
 
-    A loss with no kept token (or no pair) contributes nothing (its summed gradient is 0 anyway).
+    A loss with no kept token (or no pair, or no row) contributes nothing (its summed gradient is 0 anyway).
 
     Example:
         >>> combine_gradients(torch.tensor([4.0]), 2, torch.tensor([3.0]), 3)
@@ -118,6 +122,8 @@ def combine_gradients(
     combined = temperature_gradient / max(temperature_count, 1.0) + top_p_gradient / max(top_p_count, 1.0)
     if control_gradient is not None:
         combined = combined + control_gradient / max(control_pairs, 1.0)
+    if anchor_gradient is not None:
+        combined = combined + anchor_gradient / max(anchor_rows, 1.0)
     return combined
 
 
@@ -133,6 +139,8 @@ class MicroBatchLosses:
     """``(N,)`` predicted P at the same positions (detached)."""
     control: ControlLosses | None = None
     """The decoding-control ranking loss of the micro-batch's pairs (None: no pair in it)."""
+    anchor: AnchorLoss | None = None
+    """The plain rows' distance to the anchor heads (None: no anchor)."""
 
 
 LOGIT_EPSILON = 1e-7
@@ -159,13 +167,24 @@ class ControlLosses:
     top_p_moved: int
 
 
-def micro_batch_losses(model, batch: dict[str, torch.Tensor], config: TrainConfig) -> MicroBatchLosses:
+@dataclasses.dataclass
+class AnchorLoss:
+    """The plain rows' distance to the anchor heads' predictions in one micro-batch."""
+
+    total: torch.Tensor
+    """Scalar: ``control_anchor_weight`` x the sum over plain rows of their mean squared distance; carries the gradient."""
+    rows: int
+    """Plain rows with at least one completion token."""
+
+
+def micro_batch_losses(model, batch: dict[str, torch.Tensor], config: TrainConfig, anchor=None) -> MicroBatchLosses:
     """Forward one micro-batch and compute the enabled heads' loss sums (the loss step).
 
     Args:
         model: an ``AutoDecoForCausalLM``.
         batch: ``input_ids``, ``attention_mask``, ``labels`` ``(B, L)`` and ``drop_draws`` ``(B, L - 1)``.
         config: the loss settings.
+        anchor: the ``control_anchor`` heads (an ``AutoDecoForCausalLM`` on the same base), or None.
     """
     output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     plain = batch["drop_draws"].shape[0]  # B: the rows after them are commanded copies (decoding control)
@@ -184,10 +203,52 @@ def micro_batch_losses(model, batch: dict[str, torch.Tensor], config: TrainConfi
         )
     predicting = labels[:, 1:] != losses.IGNORE_INDEX  # (B, L-1): positions whose next token is labelled
     control = control_losses(output.temperature, output.top_p, batch, config) if "control_rows" in batch else None
+    anchored = None
+    if anchor is not None:
+        with torch.no_grad():
+            anchor_temperature, anchor_top_p = anchor.predict(output.head_input[:plain], logits)
+        anchored = anchor_loss(temperature, top_p, anchor_temperature, anchor_top_p, labels, model.config, config)
     return MicroBatchLosses(
         temperature_sum, top_p_sum,
-        temperature[:, :-1][predicting].detach().float(), top_p[:, :-1][predicting].detach().float(), control,
+        temperature[:, :-1][predicting].detach().float(), top_p[:, :-1][predicting].detach().float(), control, anchored,
     )
+
+
+def anchor_loss(
+    temperature: torch.Tensor, top_p: torch.Tensor, anchor_temperature: torch.Tensor, anchor_top_p: torch.Tensor,
+    labels: torch.Tensor, heads, config: TrainConfig,
+) -> AnchorLoss:
+    """The plain rows' distance to the anchor heads: per row, the mean over its completion positions of the squared
+    differences of the trained heads' values (T on ``control_temperature_scale``, P on ``control_top_p_scale``).
+
+    Args:
+        temperature, top_p: ``(B, L)`` the trained heads' predictions on the plain rows.
+        anchor_temperature, anchor_top_p: ``(B, L)`` the anchor heads' predictions on the same positions.
+        labels: ``(B, L)``.
+        heads: the trained model's ``AutoDecoConfig`` (only enabled heads are anchored).
+        config: ``control_anchor_weight`` and the two scales.
+    """
+    squared = torch.zeros_like(temperature, dtype=torch.float32)
+    if heads.enable_temperature_head:
+        squared = squared + (_on_temperature_scale(temperature, config) - _on_temperature_scale(anchor_temperature, config)).square()
+    if heads.enable_top_p_head:
+        squared = squared + (_on_top_p_scale(top_p, config) - _on_top_p_scale(anchor_top_p, config)).square()
+    rows = (labels[:, 1:] != losses.IGNORE_INDEX).any(dim=-1)  # (B,)
+    total = losses.completion_means(squared, labels)[rows].sum() * config.control_anchor_weight
+    return AnchorLoss(total=total, rows=int(rows.sum()))
+
+
+def _on_temperature_scale(values: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """Temperatures on ``control_temperature_scale``: as they are, or their log (floored at ``LOG_FLOOR``); float32."""
+    values = values.float()
+    return values.clamp(min=LOG_FLOOR).log() if config.control_temperature_scale == "log" else values
+
+
+def _on_top_p_scale(values: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """Top-p values on ``control_top_p_scale``: their logit (taken in float64, clamped by ``LOGIT_EPSILON``) or as they are."""
+    if config.control_top_p_scale == "logit":
+        return torch.logit(values.double(), eps=LOGIT_EPSILON).float()
+    return values.float()
 
 
 def control_losses(temperature: torch.Tensor, top_p: torch.Tensor, batch: dict, config: TrainConfig) -> ControlLosses | None:
@@ -211,15 +272,14 @@ def control_losses(temperature: torch.Tensor, top_p: torch.Tensor, batch: dict, 
     plain = temperature.shape[0] - rows.shape[0]
     labels = batch["labels"]
     targets = CONTROL_TARGETS[config.control_heads]
-    if config.control_top_p_scale == "logit":  # log(P / (1 - P)): no vanishing gradient where the head saturates
-        top_p = torch.logit(top_p.double(), eps=LOGIT_EPSILON)
+    top_p = _on_top_p_scale(top_p, config)  # logit by default: no vanishing gradient where the head saturates
     margins = config.control_margins
     parts = {}
     for name, values in (("temperature", temperature), ("top-p", top_p)):
         command_means = losses.completion_means(values[plain:].float(), labels[plain:])  # (A,)
         plain_means = losses.completion_means(values[:plain].float(), labels[:plain])[rows]  # (A,)
-        if name == "temperature" and config.control_temperature_scale == "log":  # the log of each mean: a ratio
-            command_means, plain_means = command_means.clamp(min=LOG_FLOOR).log(), plain_means.clamp(min=LOG_FLOOR).log()
+        if name == "temperature":  # the log of each mean on the log scale: a ratio
+            command_means, plain_means = _on_temperature_scale(command_means, config), _on_temperature_scale(plain_means, config)
         hinge = losses.ranking_loss(command_means, plain_means, directions.float(), margin=margins[name])
         gap = directions.float() * (command_means - plain_means).detach()  # (A,)
         parts[name] = (hinge, gap)
@@ -238,38 +298,43 @@ STATISTICS = (
     "temperature_sum", "temperature_square_sum", "top_p_sum", "top_p_square_sum", "positions",
     "control_loss_sum", "control_pairs", "control_temperature_loss_sum", "control_top_p_loss_sum",
     "control_temperature_gap_sum", "control_top_p_gap_sum", "control_temperature_moved", "control_top_p_moved",
+    "anchor_loss_sum", "anchor_rows",
 )
 """The per-step sums reduced across processes with the gradients (float64)."""
 
 
-def accumulate_gradients(model, parameters: list[torch.Tensor], micro_batches: list[dict], config: TrainConfig):
+def accumulate_gradients(
+    model, parameters: list[torch.Tensor], micro_batches: list[dict], config: TrainConfig, anchor=None
+):
     """Summed gradients of each loss and the statistics over this process's micro-batches.
 
     Returns:
-        ``(temperature_gradient (P,), top_p_gradient (P,), control_gradient (P,), statistics (len(STATISTICS),))``,
-        float64, with ``P`` the number of trained parameters (``control_gradient`` is 0 without decoding control).
+        ``(temperature_gradient (P,), top_p_gradient (P,), control_gradient (P,), anchor_gradient (P,),
+        statistics (len(STATISTICS),))``, float64, with ``P`` the number of trained parameters
+        (``control_gradient`` is 0 without decoding control, ``anchor_gradient`` without an anchor).
     """
     size = sum(parameter.numel() for parameter in parameters)
     device = parameters[0].device
     temperature_gradient = torch.zeros(size, dtype=torch.float64, device=device)
     top_p_gradient = torch.zeros(size, dtype=torch.float64, device=device)
     control_gradient = torch.zeros(size, dtype=torch.float64, device=device)
+    anchor_gradient = torch.zeros(size, dtype=torch.float64, device=device)
     statistics = torch.zeros(len(STATISTICS), dtype=torch.float64, device=device)
     slot = {name: index for index, name in enumerate(STATISTICS)}
     for batch in micro_batches:
-        result = micro_batch_losses(model, batch, config)
-        later = [result.top_p is not None, result.control is not None]  # losses still to differentiate
+        result = micro_batch_losses(model, batch, config, anchor)
+        later = [result.top_p is not None, result.control is not None, result.anchor is not None]  # still to differentiate
         if result.temperature is not None:
             temperature_gradient += _flat_gradient(result.temperature.total, parameters, retain_graph=any(later))
             statistics[slot["temperature_loss_sum"]] += result.temperature.total.detach().double()
             statistics[slot["kept_tokens"]] += result.temperature.count.double()
         if result.top_p is not None:
-            top_p_gradient += _flat_gradient(result.top_p.total, parameters, retain_graph=later[1])
+            top_p_gradient += _flat_gradient(result.top_p.total, parameters, retain_graph=any(later[1:]))
             statistics[slot["top_p_loss_sum"]] += result.top_p.total.detach().double()
             statistics[slot["top_p_tokens"]] += result.top_p.count.double()
         if result.control is not None:
             control = result.control
-            control_gradient += _flat_gradient(control.total, parameters, retain_graph=False)
+            control_gradient += _flat_gradient(control.total, parameters, retain_graph=later[2])
             for name, value in (
                 ("control_loss_sum", float(control.total.detach())), ("control_pairs", control.pairs),
                 ("control_temperature_loss_sum", control.temperature_loss_sum),
@@ -278,13 +343,17 @@ def accumulate_gradients(model, parameters: list[torch.Tensor], micro_batches: l
                 ("control_temperature_moved", control.temperature_moved), ("control_top_p_moved", control.top_p_moved),
             ):
                 statistics[slot[name]] += value
+        if result.anchor is not None:
+            anchor_gradient += _flat_gradient(result.anchor.total, parameters, retain_graph=False)
+            statistics[slot["anchor_loss_sum"]] += float(result.anchor.total.detach())
+            statistics[slot["anchor_rows"]] += result.anchor.rows
         temperatures, top_ps = result.temperatures.double(), result.top_ps.double()
         statistics[slot["temperature_sum"]] += temperatures.sum()
         statistics[slot["temperature_square_sum"]] += temperatures.square().sum()
         statistics[slot["top_p_sum"]] += top_ps.sum()
         statistics[slot["top_p_square_sum"]] += top_ps.square().sum()
         statistics[slot["positions"]] += temperatures.numel()
-    return temperature_gradient, top_p_gradient, control_gradient, statistics
+    return temperature_gradient, top_p_gradient, control_gradient, anchor_gradient, statistics
 
 
 def _flat_gradient(loss: torch.Tensor, parameters: list[torch.Tensor], retain_graph: bool) -> torch.Tensor:
@@ -297,12 +366,13 @@ def _flat_gradient(loss: torch.Tensor, parameters: list[torch.Tensor], retain_gr
     ])
 
 
-def step_metrics(statistics: torch.Tensor, *, control: bool = False) -> dict[str, float]:
+def step_metrics(statistics: torch.Tensor, *, control: bool = False, anchor: bool = False) -> dict[str, float]:
     """Losses, token counts and the mean/std of T and P from the reduced statistics of one step.
 
     With ``control``, ``loss`` includes the weighted ranking loss, logged on its own as ``control_loss``
     next to its unweighted parts, the pair count, the mean gaps ``direction * (commanded - plain)``
-    of T and P, and the shares of pairs that moved the commanded way.
+    of T and P, and the shares of pairs that moved the commanded way. With ``anchor``, ``loss`` also
+    includes the weighted anchor loss (per plain row), logged as ``anchor_loss``.
     """
     values = dict(zip(STATISTICS, statistics.tolist()))
     positions = max(values["positions"], 1.0)
@@ -320,8 +390,11 @@ def step_metrics(statistics: torch.Tensor, *, control: bool = False) -> dict[str
         "control_temperature_moved": values["control_temperature_moved"] / pairs,
         "control_top_p_moved": values["control_top_p_moved"] / pairs,
     } if control else {}
+    if anchor:
+        control_metrics["anchor_loss"] = values["anchor_loss_sum"] / max(values["anchor_rows"], 1.0)
     return {
-        "loss": temperature_loss + top_p_loss + control_metrics.get("control_loss", 0.0),
+        "loss": temperature_loss + top_p_loss + control_metrics.get("control_loss", 0.0)
+        + control_metrics.get("anchor_loss", 0.0),
         "temperature_loss": temperature_loss,
         "top_p_loss": top_p_loss,
         "kept_tokens": int(values["kept_tokens"]),
@@ -403,6 +476,7 @@ def _train_locked(config: TrainConfig, accelerator, *, overwrite: bool, progress
         state.prepare_output(output, {**settings, "num_examples": len(examples), "total_steps": total_steps})
     if uses_deepspeed(accelerator):
         _say(accelerator, partition_summary(model, accelerator, partitioned_while_loading))
+    anchor = load_anchor(config, model, accelerator.device) if config.control_anchor is not None else None
     parameters = trainable_parameters(model)
     optimizer = torch.optim.AdamW(
         parameters, lr=config.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPSILON, weight_decay=config.weight_decay
@@ -416,7 +490,7 @@ def _train_locked(config: TrainConfig, accelerator, *, overwrite: bool, progress
         truncate_log(output, start_step)  # lines a killed run wrote after its last checkpoint
     last_log = run_loop(
         model, optimizer, parameters, examples, tokenizer, config, accelerator,
-        start_step=start_step, total_steps=total_steps, progress=progress, control=control,
+        start_step=start_step, total_steps=total_steps, progress=progress, control=control, anchor=anchor,
     )
     if accelerator.is_main_process:
         state.save_final_heads(model, output, settings, report, total_steps, last_log)
@@ -430,7 +504,7 @@ def _train_locked(config: TrainConfig, accelerator, *, overwrite: bool, progress
 
 def run_loop(
     model, optimizer, parameters, examples, tokenizer, config, accelerator, *, start_step, total_steps, progress,
-    control: CommandedExamples | None = None,
+    control: CommandedExamples | None = None, anchor=None,
 ):
     """The training loop: for each step, build this process's micro-batches, reduce the gradient, step."""
     from tqdm.auto import tqdm
@@ -447,7 +521,7 @@ def run_loop(
             schedule=config.schedule,
         )
         started = time.perf_counter()
-        metrics = optimizer_step(model, optimizer, parameters, micro_batches, config, accelerator, learning_rate)
+        metrics = optimizer_step(model, optimizer, parameters, micro_batches, config, accelerator, learning_rate, anchor)
         metrics["step_seconds"] = round(time.perf_counter() - started, 4)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", T=f"{metrics['temperature_mean']:.3f}", P=f"{metrics['top_p_mean']:.3f}")
@@ -462,19 +536,15 @@ def run_loop(
     return last_log
 
 
-def optimizer_step(model, optimizer, parameters, micro_batches, config, accelerator, learning_rate) -> dict:
+def optimizer_step(model, optimizer, parameters, micro_batches, config, accelerator, learning_rate, anchor=None) -> dict:
     """Accumulate, all-reduce and combine the gradient, clip it, and take one AdamW step."""
-    temperature_gradient, top_p_gradient, control_gradient, statistics = accumulate_gradients(
-        model, parameters, micro_batches, config
-    )
-    size = temperature_gradient.numel()
-    packed = accelerator.reduce(
-        torch.cat([temperature_gradient, top_p_gradient, control_gradient, statistics]), reduction="sum"
-    )
-    values = dict(zip(STATISTICS, packed[3 * size :].tolist()))
+    gradients = accumulate_gradients(model, parameters, micro_batches, config, anchor)
+    size = gradients[0].numel()
+    packed = accelerator.reduce(torch.cat(gradients), reduction="sum")
+    values = dict(zip(STATISTICS, packed[4 * size :].tolist()))
     gradient = combine_gradients(
         packed[:size], values["kept_tokens"], packed[size : 2 * size], values["top_p_tokens"],
-        packed[2 * size : 3 * size], values["control_pairs"],
+        packed[2 * size : 3 * size], values["control_pairs"], packed[3 * size : 4 * size], values["anchor_rows"],
     )
     offset = 0
     for parameter in parameters:
@@ -486,7 +556,7 @@ def optimizer_step(model, optimizer, parameters, micro_batches, config, accelera
         group["lr"] = learning_rate
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return step_metrics(packed[3 * size :], control=config.control_enabled)
+    return step_metrics(packed[4 * size :], control=config.control_enabled, anchor=anchor is not None)
 
 
 def local_micro_batches(
@@ -637,6 +707,27 @@ def load_model(config: TrainConfig, base: str):
     model.config.enable_top_p_head = config.mode in ("joint", "top-p")
     model.config.trained = False
     return model
+
+
+def load_anchor(config: TrainConfig, model, device):
+    """The ``control_anchor`` heads on the trained model's base (shared, not loaded again), frozen, on ``device``.
+
+    Raises:
+        ValueError: the anchor disables a head this run trains.
+        CheckpointError: the anchor is missing, corrupt, or made for another base.
+    """
+    from autodeco.model.modeling import AutoDecoForCausalLM
+
+    anchor = AutoDecoForCausalLM.from_pretrained(config.control_anchor, base_model=model.llm)
+    for head, flag in (("temperature", "enable_temperature_head"), ("top-p", "enable_top_p_head")):
+        if getattr(model.config, flag) and not getattr(anchor.config, flag):
+            raise ValueError(
+                f"the anchor heads {config.control_anchor!r} disable the {head} head that this run trains, so they "
+                f"predict no {head} to keep; choose anchor heads trained with both heads, or leave --control-anchor out"
+            )
+    anchor.temp_head.to(device).requires_grad_(False).eval()
+    anchor.top_p_head.to(device).requires_grad_(False).eval()
+    return anchor
 
 
 def trainable_parameters(model) -> list[torch.Tensor]:

@@ -46,15 +46,15 @@ STATE_FORMAT = 1
 
 _NOT_AFFECTING_RESULT = {
     "data", "output_dir", "save_every", "keep_last", "log_every", "per_device_batch_size",
-    "gradient_accumulation_steps", "control_phrasings",
+    "gradient_accumulation_steps", "control_phrasings", "control_anchor",
 }
-"""Settings a resumed run may change: paths (the data and the phrasings are compared by content), bookkeeping, and the
+"""Settings a resumed run may change: paths (the data, the phrasings and the anchor are compared by content), bookkeeping, and the
 split of the global batch (compared as ``global_batch_size``)."""
 
 
 CONTROL_SETTINGS = (
     "control_share", "control_margin", "control_weight", "control_heads", "control_top_p_scale", "control_phrasings",
-    "control_top_p_margin", "control_temperature_scale", "control_pairing",
+    "control_top_p_margin", "control_temperature_scale", "control_pairing", "control_anchor", "control_anchor_weight",
 )
 """The decoding-control fields of :class:`TrainConfig`, recorded only when the option is on."""
 
@@ -92,6 +92,11 @@ def run_settings(config: TrainConfig, num_processes: int) -> dict[str, Any]:
 
         phrasings = load_phrasings(config.control_phrasings)
         settings.update(control_phrasings=phrasings.source, control_phrasings_fingerprint=phrasings.fingerprint)
+        if config.control_anchor is not None:
+            settings["control_anchor_fingerprint"] = _heads_fingerprint(config.control_anchor)
+        else:  # no anchor: recorded as before the option existed, so older control runs still resume
+            settings.pop("control_anchor")
+            settings.pop("control_anchor_weight")
     else:  # decoding control off: recorded as before the option existed, so older runs still resume
         for name in CONTROL_SETTINGS:
             settings.pop(name)
