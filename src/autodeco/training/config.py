@@ -186,7 +186,8 @@ class TrainConfig:
 
     control_top_p_scale: str = "logit"
     """Decoding control: rank P's mean on the ``logit`` scale (log(P / (1 - P)); its gradient does not vanish when
-    the top-p head saturates near P = 1, as it does on the embedded model) or as the ``probability`` itself."""
+    the top-p head saturates near P = 1, as it does on the embedded model) or as the ``probability`` itself (what
+    control-eval measures; the shipped control checkpoint uses it, with an anchor)."""
 
     control_pairing: str = "one"
     """Decoding control: a paired example gets ``one`` commanded copy (low or high at random) or ``both`` (a low and a
