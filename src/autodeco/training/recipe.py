@@ -230,7 +230,8 @@ def anchor_loss(
     """
     squared = torch.zeros_like(temperature, dtype=torch.float32)
     if heads.enable_temperature_head:
-        squared = squared + (_on_temperature_scale(temperature, config) - _on_temperature_scale(anchor_temperature, config)).square()
+        difference = _on_temperature_scale(temperature, config) - _on_temperature_scale(anchor_temperature, config)
+        squared = squared + difference.square()
     if heads.enable_top_p_head:
         squared = squared + (_on_top_p_scale(top_p, config) - _on_top_p_scale(anchor_top_p, config)).square()
     rows = (labels[:, 1:] != losses.IGNORE_INDEX).any(dim=-1)  # (B,)
@@ -279,7 +280,8 @@ def control_losses(temperature: torch.Tensor, top_p: torch.Tensor, batch: dict, 
         command_means = losses.completion_means(values[plain:].float(), labels[plain:])  # (A,)
         plain_means = losses.completion_means(values[:plain].float(), labels[:plain])[rows]  # (A,)
         if name == "temperature":  # the log of each mean on the log scale: a ratio
-            command_means, plain_means = _on_temperature_scale(command_means, config), _on_temperature_scale(plain_means, config)
+            command_means = _on_temperature_scale(command_means, config)
+            plain_means = _on_temperature_scale(plain_means, config)
         hinge = losses.ranking_loss(command_means, plain_means, directions.float(), margin=margins[name])
         gap = directions.float() * (command_means - plain_means).detach()  # (A,)
         parts[name] = (hinge, gap)
@@ -380,7 +382,7 @@ def step_metrics(statistics: torch.Tensor, *, control: bool = False, anchor: boo
     top_p_loss = values["top_p_loss_sum"] / max(values["top_p_tokens"], 1.0)
     temperature_mean, top_p_mean = values["temperature_sum"] / positions, values["top_p_sum"] / positions
     pairs = max(values["control_pairs"], 1.0)
-    control_metrics = {
+    option_metrics = {  # decoding control's (and the anchor's) own metrics
         "control_loss": values["control_loss_sum"] / pairs,
         "control_pairs": int(values["control_pairs"]),
         "control_temperature_loss": values["control_temperature_loss_sum"] / pairs,
@@ -391,10 +393,9 @@ def step_metrics(statistics: torch.Tensor, *, control: bool = False, anchor: boo
         "control_top_p_moved": values["control_top_p_moved"] / pairs,
     } if control else {}
     if anchor:
-        control_metrics["anchor_loss"] = values["anchor_loss_sum"] / max(values["anchor_rows"], 1.0)
+        option_metrics["anchor_loss"] = values["anchor_loss_sum"] / max(values["anchor_rows"], 1.0)
     return {
-        "loss": temperature_loss + top_p_loss + control_metrics.get("control_loss", 0.0)
-        + control_metrics.get("anchor_loss", 0.0),
+        "loss": temperature_loss + top_p_loss + option_metrics.get("control_loss", 0.0) + option_metrics.get("anchor_loss", 0.0),
         "temperature_loss": temperature_loss,
         "top_p_loss": top_p_loss,
         "kept_tokens": int(values["kept_tokens"]),
@@ -403,7 +404,7 @@ def step_metrics(statistics: torch.Tensor, *, control: bool = False, anchor: boo
         "temperature_std": math.sqrt(max(values["temperature_square_sum"] / positions - temperature_mean**2, 0.0)),
         "top_p_mean": top_p_mean,
         "top_p_std": math.sqrt(max(values["top_p_square_sum"] / positions - top_p_mean**2, 0.0)),
-        **control_metrics,
+        **option_metrics,
     }
 
 
