@@ -127,7 +127,7 @@ def test_control_choice_is_a_function_of_seed_epoch_and_index_and_uses_training_
     ({"control_margin": -0.05}, r"control_margin must be a finite number >= 0, got -0.05"),
     ({"control_weight": -1.0}, r"control_weight must be a finite number >= 0, got -1.0"),
     ({"control_heads": "both"}, r"control_heads must be one of \['joint', 'temperature', 'top-p'\], got 'both'"),
-    ({"control_top_p_scale": "log"}, r"control_top_p_scale must be one of \['logit', 'probability'\], got 'log'"),
+    ({"control_top_p_scale": "log"}, r"control_top_p_scale must be one of \['logit', 'probability', 'bounded'\], got 'log'"),
     ({"control_top_p_margin": -0.5}, r"control_top_p_margin must be a finite number >= 0 \(or None: control_margin\), got -0.5"),
     ({"control_top_p_margin": float("nan")}, r"control_top_p_margin must be a finite number >= 0"),
     ({"control_pairing": "two"}, r"control_pairing must be one of \['one', 'both'\], got 'two'"),
@@ -137,6 +137,8 @@ def test_control_choice_is_a_function_of_seed_epoch_and_index_and_uses_training_
      r"pass --control-heads temperature"),
     ({"control_share": 0.5, "mode": "top-p", "control_heads": "temperature"},
      r"ranks the temperature predictions, but mode 'top-p' disables the temperature head"),
+    ({"control_top_p_room": 0.0}, r"control_top_p_room must be a share in \(0, 1\], got 0.0"),
+    ({"control_top_p_room": 1.5}, r"control_top_p_room must be a share in \(0, 1\], got 1.5"),
     ({"control_share": 0.5, "control_anchor_weight": -1.0}, r"control_anchor_weight must be a finite number >= 0, got -1.0"),
     ({"control_anchor": "shipped:smollm2-135m-instruct"},
      r"control_anchor 'shipped:smollm2-135m-instruct' keeps .* but decoding control is off; pass --control-share above 0"),
@@ -207,6 +209,69 @@ def test_anchor_loss_is_the_plain_rows_mean_squared_distance_on_the_ranking_scal
     assert float(result.total) == pytest.approx(expected, rel=1e-5, abs=1e-7)
     assert float(recipe.anchor_loss(anchor_temperature, anchor_top_p, anchor_temperature, anchor_top_p, labels, both,
                                     config).total) == 0.0
+
+
+def test_bounded_top_p_scale_keeps_probability_values_with_the_logit_gradient():
+    """Values as they are; the derivative with respect to the head's pre-sigmoid output is 1, also where P saturates."""
+    config = TrainConfig(data=["t.jsonl"], output_dir="run", control_share=1.0, control_top_p_scale="bounded")
+    head_logits = torch.tensor([0.0, 3.0, 7.0], requires_grad=True)
+    top_p = torch.sigmoid(head_logits)
+    bounded = recipe._on_top_p_scale(top_p, config)
+    torch.testing.assert_close(bounded, top_p, rtol=0, atol=0)
+    bounded.sum().backward()
+    torch.testing.assert_close(head_logits.grad, torch.ones(3), rtol=1e-5, atol=1e-6)
+    head_logits.grad = None
+    recipe._on_top_p_scale(torch.sigmoid(head_logits), dataclasses.replace(config, control_top_p_scale="probability")).sum().backward()
+    assert float(head_logits.grad[2]) == pytest.approx(math.exp(-7.0) / (1 + math.exp(-7.0)) ** 2, rel=1e-4)  # ~0.0009
+
+
+def test_bounded_top_p_scale_caps_each_margin_at_a_share_of_the_room_left():
+    """At the default room share 0.5. Low pair: plain 0.9, margin min(0.1, 0.45) = 0.1; high pair: plain 0.96, margin
+    min(0.1, 0.02) = 0.02."""
+    ignored = losses.IGNORE_INDEX
+    labels = torch.tensor([[ignored, 5]] * 4)  # rows 0-1 plain, 2 the low copy of row 0, 3 the high copy of row 1
+    batch = {"labels": labels, "control_rows": torch.tensor([0, 1]), "control_directions": torch.tensor([-1, 1])}
+    temperature = torch.tensor([[0.5, 0.0], [0.5, 0.0], [0.1, 0.0], [0.9, 0.0]])  # T's order holds by its margin
+    head_logits = torch.logit(torch.tensor([[0.9, 0.0], [0.96, 0.0], [0.85, 0.0], [0.975, 0.0]], dtype=torch.float64))
+    head_logits = head_logits.float().requires_grad_()
+    config = TrainConfig(data=["t.jsonl"], output_dir="run", control_share=1.0, control_margin=0.1,
+                         control_top_p_scale="bounded", control_weight=2.0)
+    result = recipe.control_losses(temperature, torch.sigmoid(head_logits), batch, config)
+    # low: 0.85 - 0.9 + 0.1 = 0.05; high: 0.96 + 0.02 - 0.975 = 0.005
+    assert result.top_p_loss_sum == pytest.approx(0.055, rel=1e-4, abs=1e-6)
+    assert result.temperature_loss_sum == 0.0
+    result.total.backward()
+    expected = torch.tensor([[0.0, 0.0], [0.0, 0.0], [2.0, 0.0], [-2.0, 0.0]])  # the weight, straight to the logits
+    torch.testing.assert_close(head_logits.grad, expected, rtol=1e-4, atol=1e-5)
+
+    # the whole room: the high pair's margin is min(0.1, 0.04), hinge 0.96 + 0.04 - 0.975 = 0.025
+    whole_room = dataclasses.replace(config, control_top_p_room=1.0)
+    result = recipe.control_losses(temperature, torch.sigmoid(head_logits.detach()), batch, whole_room)
+    assert result.top_p_loss_sum == pytest.approx(0.05 + 0.025, rel=1e-4, abs=1e-6)
+
+    # the same values on the probability scale: the high pair's margin stays 0.1 (0.96 + 0.1 > 1 can never hold)
+    probability = dataclasses.replace(config, control_top_p_scale="probability")
+    result = recipe.control_losses(temperature, torch.sigmoid(head_logits.detach()), batch, probability)
+    assert result.top_p_loss_sum == pytest.approx(0.05 + 0.085, rel=1e-4, abs=1e-6)
+
+
+def test_bounded_anchor_gradient_is_the_probability_distance_on_the_logits():
+    ignored = losses.IGNORE_INDEX
+    labels = torch.tensor([[ignored, 5]])
+    head_logits = torch.tensor([[7.0, 0.0]], requires_grad=True)
+    anchor_top_p = torch.tensor([[0.9, 0.5]])
+    config = TrainConfig(data=["t.jsonl"], output_dir="run", control_share=1.0, control_top_p_scale="bounded",
+                         control_anchor="unused", control_anchor_weight=1.0)
+    from types import SimpleNamespace
+
+    only_top_p = SimpleNamespace(enable_temperature_head=False, enable_top_p_head=True)
+    top_p = torch.sigmoid(head_logits)
+    unused = torch.ones(1, 2)  # T: not anchored here
+    result = recipe.anchor_loss(unused, top_p, unused, anchor_top_p, labels, only_top_p, config)
+    distance = float(top_p[0, 0].detach()) - 0.9
+    assert float(result.total.detach()) == pytest.approx(distance**2, rel=1e-5, abs=1e-7)
+    result.total.backward()
+    assert float(head_logits.grad[0, 0]) == pytest.approx(2 * distance, rel=1e-4)  # not 2 x distance x P (1 - P)
 
 
 def test_a_bad_phrasing_file_fails_when_the_config_is_made(tmp_path):
@@ -288,7 +353,7 @@ def test_pairs_are_the_same_however_the_global_batch_is_split(tokenizer, tmp_pat
     assert whole["drop_draws"].shape == (len(items), whole["input_ids"].shape[1] - 1)
 
 
-@pytest.mark.parametrize("scale, anchored", [("logit", False), ("probability", False), ("logit", True)])
+@pytest.mark.parametrize("scale, anchored", [("logit", False), ("probability", False), ("logit", True), ("bounded", True)])
 def test_gradient_with_control_is_the_mean_over_pairs_added_to_the_paper_losses(
     tokenizer, tiny_chat_model_dir, tmp_path, scale, anchored
 ):
@@ -322,16 +387,22 @@ def test_gradient_with_control_is_the_mean_over_pairs_added_to_the_paper_losses(
         output.logits[:plain], output.temperature[:plain], labels[:plain], random_values=whole["drop_draws"]
     ) + losses.top_p_loss(output.logits[:plain], output.temperature[:plain], output.top_p[:plain], labels[:plain])
     rows, directions = whole["control_rows"], whole["control_directions"]
-    top_p = torch.log(output.top_p / (1 - output.top_p)) if scale == "logit" else output.top_p
+    top_p_logits = torch.log(output.top_p / (1 - output.top_p))
+    top_p = {"logit": top_p_logits, "probability": output.top_p,
+             "bounded": output.top_p.detach() + top_p_logits - top_p_logits.detach()}[scale]
     for values_ in (output.temperature, top_p):
         command_means = losses.completion_means(values_[plain:], labels[plain:])
         plain_means = losses.completion_means(values_[:plain], labels[:plain])[rows]
-        loss = loss + 2.0 * losses.ranking_loss(command_means, plain_means, directions, margin=0.3).mean()
+        margin = 0.3
+        if scale == "bounded" and values_ is top_p:  # half the room left, at most 0.3
+            margin = torch.where(directions < 0, plain_means, 1 - plain_means).detach().div(2).clamp(max=0.3)
+        loss = loss + 2.0 * losses.ranking_loss(command_means, plain_means, directions, margin=margin).mean()
     if anchored:
         with torch.no_grad():
             anchor_output = anchor(input_ids=whole["input_ids"][:plain], attention_mask=whole["attention_mask"][:plain])
         squared = (output.temperature[:plain] - anchor_output.temperature).square()
-        squared = squared + (torch.logit(output.top_p[:plain]) - torch.logit(anchor_output.top_p)).square()
+        anchor_top_p = torch.logit(anchor_output.top_p) if scale == "logit" else anchor_output.top_p
+        squared = squared + (top_p[:plain] - anchor_top_p).square()
         loss = loss + 0.5 * losses.completion_means(squared, labels[:plain]).mean()
     reference = torch.cat([gradient.reshape(-1) for gradient in torch.autograd.grad(loss, parameters)])
     torch.testing.assert_close(combined.float(), reference, rtol=1e-5, atol=1e-8)
@@ -364,6 +435,8 @@ def test_tiny_end_to_end_train_with_control_then_control_eval(tiny_chat_model_di
     train_heads(plain, progress=False)
     assert "control_loss" not in json.loads((tmp_path / "plain" / "log.jsonl").read_text().splitlines()[0])
     assert not any(key.startswith("control") for key in run_settings(plain, 1))  # recorded as before the option
+    assert "control_top_p_room" not in run_settings(controlled, 1)  # used only on the bounded scale
+    assert run_settings(dataclasses.replace(controlled, control_top_p_scale="bounded"), 1)["control_top_p_room"] == 0.5
 
     output = tmp_path / "eval"
     result = control_eval(

@@ -357,7 +357,7 @@ def ranking_loss(
     plain_means: torch.Tensor,
     directions: torch.Tensor,
     *,
-    margin: float = CONTROL_MARGIN,
+    margin: float | torch.Tensor = CONTROL_MARGIN,
     detach_plain: bool = True,
 ) -> torch.Tensor:
     """Per-pair hinge ``relu(margin - direction * (command - plain))``.
@@ -370,7 +370,7 @@ def ranking_loss(
         command_means: ``(A,)`` mean T (or P) of each answer under the prompt with the command.
         plain_means: ``(A,)`` the same answers' means without the command.
         directions: ``(A,)`` -1 (low) or +1 (high).
-        margin: the gap to reach (>= 0).
+        margin: the gap to reach (>= 0): one for all pairs, or ``(A,)``, one per pair.
         detach_plain: stop the gradient at the plain means, so the loss moves only the commanded
             predictions and the plain ones stay with the paper's losses.
 
@@ -381,7 +381,7 @@ def ranking_loss(
         >>> ranking_loss(torch.tensor([0.4, 0.75]), torch.tensor([0.7, 0.7]), torch.tensor([-1.0, 1.0]), margin=0.25)
         tensor([0.0000, 0.2000])
     """
-    if not margin >= 0:
+    if not bool((torch.as_tensor(margin) >= 0).all()):
         raise ValueError(f"margin must be >= 0, got {margin}")
     if command_means.shape != plain_means.shape or command_means.shape != directions.shape:
         raise ValueError(

@@ -28,7 +28,7 @@ SCHEDULES = ("constant", "cosine")
 CONTROL_TARGETS = {"joint": ("temperature", "top-p"), "temperature": ("temperature",), "top-p": ("top-p",)}
 """``control_heads`` value -> the predictions the decoding-control ranking loss orders."""
 
-CONTROL_TOP_P_SCALES = ("logit", "probability")
+CONTROL_TOP_P_SCALES = ("logit", "probability", "bounded")
 """Scales the decoding-control ranking loss can compare mean top-p values on."""
 
 CONTROL_PAIRINGS = ("one", "both")
@@ -186,8 +186,12 @@ class TrainConfig:
 
     control_top_p_scale: str = "logit"
     """Decoding control: rank P's mean on the ``logit`` scale (log(P / (1 - P)); its gradient does not vanish when
-    the top-p head saturates near P = 1, as it does on the embedded model) or as the ``probability`` itself (what
-    control-eval measures; the shipped control checkpoint uses it, with an anchor)."""
+    the top-p head saturates near P = 1, as it does on the embedded model), as the ``probability`` itself (what
+    control-eval measures; its gradient vanishes where the head saturates), or ``bounded``: gaps, margins and the
+    anchor's distances in probability units, each pair's margin capped at a share (``control_top_p_room``) of the
+    room its command has left (the plain mean P for a low command, 1 minus it for a high one, so every margin can be
+    met), and the gradient passed to
+    the head's logit as if P were the logit (straight through the sigmoid), so a saturated head still moves."""
 
     control_pairing: str = "one"
     """Decoding control: a paired example gets ``one`` commanded copy (low or high at random) or ``both`` (a low and a
@@ -197,6 +201,10 @@ class TrainConfig:
 
     control_top_p_margin: float | None = None
     """Decoding control: the margin (>= 0) of the top-p part, in ``control_top_p_scale`` units; None: ``control_margin``."""
+
+    control_top_p_room: float = 0.5
+    """Decoding control on the ``bounded`` P scale: the share, in (0, 1], of the room a command has left (P for a
+    low command, 1 - P for a high one) that a pair's margin may ask for; 0.5 halves the distance to 0 or 1 at most."""
 
     control_temperature_scale: str = "linear"
     """Decoding control: rank T's mean as it is (``linear``) or its ``log``, where the margin is a ratio: margin 0.5
@@ -265,6 +273,8 @@ class TrainConfig:
             raise ValueError(
                 f"control_top_p_margin must be a finite number >= 0 (or None: control_margin), got {self.control_top_p_margin}"
             )
+        if not 0.0 < self.control_top_p_room <= 1.0:
+            raise ValueError(f"control_top_p_room must be a share in (0, 1], got {self.control_top_p_room}")
         if not (math.isfinite(self.control_anchor_weight) and self.control_anchor_weight >= 0):
             raise ValueError(f"control_anchor_weight must be a finite number >= 0, got {self.control_anchor_weight}")
         if not self.control_enabled:

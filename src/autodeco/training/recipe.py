@@ -246,10 +246,27 @@ def _on_temperature_scale(values: torch.Tensor, config: TrainConfig) -> torch.Te
 
 
 def _on_top_p_scale(values: torch.Tensor, config: TrainConfig) -> torch.Tensor:
-    """Top-p values on ``control_top_p_scale``: their logit (taken in float64, clamped by ``LOGIT_EPSILON``) or as they are."""
+    """Top-p values on ``control_top_p_scale``; float32.
+
+    ``logit``: their logit (taken in float64, clamped by ``LOGIT_EPSILON``). ``probability``: as they are.
+    ``bounded``: as they are, but with the logit's gradient (a straight-through step over the head's sigmoid: the
+    derivative with respect to the head's pre-sigmoid output is 1, not ``P (1 - P)``, which vanishes near P = 1).
+    """
+    if config.control_top_p_scale == "probability":
+        return values.float()
+    logits = torch.logit(values.double(), eps=LOGIT_EPSILON).float()
     if config.control_top_p_scale == "logit":
-        return torch.logit(values.double(), eps=LOGIT_EPSILON).float()
-    return values.float()
+        return logits
+    return values.float().detach() + (logits - logits.detach())
+
+
+def _top_p_margins(plain_means: torch.Tensor, directions: torch.Tensor, margin: float, config: TrainConfig):
+    """The P margin of each pair: ``margin``, or on the ``bounded`` scale at most ``control_top_p_room`` times the
+    room its command has left (the plain mean for a low command, ``1 -`` it for a high one); ``(A,)`` or a float."""
+    if config.control_top_p_scale != "bounded":
+        return margin
+    room = torch.where(directions < 0, plain_means, 1.0 - plain_means).detach()
+    return torch.clamp(room * config.control_top_p_room, min=0.0, max=margin)
 
 
 def control_losses(temperature: torch.Tensor, top_p: torch.Tensor, batch: dict, config: TrainConfig) -> ControlLosses | None:
@@ -262,8 +279,9 @@ def control_losses(temperature: torch.Tensor, top_p: torch.Tensor, batch: dict, 
         config: ``control_margin``, ``control_top_p_margin``, ``control_weight``, ``control_heads``,
             ``control_top_p_scale``, ``control_temperature_scale``.
 
-    The gaps and hinges of P are on ``control_top_p_scale`` (logit units by default), those of T on
-    ``control_temperature_scale`` (the mean itself by default, or its log).
+    The gaps and hinges of P are on ``control_top_p_scale`` (logit units by default; on the ``bounded`` scale each
+    pair's margin is capped by :func:`_top_p_margins`), those of T on ``control_temperature_scale`` (the mean itself by
+    default, or its log).
     """
     from autodeco.training.config import CONTROL_TARGETS
 
@@ -282,7 +300,8 @@ def control_losses(temperature: torch.Tensor, top_p: torch.Tensor, batch: dict, 
         if name == "temperature":  # the log of each mean on the log scale: a ratio
             command_means = _on_temperature_scale(command_means, config)
             plain_means = _on_temperature_scale(plain_means, config)
-        hinge = losses.ranking_loss(command_means, plain_means, directions.float(), margin=margins[name])
+        margin = margins[name] if name == "temperature" else _top_p_margins(plain_means, directions, margins[name], config)
+        hinge = losses.ranking_loss(command_means, plain_means, directions.float(), margin=margin)
         gap = directions.float() * (command_means - plain_means).detach()  # (A,)
         parts[name] = (hinge, gap)
     total = sum(parts[name][0].sum() for name in targets) * config.control_weight
@@ -463,11 +482,14 @@ def _train_locked(config: TrainConfig, accelerator, *, overwrite: bool, progress
             tokenizer, examples, phrasings, share=config.control_share, seed=config.seed, max_length=config.max_length,
             both=config.control_pairing == "both",
         )
+        room = (f", at most {config.control_top_p_room:g} of the room left"
+                if config.control_top_p_scale == "bounded" else "")
         _say(accelerator, f"decoding control: {config.control_share:.0%} of examples paired with "
                           f"{'a low and a high command' if config.control_pairing == 'both' else 'a command'} from "
                           f"{phrasings.source} (margins: T {config.control_margins['temperature']} on the "
                           f"{config.control_temperature_scale} scale, P {config.control_margins['top-p']} on the "
-                          f"{config.control_top_p_scale} scale; weight {config.control_weight}, ranking {config.control_heads})")
+                          f"{config.control_top_p_scale} scale{room}; weight {config.control_weight}, "
+                          f"ranking {config.control_heads})")
 
     with base_loading(accelerator):
         model = load_model(config, settings["base"])

@@ -54,7 +54,8 @@ split of the global batch (compared as ``global_batch_size``)."""
 
 CONTROL_SETTINGS = (
     "control_share", "control_margin", "control_weight", "control_heads", "control_top_p_scale", "control_phrasings",
-    "control_top_p_margin", "control_temperature_scale", "control_pairing", "control_anchor", "control_anchor_weight",
+    "control_top_p_margin", "control_top_p_room", "control_temperature_scale", "control_pairing", "control_anchor",
+    "control_anchor_weight",
 )
 """The decoding-control fields of :class:`TrainConfig`, recorded only when the option is on."""
 
@@ -92,6 +93,8 @@ def run_settings(config: TrainConfig, num_processes: int) -> dict[str, Any]:
 
         phrasings = load_phrasings(config.control_phrasings)
         settings.update(control_phrasings=phrasings.source, control_phrasings_fingerprint=phrasings.fingerprint)
+        if config.control_top_p_scale != "bounded":  # the room is unused: recorded as before it existed
+            settings.pop("control_top_p_room")
         if config.control_anchor is not None:
             settings["control_anchor_fingerprint"] = _heads_fingerprint(config.control_anchor)
         else:  # no anchor: recorded as before the option existed, so older control runs still resume
