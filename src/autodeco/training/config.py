@@ -190,8 +190,8 @@ class TrainConfig:
     control-eval measures; its gradient vanishes where the head saturates), or ``bounded``: gaps, margins and the
     anchor's distances in probability units, each pair's margin capped at a share (``control_top_p_room``) of the
     room its command has left (the plain mean P for a low command, 1 minus it for a high one, so every margin can be
-    met), and the gradient passed to
-    the head's logit as if P were the logit (straight through the sigmoid), so a saturated head still moves."""
+    met), and the gradient passed to the head's logit as if P were the logit (straight through the sigmoid), so a
+    saturated head still moves."""
 
     control_pairing: str = "one"
     """Decoding control: a paired example gets ``one`` commanded copy (low or high at random) or ``both`` (a low and a
