@@ -455,8 +455,10 @@ def test_tiny_end_to_end_train_with_control_then_control_eval(tiny_chat_model_di
     low = result["directions"]["low"]["temperature"]
     assert low["moved"] + low["unchanged"] + low["against"] == pytest.approx(1.0)
     assert result["comparison"] is not None and "accuracy without a command" in result["goal"]["criteria"][-1]["criterion"]
+    assert set(question["same_answer"]) == {"none", "low", "high"} and "token_ids" not in question["heads"]["none"]
+    assert result["same_answer"]["generated_gap"] < 1e-4
     markdown = (output / "control.md").read_text()
-    assert "| none (baseline) |" in markdown and "Goal check" in markdown
+    assert "| none (baseline) |" in markdown and "Goal check" in markdown and "same tokens" in markdown
     assert (output / "control.png").read_bytes()[:4] == b"\x89PNG"
     assert "low diversity" in capsys.readouterr().out
 
@@ -571,7 +573,8 @@ def test_control_eval_resumes_from_its_recorded_batches(tiny_chat_model_dir, tmp
     monkeypatch.setattr(control, "_complete", killed_after_four)
     with pytest.raises(RuntimeError, match="killed"):
         control.control_evaluation(config, output=output, progress=False)
-    assert len((output / control.PROGRESS_FILE).read_text().splitlines()) == 4  # first batch's 3 prompts + 1 more
+    # the first batch's 3 prompts and its teacher-forced pass, then 1 prompt of the second batch
+    assert len((output / control.PROGRESS_FILE).read_text().splitlines()) == 5
 
     calls.clear()
     kill_after[0] = None
@@ -585,6 +588,48 @@ def test_control_eval_resumes_from_its_recorded_batches(tiny_chat_model_dir, tmp
     calls.clear()
     control.control_evaluation(changed, output=output, overwrite=True, progress=False)
     assert len(calls) == 6
+
+
+def test_control_eval_teacher_forces_the_plain_answers_with_the_values_generation_used(tiny_chat_model_dir, tmp_path):
+    """The same-answer pass: under the plain prompt it reproduces the generated means; a command changes them."""
+    from autodeco.evaluation import control
+    from autodeco.model.modeling import AutoDecoForCausalLM
+
+    heads = tmp_path / "heads"
+    AutoDecoForCausalLM.from_base(str(tiny_chat_model_dir), seed=3).save_pretrained(heads)
+    config = control.ControlEvalConfig(heads=str(heads), questions=3, samples=3, max_new_tokens=6, batch_size=2, resamples=10)
+    result = control.control_evaluation(config, progress=False)
+    for question in result["questions"]:
+        generated, forced = question["heads"]["none"], question["same_answer"]["none"]
+        assert forced["tokens"] == generated["tokens"]  # every answer token, EOS included
+        for measure in ("temperature", "top_p"):
+            assert forced[measure] == pytest.approx(generated[measure], rel=1e-4, abs=1e-5)
+        assert question["same_answer"]["low"]["tokens"] == generated["tokens"]  # the same tokens after another prompt
+        assert question["same_answer"]["low"]["temperature"] != pytest.approx(forced["temperature"], rel=1e-6, abs=1e-7)
+    same = result["same_answer"]
+    assert same["generated_gap"] < 1e-4
+    for kind in ("low", "high"):
+        entry = same[kind]["temperature"]
+        assert entry["moved"] + entry["unchanged"] + entry["against"] == pytest.approx(1.0)
+        assert entry["difference"]["mean"] == pytest.approx(entry["with"] - entry["without"], abs=1e-9)
+
+
+def test_teacher_forced_means_pool_the_answer_tokens_of_unequal_answers(tiny_chat_model_dir):
+    """Right-padded answers of different lengths: the mean is over their tokens only, pooled."""
+    from autodeco.evaluation.control import teacher_forced_means
+    from autodeco.model.base_model import load_tokenizer
+    from autodeco.model.modeling import AutoDecoForCausalLM
+
+    model = AutoDecoForCausalLM.from_base(str(tiny_chat_model_dir), seed=1).eval()
+    tokenizer = load_tokenizer(str(tiny_chat_model_dir))
+    answers = [[5, 6, 7, 8], [9, 10]]
+    pooled = teacher_forced_means(model, tokenizer, "What is 1 + 1?", answers)
+    alone = [teacher_forced_means(model, tokenizer, "What is 1 + 1?", [answer]) for answer in answers]
+    assert pooled["tokens"] == 6 and [part["tokens"] for part in alone] == [4, 2]
+    for measure in ("temperature", "top_p"):
+        expected = (4 * alone[0][measure] + 2 * alone[1][measure]) / 6
+        assert pooled[measure] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert teacher_forced_means(model, tokenizer, "What is 1 + 1?", [])["tokens"] == 0
 
 
 @pytest.mark.parametrize("overrides, message", [

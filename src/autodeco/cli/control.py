@@ -25,7 +25,7 @@ def control_eval(output: str = "runs/control", overwrite: bool = False, no_progr
     """
     from autodeco.common.runlock import run_lock
     from autodeco.evaluation.control import control_evaluation
-    from autodeco.views.control import control_table, write_control_report
+    from autodeco.views.control import control_table, same_answer_table, write_control_report
 
     with config_errors(ControlEvalConfig, FLAGS):
         config = ControlEvalConfig(**settings)
@@ -33,6 +33,10 @@ def control_eval(output: str = "runs/control", overwrite: bool = False, no_progr
         result = control_evaluation(config, output=output, overwrite=overwrite, progress=not no_progress)
         files = write_control_report(output, result)
     print(control_table(result))
+    same = same_answer_table(result)
+    if same is not None:
+        print("\nthe heads alone: the plain answers teacher-forced under each command")
+        print(same)
     goal = result["goal"]
     print(f"\ngoal met: {'yes' if goal['met'] else 'no'} "
           f"({sum(item['met'] for item in goal['criteria'])} of {len(goal['criteria'])} criteria)")

@@ -14,6 +14,12 @@ per command kind, the mean T and P without and with the command, the share of qu
 mean moved the commanded way, and paired bootstrap intervals for every difference; like the
 paper's Table 4 (N = 100).
 
+A command changes what the model writes as well as the heads' values, and a mean over different
+text can move for either reason. So the heads' own reaction is measured apart: each question's
+plain answers are teacher-forced under the three prompts, and the same shares and intervals are
+reported over those identical tokens (``same_answer``; the plain prompt's values equal the
+generated ones, up to rounding). The goal is judged on the generated answers, as the paper's table is.
+
 With ``compare_heads`` (heads trained without the option, say), those heads answer the plain
 prompts too, with the same seeds, and the accuracy difference gets a paired interval: decoding
 control must not cost accuracy when no command is given.
@@ -46,6 +52,9 @@ RUN_FILE = "control_run.json"
 
 PROGRESS_FILE = "progress.jsonl"
 """One line per finished batch of questions, heads and prompt kind (what a resumed run skips)."""
+
+SAME_ANSWER = "same-answer"
+"""The progress name of the teacher-forced pass: the heads' values on the plain answers under each prompt."""
 
 GOAL_MOVED_SHARE = 0.95
 """The share of questions that must move the commanded way, for T and for P, in both directions."""
@@ -191,6 +200,7 @@ def control_evaluation(
         "phrasings": phrasings.source, "phrasings_fingerprint": phrasings.fingerprint,
         "eval_phrasings": {kind: list(phrasings.eval[kind]) for kind in DIRECTIONS},
         "distinct_ngram": DISTINCT_NGRAM,
+        "same_answer": True,  # runs recorded before the teacher-forced pass lack the answers' token ids
     }
     record = _Progress(output, settings, [problem.id for problem in problems], overwrite) if output is not None else None
     questions = _answer_all(config, problems, commands, runs, progress, record)
@@ -260,7 +270,7 @@ def _answer_all(config: ControlEvalConfig, problems, commands, runs, progress: b
          "commands": {kind: commands[kind][index] for kind in DIRECTIONS}, "heads": {}, "compare": {}}
         for index, problem in enumerate(problems)
     ]
-    total = len(problems) * sum(len(conditions) for _, _, conditions in runs)
+    total = len(problems) * (sum(len(conditions) for _, _, conditions in runs) + 1)  # + the teacher-forced pass
     bar = tqdm(total=total, desc="control-eval", unit="question", disable=not progress)
     for start in range(0, len(problems), config.batch_size):
         rows = range(start, min(start + config.batch_size, len(problems)))
@@ -273,10 +283,7 @@ def _answer_all(config: ControlEvalConfig, problems, commands, runs, progress: b
                         questions[row][name][condition] = values
                     bar.update(len(rows))
                     continue
-                prompts = [
-                    problems[row].prompt() if condition == "none" else append_command(problems[row].prompt(), commands[condition][row])
-                    for row in rows
-                ]
+                prompts = [_prompt(problems[row], condition, commands, row) for row in rows]
                 batch = prefill(loaded.model.llm, tokenizer, [render_prompt(tokenizer, prompt) for prompt in prompts])
                 completions = _complete(loaded.model, tokenizer, batch, config, seed, DecodingSetting.autodeco())
                 for row, samples in zip(rows, completions):
@@ -285,11 +292,70 @@ def _answer_all(config: ControlEvalConfig, problems, commands, runs, progress: b
                 if record is not None:
                     record.add(start, name, condition, [questions[row][name][condition] for row in rows])
                 bar.update(len(rows))
+            if name == "heads":
+                _same_answers(loaded.model, tokenizer, problems, commands, questions, rows, start, record)
+                bar.update(len(rows))
     bar.close()
     for question in questions:
         if not question["compare"]:
             del question["compare"]
+        for values in (*question["heads"].values(), *question.get("compare", {}).values()):
+            values.pop("token_ids")  # needed only to teacher-force; the report keeps the texts
     return questions
+
+
+def _prompt(problem, condition: str, commands: dict[str, list[str]], row: int) -> str:
+    """Question ``row`` as it is (``none``) or with its command of kind ``condition`` appended."""
+    return problem.prompt() if condition == "none" else append_command(problem.prompt(), commands[condition][row])
+
+
+def _same_answers(model, tokenizer, problems, commands, questions, rows, start: int, record: _Progress | None) -> None:
+    """Teacher-force each question's plain answers under every prompt: the heads' values on identical tokens."""
+    stored = record.done.get((start, SAME_ANSWER, "all")) if record is not None else None
+    if stored is not None and len(stored) == len(rows):
+        for row, values in zip(rows, stored):
+            questions[row]["same_answer"] = values
+        return
+    for row in rows:
+        answers = questions[row]["heads"]["none"]["token_ids"]
+        questions[row]["same_answer"] = {
+            condition: teacher_forced_means(model, tokenizer, _prompt(problems[row], condition, commands, row), answers)
+            for condition in CONDITIONS
+        }
+    if record is not None:
+        record.add(start, SAME_ANSWER, "all", [questions[row]["same_answer"] for row in rows])
+
+
+def teacher_forced_means(model, tokenizer, prompt: str, answers: Sequence[Sequence[int]]) -> dict[str, float]:
+    """The heads' mean T and P over the tokens of ``answers``, each fed after ``prompt`` (chat-rendered).
+
+    The values at the positions that predict the answer tokens are the ones ``generate()`` would
+    have sampled those tokens with; they are pooled over all answers' tokens, as for generated answers.
+
+    Returns:
+        ``{"temperature", "top_p", "tokens"}`` (NaN means when the answers hold no token).
+    """
+    import torch
+
+    from autodeco.core.defaults import IGNORE_INDEX
+    from autodeco.training.data import TrainingExample, collate, pad_token_id, tokenize_prompt
+
+    answers = [list(answer) for answer in answers if len(answer)]
+    if not answers:
+        return {"temperature": float("nan"), "top_p": float("nan"), "tokens": 0}
+    prompt_ids = tokenize_prompt(tokenizer, prompt)
+    unlabelled = [IGNORE_INDEX] * len(prompt_ids)
+    examples = [TrainingExample(torch.tensor(prompt_ids + answer), torch.tensor(unlabelled + answer)) for answer in answers]
+    batch = {key: value.to(model.device) for key, value in collate(examples, pad_token_id(tokenizer)).items()}
+    with torch.no_grad():
+        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    predicting = batch["labels"][:, 1:] != IGNORE_INDEX  # (B, L-1): positions that predict an answer token
+    tokens = int(predicting.sum())
+    return {
+        "temperature": float(output.temperature[:, :-1].float()[predicting].sum()) / tokens,
+        "top_p": float(output.top_p[:, :-1].float()[predicting].sum()) / tokens,
+        "tokens": tokens,
+    }
 
 
 def _complete(model, tokenizer, batch, config: ControlEvalConfig, seed: int, setting):
@@ -313,6 +379,7 @@ def _question_values(samples, scored) -> dict:
         "distinct_ngrams": distinct_ngram_ratio([sample.token_ids for sample in samples]),
         "answers": answers,
         "texts": [sample.text for sample in samples],
+        "token_ids": [list(sample.token_ids) for sample in samples],
     }
 
 
@@ -374,10 +441,37 @@ def summarise(questions: list[dict], *, resamples: int = BOOTSTRAP_RESAMPLES, se
         "baseline": {"temperature": conditions["none"]["temperature"]["mean"], "top_p": conditions["none"]["top_p"]["mean"]},
         "directions": directions,
         "conditions": conditions,
+        "same_answer": _same_answer_summary(questions, interval),
         "comparison": comparison,
         "goal": goal_check(directions, comparison),
         "questions": questions,
     }
+
+
+def _same_answer_summary(questions: list[dict], interval) -> dict | None:
+    """Per command kind, T and P on the plain answers teacher-forced with and without it (None: not measured).
+
+    ``generated_gap`` is the largest difference, over questions, between the teacher-forced plain
+    means and the generated ones: the two compute the same values, so it shows only rounding.
+    """
+    if not questions or not all("same_answer" in question for question in questions):
+        return None
+    summary = {}
+    for kind, sign in DIRECTIONS.items():
+        entry = {}
+        for measure in ("temperature", "top_p"):
+            without = {question["id"]: question["same_answer"]["none"][measure] for question in questions}
+            with_command = {question["id"]: question["same_answer"][kind][measure] for question in questions}
+            entry[measure] = {
+                "without": statistics.fmean(without.values()), "with": statistics.fmean(with_command.values()),
+                "difference": interval(with_command, without), **moved_share(without, with_command, sign),
+            }
+        summary[kind] = entry
+    summary["generated_gap"] = max(
+        abs(question["same_answer"]["none"][measure] - question["heads"]["none"][measure])
+        for question in questions for measure in ("temperature", "top_p")
+    )
+    return summary
 
 
 def goal_check(directions: dict, comparison: dict | None) -> dict:

@@ -17,7 +17,7 @@ from typing import Any
 from autodeco.common.figures import save_png, subplots
 from autodeco.common.jsonl import write_bytes_atomic, write_text_atomic
 
-__all__ = ["control_figure", "control_markdown", "control_table", "write_control_report"]
+__all__ = ["control_figure", "control_markdown", "control_table", "same_answer_table", "write_control_report"]
 
 _PNG_DPI = 120
 _COLORS = {"low": "#2c7bb6", "high": "#d7191c"}
@@ -51,6 +51,33 @@ def control_table(result: dict[str, Any]) -> str:
             + f" | {_interval(entry[measure]['difference'])}"
             for measure in ("temperature", "top_p")
         ]
+        lines.append(f"| {kind} diversity | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def same_answer_table(result: dict[str, Any]) -> str | None:
+    """The heads' own reaction (Markdown): T and P on the plain answers teacher-forced under each command.
+
+    None when the result has no such measurement.
+
+    Example:
+        >>> entry = lambda w, c, m: {"without": w, "with": c, "moved": m, "difference": {"mean": c - w, "low": c - w, "high": c - w}}
+        >>> same = {kind: {"temperature": entry(0.5, t, 1.0), "top_p": entry(0.9, p, 0.75)}
+        ...         for kind, t, p in (("low", 0.4, 0.8), ("high", 0.6, 0.95))}
+        >>> print(same_answer_table({"num_questions": 4, "same_answer": {**same, "generated_gap": 1e-6}}).splitlines()[2])
+        | low diversity | 100 % lower | -0.100 [-0.100, -0.100] | 75 % lower | -0.100 [-0.100, -0.100] |
+    """
+    same = result.get("same_answer")
+    if same is None:
+        return None
+    lines = [
+        f"| command (N = {result['num_questions']}, same tokens) | T moved | T change [95 % CI] | P moved "
+        "| P change [95 % CI] |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, word in (("low", "lower"), ("high", "higher")):
+        cells = [f"{same[kind][measure]['moved']:.0%} {word}".replace("%", " %")
+                 + f" | {_interval(same[kind][measure]['difference'])}" for measure in ("temperature", "top_p")]
         lines.append(f"| {kind} diversity | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
@@ -96,6 +123,22 @@ def control_markdown(result: dict[str, Any], plot: str | None = "control.png") -
         "per question, then over questions; the share of questions whose mean moved the commanded way is in brackets.",
         "",
         control_table(result),
+    ]
+    same = same_answer_table(result)
+    if same is not None:
+        parts += [
+            "",
+            "## The heads alone, on the same tokens",
+            "",
+            "A command also changes what the model writes, and a mean over other tokens can move for that reason "
+            "alone. Here each question's plain answers are teacher-forced after the plain and the commanded prompts, "
+            "so both means cover identical tokens and only the heads' reaction to the command differs "
+            "(teacher-forced plain means match the generated ones within "
+            f"{result['same_answer']['generated_gap']:.1e}).",
+            "",
+            same,
+        ]
+    parts += [
         "",
         "## What the model writes",
         "",
