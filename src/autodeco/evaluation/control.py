@@ -300,7 +300,7 @@ def _answer_all(config: ControlEvalConfig, problems, commands, runs, progress: b
         if not question["compare"]:
             del question["compare"]
         for values in (*question["heads"].values(), *question.get("compare", {}).values()):
-            values.pop("token_ids")  # needed only to teacher-force; the report keeps the texts
+            values.pop("token_ids", None)  # needed only to teacher-force; the report keeps the texts
     return questions
 
 
