@@ -32,6 +32,7 @@ Given a run folder it records every finished batch there (``control_run.json`` h
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import statistics
 from collections.abc import Sequence
@@ -331,6 +332,8 @@ def teacher_forced_means(model, tokenizer, prompt: str, answers: Sequence[Sequen
 
     The values at the positions that predict the answer tokens are the ones ``generate()`` would
     have sampled those tokens with; they are pooled over all answers' tokens, as for generated answers.
+    Logits and heads are computed from the last prompt position on only (the prompt's own
+    positions predict nothing that is measured).
 
     Returns:
         ``{"temperature", "top_p", "tokens"}`` (NaN means when the answers hold no token).
@@ -347,15 +350,16 @@ def teacher_forced_means(model, tokenizer, prompt: str, answers: Sequence[Sequen
     unlabelled = [IGNORE_INDEX] * len(prompt_ids)
     examples = [TrainingExample(torch.tensor(prompt_ids + answer), torch.tensor(unlabelled + answer)) for answer in answers]
     batch = {key: value.to(model.device) for key, value in collate(examples, pad_token_id(tokenizer)).items()}
+    keep = batch["input_ids"].shape[1] - len(prompt_ids) + 1  # the last prompt position and every answer position
+    extra = {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(model.llm.forward).parameters else {}
     with torch.no_grad():
-        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    predicting = batch["labels"][:, 1:] != IGNORE_INDEX  # (B, L-1): positions that predict an answer token
+        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra)
+    predicting = batch["labels"][:, len(prompt_ids):] != IGNORE_INDEX  # (B, keep-1): those predicting an answer token
     tokens = int(predicting.sum())
     return {
-        "temperature": float(output.temperature[:, :-1].float()[predicting].sum()) / tokens,
-        "top_p": float(output.top_p[:, :-1].float()[predicting].sum()) / tokens,
-        "tokens": tokens,
-    }
+        measure: float(values[:, -keep:-1].float()[predicting].sum()) / tokens
+        for measure, values in (("temperature", output.temperature), ("top_p", output.top_p))
+    } | {"tokens": tokens}
 
 
 def _complete(model, tokenizer, batch, config: ControlEvalConfig, seed: int, setting):
@@ -416,16 +420,11 @@ def summarise(questions: list[dict], *, resamples: int = BOOTSTRAP_RESAMPLES, se
                     for measure, values in measures.items()}
         for condition, measures in by_condition.items()
     }
-    directions = {}
-    for kind, sign in DIRECTIONS.items():
-        entry = {}
-        for measure in MEASURES:
-            without, with_command = by_condition["none"][measure], by_condition[kind][measure]
-            entry[measure] = {
-                "without": statistics.fmean(without.values()), "with": statistics.fmean(with_command.values()),
-                "difference": interval(with_command, without), **moved_share(without, with_command, sign),
-            }
-        directions[kind] = entry
+    directions = {
+        kind: {measure: _change(by_condition["none"][measure], by_condition[kind][measure], sign, interval)
+               for measure in MEASURES}
+        for kind, sign in DIRECTIONS.items()
+    }
     comparison = None
     if all("compare" in question for question in questions) and questions:
         theirs = {question["id"]: question["compare"]["none"]["accuracy"] for question in questions}
@@ -448,6 +447,14 @@ def summarise(questions: list[dict], *, resamples: int = BOOTSTRAP_RESAMPLES, se
     }
 
 
+def _change(without: dict[str, float], with_command: dict[str, float], sign: int, interval) -> dict:
+    """One measure under one command kind: the means without and with it, their paired interval, the shares moved."""
+    return {
+        "without": statistics.fmean(without.values()), "with": statistics.fmean(with_command.values()),
+        "difference": interval(with_command, without), **moved_share(without, with_command, sign),
+    }
+
+
 def _same_answer_summary(questions: list[dict], interval) -> dict | None:
     """Per command kind, T and P on the plain answers teacher-forced with and without it (None: not measured).
 
@@ -456,17 +463,14 @@ def _same_answer_summary(questions: list[dict], interval) -> dict | None:
     """
     if not questions or not all("same_answer" in question for question in questions):
         return None
-    summary = {}
-    for kind, sign in DIRECTIONS.items():
-        entry = {}
-        for measure in ("temperature", "top_p"):
-            without = {question["id"]: question["same_answer"]["none"][measure] for question in questions}
-            with_command = {question["id"]: question["same_answer"][kind][measure] for question in questions}
-            entry[measure] = {
-                "without": statistics.fmean(without.values()), "with": statistics.fmean(with_command.values()),
-                "difference": interval(with_command, without), **moved_share(without, with_command, sign),
-            }
-        summary[kind] = entry
+    def values(condition: str, measure: str) -> dict[str, float]:
+        return {question["id"]: question["same_answer"][condition][measure] for question in questions}
+
+    summary = {
+        kind: {measure: _change(values("none", measure), values(kind, measure), sign, interval)
+               for measure in ("temperature", "top_p")}
+        for kind, sign in DIRECTIONS.items()
+    }
     summary["generated_gap"] = max(
         abs(question["same_answer"]["none"][measure] - question["heads"]["none"][measure])
         for question in questions for measure in ("temperature", "top_p")

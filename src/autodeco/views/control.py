@@ -28,6 +28,10 @@ def _interval(entry: dict[str, float], scale: float = 1.0, digits: int = 3) -> s
             f"{entry['high'] * scale:+.{digits}f}]")
 
 
+def _moved(entry: dict[str, Any], word: str) -> str:
+    return f"{entry['moved']:.0%} {word}".replace("%", " %")
+
+
 def control_table(result: dict[str, Any]) -> str:
     """The headline table (Markdown): mean T and P per prompt kind and the share of questions moved.
 
@@ -46,11 +50,8 @@ def control_table(result: dict[str, Any]) -> str:
     ]
     for kind, word in (("low", "lower"), ("high", "higher")):
         entry = result["directions"][kind]
-        cells = [
-            f"{entry[measure]['with']:.3f} ({entry[measure]['moved']:.0%} {word})".replace("%", " %")
-            + f" | {_interval(entry[measure]['difference'])}"
-            for measure in ("temperature", "top_p")
-        ]
+        cells = [f"{entry[m]['with']:.3f} ({_moved(entry[m], word)}) | {_interval(entry[m]['difference'])}"
+                 for m in ("temperature", "top_p")]
         lines.append(f"| {kind} diversity | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
@@ -76,8 +77,8 @@ def same_answer_table(result: dict[str, Any]) -> str | None:
         "|---|---|---|---|---|",
     ]
     for kind, word in (("low", "lower"), ("high", "higher")):
-        cells = [f"{same[kind][measure]['moved']:.0%} {word}".replace("%", " %")
-                 + f" | {_interval(same[kind][measure]['difference'])}" for measure in ("temperature", "top_p")]
+        cells = [f"{_moved(same[kind][measure], word)} | {_interval(same[kind][measure]['difference'])}"
+                 for measure in ("temperature", "top_p")]
         lines.append(f"| {kind} diversity | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
