@@ -28,6 +28,11 @@ import time
 
 import torch
 
+from autodeco.problems import load_problems
+from autodeco.sampling import decode_loop
+from autodeco.sampling.inference import load_for_generation
+from autodeco.sampling.rollouts import DecodingSetting, complete, prefill
+
 # This script's folder is on sys.path when it runs: reuse the evaluation benchmark's prompts and forward hook.
 from eval_throughput import ForwardRecorder, render_prompts
 
@@ -60,7 +65,6 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if any(fraction < 0 for fraction in args.fractions):
         parser.error(f"--fractions must be >= 0, got {args.fractions}")
-    from autodeco.sampling.rollouts import DecodingSetting
 
     try:
         args.settings = [DecodingSetting.from_key(key) for key in args.settings]
@@ -75,9 +79,6 @@ def arm_name(fraction: float | None) -> str:
 
 def run_arm(model, tokenizer, batch, setting, fraction, args, seed: int) -> dict:
     """One setting under one arm: wall and CPU seconds, decoding row-steps, and the completions' token ids."""
-    from autodeco.sampling import decode_loop
-    from autodeco.sampling.rollouts import complete
-
     saved = decode_loop.COMPACT_MIN_ENDED_FRACTION
     if fraction is not None:
         decode_loop.COMPACT_MIN_ENDED_FRACTION = fraction
@@ -143,9 +144,6 @@ def markdown_table(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    from autodeco.problems import load_problems
-    from autodeco.sampling.inference import load_for_generation
-    from autodeco.sampling.rollouts import prefill
 
     started = time.perf_counter()
     loaded = load_for_generation(None, args.base)

@@ -26,6 +26,11 @@ import sys
 import time
 
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from autodeco import AutoDecoForCausalLM
+from autodeco.model.base_model import load_base_model, load_tokenizer
+from autodeco.model.generation import sanitized_generation_config
 
 SMOLLM2_135M_SHAPE = {
     "hidden_size": 576,
@@ -100,19 +105,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_models(args):
-    from autodeco import AutoDecoForCausalLM
-    from autodeco.model.generation import sanitized_generation_config
-
     if args.random_smollm2_shape:
-        from transformers import LlamaConfig, LlamaForCausalLM
-
         torch.manual_seed(0)
         llm = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M_SHAPE)).eval()
         base_name = "random LlamaConfig, SmolLM2-135M shape"
         prompt_ids = torch.randint(3, SMOLLM2_135M_SHAPE["vocab_size"], (1, args.prompt_tokens or 24))
     else:
-        from autodeco.model.base_model import load_base_model, load_tokenizer
-
         llm = load_base_model(args.base)
         base_name = args.base
         tokenizer = load_tokenizer(args.base)

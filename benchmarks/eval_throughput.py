@@ -36,6 +36,25 @@ import time
 from pathlib import Path
 
 import torch
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from autodeco import AutoDecoForCausalLM
+from autodeco.model.base_model import load_tokenizer
+from autodeco.model.generation import generate_with_base
+from autodeco.problems import load_problems, read_jsonl
+from autodeco.problems.datasets import DATA_DIR_VARIABLE
+from autodeco.sampling.inference import encode_prompts, load_for_generation, render_prompt
+from autodeco.sampling.rollouts import (  # _completion: complete()'s own id-to-text step
+    AUTODECO,
+    STATIC,
+    DecodingSetting,
+    _completion,
+    complete,
+    derived_seed,
+    end_of_sequence_ids,
+    prefill,
+)
 
 # This script's folder is on sys.path when it runs: reuse the decoding benchmark's model shape and helpers.
 from decode_speed import SMOLLM2_135M_SHAPE, impossible_token_id, quantile
@@ -65,8 +84,6 @@ FIRST_PAIR_SEED = 1000
 
 def default_data_dir() -> Path:
     """``$AUTODECO_DATA_DIR``, else ``shared/data`` beside the repository (where these machines keep it)."""
-    from autodeco.problems.datasets import DATA_DIR_VARIABLE
-
     if os.environ.get(DATA_DIR_VARIABLE):
         return Path(os.environ[DATA_DIR_VARIABLE])
     return Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -143,7 +160,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--samples must all be at least 1, got {args.samples}")
     if args.prompt_tokens < 0:
         parser.error(f"--prompt-tokens must be 0 or more, got {args.prompt_tokens}")
-    from autodeco.sampling.rollouts import DecodingSetting
 
     try:
         args.settings = [DecodingSetting.from_key(key) for key in args.settings]
@@ -159,8 +175,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_user_prompts(args) -> tuple[dict[str, list[str]], list[str], list[str]]:
     """``({prompt set: B user prompts}, few-shot worked examples, notes)``; chat templates are applied later."""
-    from autodeco.problems import load_problems, read_jsonl
-
     prompts, examples, notes = {}, [], []
     if SHORT in args.prompts:
         prompts[SHORT] = [problem.prompt() for problem in load_problems("arithmetic", split="test", limit=args.batch_size)]
@@ -195,8 +209,6 @@ def render_prompts(tokenizer, prompts: list[str], examples: list[str], min_token
     The examples are cut at a token boundary (the first ``k`` tokens of their concatenation, the smallest ``k``
     that reaches the length), so a padded prompt has ``min_tokens`` tokens or one or two more (re-tokenization at the cut).
     """
-    from autodeco.sampling.inference import render_prompt
-
     prefix_ids = tokenizer("".join(examples), add_special_tokens=False).input_ids if examples else []
     rendered = []
     for prompt in prompts:
@@ -228,22 +240,15 @@ CHAT_TEMPLATE = (
 
 def build_model(args, texts: list[str]):
     """``(AutoDecoForCausalLM with fresh heads, tokenizer, description)``; ``texts`` give the stand-in its words."""
-    from autodeco import AutoDecoForCausalLM
-
     if not args.random_smollm2_shape:
-        from autodeco.sampling.inference import load_for_generation
-
         loaded = load_for_generation(None, args.base)
         loaded.model.eval()
         return loaded.model, loaded.tokenizer, loaded.description
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     llm = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M_SHAPE)).eval()
     model = AutoDecoForCausalLM.from_base(llm, seed=0).eval()
     try:
-        from autodeco.model.base_model import load_tokenizer
-
         tokenizer, source = load_tokenizer(args.base), f"{args.base}'s tokenizer"
     except Exception as error:  # noqa: BLE001 - whatever stops it (package missing, ...), fall back to the stand-in
         print(f"note: {args.base}'s tokenizer did not load ({error}); using a word-level stand-in", file=sys.stderr)
@@ -259,9 +264,6 @@ def word_level_tokenizer(vocab_size: int, words: tuple[str, ...] = ()):
     Only lengths matter to a random model, and a word-level split counts English prose roughly as a subword
     tokenizer does. Words outside ``words`` share the unknown id; every id below ``vocab_size`` decodes.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]  # SmolLM2's ids 0-2 for the first three
     vocab = {token: index for index, token in enumerate(specials)}
     for word in words:
@@ -345,8 +347,6 @@ class ForwardRecorder:
 
 
 def setting_seeds(settings, pair_seed: int) -> list[int]:
-    from autodeco.sampling.rollouts import derived_seed
-
     return [derived_seed("eval_throughput", pair_seed, setting.key) for setting in settings]
 
 
@@ -357,8 +357,6 @@ def shared_run(model, tokenizer, rendered, settings, num_samples: int, new_token
     ``compact=False``: ``generate()`` continues from the cache, as in the repeated arm, so the two arms differ in the
     prefill only (``benchmarks/compact_rows.py`` measures dropping ended rows from the batch).
     """
-    from autodeco.sampling.rollouts import complete, prefill
-
     batch = prefill(model.llm, tokenizer, rendered)
     return [
         complete(model, tokenizer, batch, setting, num_samples=num_samples, max_new_tokens=new_tokens, seed=seed,
@@ -374,13 +372,9 @@ def repeated_run(model, tokenizer, rendered, settings, num_samples: int, new_tok
     Seeding, row order (prompt-major, as ``repeat_interleave``) and decoding of the ids match
     :func:`~autodeco.sampling.rollouts.complete`, so with the same seeds both arms sample from the same distributions.
     """
-    from autodeco.model.generation import generate_with_base
-    from autodeco.sampling.inference import encode_prompts
-    from autodeco.sampling.rollouts import AUTODECO, STATIC, _completion, _eos_ids  # complete()'s own id-to-text step
-
     encoded = encode_prompts(tokenizer, rendered, model.device)
     input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]  # (B, L)
-    eos_ids = _eos_ids(model.llm, tokenizer)
+    eos_ids = end_of_sequence_ids(model.llm, tokenizer)
     kwargs = {"max_new_tokens": new_tokens, "pad_token_id": tokenizer.pad_token_id}
     results = []
     for setting, seed in zip(settings, seeds):
@@ -404,7 +398,8 @@ def repeated_run(model, tokenizer, rendered, settings, num_samples: int, new_tok
                     attention_mask.repeat_interleave(num_samples, dim=0), sample=False, **kwargs,
                 )
         generated = sequences[:, input_ids.shape[1] :]  # (B*n, N)
-        flat = [_completion(tokenizer, generated[row], eos_ids, temperatures, top_ps, row) for row in range(len(generated))]
+        values = (temperatures, top_ps, None)  # what complete() records: T, P, entropies (not recorded here)
+        flat = [_completion(tokenizer, generated[row], eos_ids, values, row) for row in range(len(generated))]
         results.append([flat[start : start + num_samples] for start in range(0, len(flat), num_samples)])
     return results
 
@@ -463,8 +458,6 @@ def same_tokens(first, second) -> tuple[int, int]:
 
 def greedy_check(model, tokenizer, rendered, new_tokens: int) -> dict:
     """Greedy decoding through both arms: the completions should be the same, token for token."""
-    from autodeco.sampling.rollouts import DecodingSetting
-
     settings = [DecodingSetting.greedy()]
     runs = {
         arm: timed_run(arm, model, tokenizer, rendered, settings, CHECK_SAMPLES, new_tokens, FIRST_PAIR_SEED)[1][0]

@@ -26,13 +26,21 @@ import os
 import tempfile
 import time
 
+import torch
+
+from autodeco.engines.vllm import RowRequest, VllmEngine, VllmRollouts  # vLLM itself is imported on first use
+from autodeco.engines.vllm_export import export_for_vllm
+from autodeco.model.modeling import AutoDecoForCausalLM
+from autodeco.problems import load_problems
+from autodeco.sampling.inference import render_prompt
+from autodeco.sampling.rollouts import HFRollouts
+from autodeco.sampling.settings import DecodingSetting
+
 MODES = {"static": (0.6, 0.95, False), "plain": (1.0, 1.0, False), "autodeco": (1.0, 1.0, True)}
 """Part 1's rows: vLLM's static sampling (with its top-p), vLLM's plain sampling (no top-p: no sort), AutoDeco."""
 
 
 def decode_speed(engine, prompt_ids, batch: int, tokens: int, mode: str, seed: int) -> float:
-    from autodeco.engines.vllm import RowRequest
-
     temperature, top_p, autodeco = MODES[mode]
     rows = [RowRequest(prompt_ids, tokens, temperature, top_p, autodeco, seed + row) for row in range(batch)]
     started = time.perf_counter()
@@ -42,8 +50,6 @@ def decode_speed(engine, prompt_ids, batch: int, tokens: int, mode: str, seed: i
 
 
 def rollout_speed(rollouts, tokenizer, problems, settings, samples: int, tokens: int) -> tuple[float, int]:
-    from autodeco.sampling.inference import render_prompt
-
     started, generated = time.perf_counter(), 0
     batch = rollouts.prefill([render_prompt(tokenizer, problem.prompt()) for problem in problems])
     for setting in settings:
@@ -63,17 +69,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4, help="samples per problem and setting in part 2")
     arguments = parser.parse_args()
 
-    import torch
-
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    from autodeco.engines.vllm import VllmEngine, VllmRollouts
-    from autodeco.engines.vllm_export import export_for_vllm
-    from autodeco.model.modeling import AutoDecoForCausalLM
-    from autodeco.problems import load_problems
-    from autodeco.sampling.inference import render_prompt
-    from autodeco.sampling.rollouts import HFRollouts
-    from autodeco.sampling.settings import DecodingSetting
-
     work = tempfile.mkdtemp(prefix="autodeco-vllm-bench-")
     model = AutoDecoForCausalLM.from_base(arguments.base, seed=0, dtype=torch.float32)
     heads = model.save_pretrained(os.path.join(work, "heads"))

@@ -35,6 +35,8 @@ def event(text, finish_reason=None, token_id=5):
         ({"top_p": 0.0}, "top_p must be a finite number > 0"),
         ({"top_p": -1.0}, "but is -1.0"),
         ({"stop": ["ok", ""]}, "each stop must be a non-empty string, but got ''"),
+        ({"temperature": 1e39}, "temperature must be at most 10000"),
+        ({"top_p": 10000.5}, "top_p must be at most 10000"),
     ],
 )
 def test_request_refuses_bad_values(fields, message):
@@ -256,3 +258,26 @@ def test_close_stops_running_generations_and_refuses_new_ones(loaded):
     assert _generation_threads() == []
     with pytest.raises(RuntimeError, match="the engine is closed"):
         engine.stream(GenerationRequest(prompt_ids=[5], max_tokens=2))
+
+
+def test_the_contract_declares_the_context_length():
+    class Bare:
+        model_name, tokenizer = "m", None
+
+        def stream(self, request):
+            return iter(())
+
+    class WithContext(Bare):
+        max_model_len = None
+
+    assert not isinstance(Bare(), Engine) and isinstance(WithContext(), Engine)
+
+
+def test_vllm_engine_reads_its_context_length_from_the_model_config():
+    from types import SimpleNamespace as Namespace
+
+    from autodeco.engines.vllm import _max_model_len
+
+    assert _max_model_len(Namespace(model_config=Namespace(max_model_len=256))) == 256
+    assert _max_model_len(Namespace(vllm_config=Namespace(model_config=Namespace(max_model_len=512)))) == 512
+    assert _max_model_len(Namespace()) is None

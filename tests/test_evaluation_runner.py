@@ -184,3 +184,16 @@ def test_entropy_shift_is_centred_on_the_other_heuristics_tokens_only(tiny_causa
     # A resumed run must find the same mean (and so the same grid) after entropy-shift's own samples were written.
     assert _mean_normalized_entropy([edt], loaded) == _mean_normalized_entropy([edt, shifted], loaded) == expected
     assert _mean_normalized_entropy([shifted], loaded) is None
+
+
+def test_tuning_problems_that_repeat_an_evaluated_question_in_other_case_or_spacing_are_refused(tmp_path):
+    from autodeco.evaluation.runner import _tuning_problems
+    from autodeco.problems import load_problems
+
+    test = tmp_path / "test.jsonl"
+    test.write_text('{"question": "What is 2 + 2?", "answer": "4"}\n')
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"question": "Q?", "answer": "1"}\n{"question": "  WHAT is 2 +\\n 2?", "answer": "4"}\n')
+    config = EvalConfig(dataset=str(test), methods=("min-p",), tune_dataset=str(train), tune_problems=2)
+    with pytest.raises(ValueError, match="1 of the 2 tuning problems .* are also evaluated"):
+        _tuning_problems(config, load_problems(str(test)))

@@ -372,3 +372,29 @@ def test_dynamic_step_with_masked_logits(tiny_autodeco):
     expected = warp_logits(logits, temperature, top_p)
     assert torch.equal(torch.isinf(warped), torch.isinf(expected))
     torch.testing.assert_close(warped, expected)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [((1, 0), r"shape \(1, 0\): the prompt is empty"), ((0, 3), r"shape \(0, 3\): the prompt is empty"),
+     ((4,), r"shape \(4,\), not \(batch, length\).*unsqueeze\(0\)")],
+)
+def test_empty_or_unbatched_prompts_are_refused_with_the_shape(shape, message, tiny_autodeco):
+    model = tiny_autodeco("llama")
+    with pytest.raises(ValueError, match=message):
+        model.generate(torch.ones(shape, dtype=torch.long), max_new_tokens=2)
+
+
+def test_text_generation_pipeline_runs_the_model(tiny_chat_model_dir):
+    import transformers
+
+    from autodeco import AutoDecoForCausalLM
+
+    model = AutoDecoForCausalLM.from_base(str(tiny_chat_model_dir), seed=0)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_chat_model_dir)
+    assert model.can_generate() and model.generation_config.top_k is None  # no base sampling defaults
+    pipe = transformers.pipeline("text-generation", model=model, tokenizer=tokenizer)
+    [result] = pipe("1 + 1 =", max_new_tokens=3, do_sample=False)
+    assert result["generated_text"].startswith("1 + 1 =")
+    [chat] = pipe([{"role": "user", "content": "hi"}], max_new_tokens=2)
+    assert chat["generated_text"][-1]["role"] == "assistant"

@@ -256,3 +256,98 @@ def test_engine_ending_without_a_reason_still_closes_the_choice():
     assert chunks[-1]["choices"][0]["finish_reason"] == "length" and chunks[-1]["choices"][0]["text"] == ""
     body = post(OpenAIApp(FakeEngine(finish=None)), "/v1/completions", COMPLETION).body
     assert body["choices"][0]["finish_reason"] == "length"
+
+
+# ------------------------------------------------------------------------------------- strictness and gates
+
+
+def test_to_json_refuses_nan_and_infinity_and_escapes_lone_surrogates():
+    for value in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ApiError) as caught:
+            api.to_json({"temperatures": [value]})
+        assert caught.value.status == 500 and "NaN or infinity" in caught.value.message
+    assert json.loads(api.to_json({"text": "é\ud800"})) == {"text": "é\ud800"}
+    with pytest.raises(ApiError):
+        api.server_sent_event({"top_ps": [float("nan")]})
+
+
+def test_api_key_check():
+    api.check_api_key(None, None)
+    api.check_api_key("Bearer k", "k")
+    api.check_api_key("bearer  k ", "k")
+    for header in (None, "", "k", "Bearer", "Bearer kk", "Basic k", "Bearer \udcff"):
+        with pytest.raises(ApiError) as caught:
+            api.check_api_key(header, "k")
+        assert caught.value.status == 401 and caught.value.code == "invalid_api_key"
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8", "APPLICATION/JSON"])
+def test_json_content_types_pass(content_type):
+    api.check_content_type(content_type)
+
+
+@pytest.mark.parametrize("content_type", [None, "", "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=b", "application/json-seq"])
+def test_other_content_types_are_415(content_type):
+    with pytest.raises(ApiError) as caught:
+        api.check_content_type(content_type)
+    assert caught.value.status == 415 and caught.value.code == "unsupported_media_type"
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000 + b"]" * 100_000, b'{"a": ' * 65 + b"1" + b"}" * 65])
+def test_deeply_nested_bodies_are_400(raw):
+    with pytest.raises(ApiError) as caught:
+        api.parse_json(raw)
+    assert caught.value.status == 400 and "nests" in caught.value.message
+
+
+def test_nesting_up_to_the_limit_parses():
+    assert api.parse_json(b'{"a": ' * 63 + b"[1]" + b"}" * 63)["a"]
+
+
+@pytest.mark.parametrize(
+    "changes, param",
+    [
+        ({"top_k": 40}, "top_k"), ({"min_p": 0.05}, "min_p"), ({"repetition_penalty": 1.1}, "repetition_penalty"),
+        ({"response_format": {"type": "json_object"}}, "response_format"), ({"tool_choice": "auto"}, "tool_choice"),
+        ({"guided_json": {}}, "guided_json"), ({"presence_penalty": True}, "presence_penalty"),
+        ({"max_completion_tokens": 3}, "max_completion_tokens"), ({"seed": 2**64}, "seed"), ({"seed": 1.5}, "seed"),
+        ({"max_tokens": 2**63}, "max_tokens"), ({"n": 1.0}, "n"), ({"temperature": 1e5}, "temperature"),
+        ({"top_p": 1e39}, "top_p"), ({"prompt": [2**63]}, "prompt"), ({"prompt": "\ud800"}, "prompt"),
+        ({"stop": ["a"] * 17}, "stop"), ({"stop": "\udfff"}, "stop"), ({"user": ["x"]}, "user"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+    ],
+)
+def test_completion_fields_not_read_or_out_of_range_are_refused_by_name(changes, param):
+    with pytest.raises(ApiError) as caught:
+        api.parse_completion_request({**COMPLETION, **changes}, "fake")
+    assert caught.value.status == 400 and caught.value.param == param
+
+
+def test_off_values_and_nulls_pass():
+    parsed = api.parse_chat_request(
+        {**CHAT, "top_k": None, "response_format": {"type": "text"}, "tool_choice": "none", "tools": [],
+         "frequency_penalty": 0.0, "logprobs": False, "seed": -(2**63), "stop": ["a"] * 16, "n": 1,
+         "messages": [{"role": "user", "content": "hi", "name": None}]},
+        "fake",
+    )
+    assert parsed.seed == -(2**63) and parsed.messages == [{"role": "user", "content": "hi"}]
+
+
+def test_max_tokens_is_fitted_to_the_engines_context():
+    engine = FakeEngine()
+    post(OpenAIApp(engine), "/v1/completions", {**COMPLETION, "max_tokens": 1000})
+    assert engine.requests[0].max_tokens == FakeEngine.max_model_len - len("2+2=")
+
+
+def test_chat_without_max_tokens_falls_back_when_the_context_is_unknown():
+    class Unknown(FakeEngine):
+        max_model_len = None
+
+        def stream(self, request):
+            self.requests.append(request)
+            return self._events(request)
+
+    engine = Unknown()
+    post(OpenAIApp(engine), "/v1/chat/completions", CHAT)
+    assert engine.requests[0].max_tokens == api.CHAT_FALLBACK_MAX_TOKENS

@@ -1,10 +1,13 @@
 """The heads shipped for the embedded model: present, small, trained, documented, and used by default."""
 
+import re
+import struct
+
 import pytest
 
 from autodeco.model.base_model import EMBEDDED_MODEL
 from autodeco.model.checkpoint import read_checkpoint
-from autodeco.pretrained import default_heads_for, shipped_heads_path
+from autodeco.pretrained import default_heads_for, shipped_heads_path, shipped_names
 
 
 def test_shipped_heads_are_a_small_trained_checkpoint_for_the_embedded_model():
@@ -61,3 +64,42 @@ def test_shipped_control_heads_are_trained_with_decoding_control_and_documented(
     for required in ("Recipe", "--control-share", "autodeco control-eval", "| low diversity |", "| high diversity |"):
         assert required in card
     assert default_heads_for(None) != str(path)  # the default heads stay the ones trained without the option
+
+
+MACHINE_PATH = re.compile(
+    rb"(?<![\w.])(/(?:work|home|root|tmp|Users|mnt|media|opt|srv|scratch|var|data|private)/"  # POSIX
+    rb"|~/|[A-Za-z]:[\\/]{1,2}[\w.]|\\\\[\w.-]+\\)"  # home, drive letters (C:\ C:\\ C:/) and UNC shares
+)
+"""An absolute path of the machine a checkpoint was made on."""
+
+
+def shipped_text(file) -> bytes:
+    """What a shipped file records: all of a text file, the JSON header of a safetensors file (not its tensors)."""
+    data = file.read_bytes()
+    if file.suffix == ".safetensors":
+        header_length = struct.unpack("<Q", data[:8])[0]
+        return data[8 : 8 + header_length]
+    return data
+
+
+@pytest.mark.parametrize("name", shipped_names())
+def test_shipped_checkpoints_record_no_machine_paths(name):
+    from autodeco.pretrained import resolve_heads_reference
+
+    folder = resolve_heads_reference(f"shipped:{name}")
+    files = sorted(file for file in folder.rglob("*") if file.is_file())
+    assert {file.name for file in files} >= {"config.json", "model.safetensors", "README.md"}
+    for file in files:
+        found = [match.group().decode(errors="replace") for match in MACHINE_PATH.finditer(shipped_text(file))]
+        assert not found, f"{file} records machine paths {found}: write a portable reference instead"
+    assert read_checkpoint(f"shipped:{name}").config.trained is True  # still loads
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b'"/work/main/x.json"', b'["/home/me/data.jsonl"]', b"C:\\\\Users\\\\me", b"C:/data/x", b"~/runs/a", b"/tmp/x"],
+)
+def test_the_machine_path_scan_finds_absolute_paths(text):
+    assert MACHINE_PATH.search(text)
+    assert not MACHINE_PATH.search(b'"autodeco/training/control_phrasings.json", "embedded:SmolLM2-135M-Instruct"')
+    assert not MACHINE_PATH.search(b"runs/standard/sample/trajectories.jsonl, $\\frac{1}{2}$, http://x.org/a")

@@ -263,6 +263,106 @@ def test_records_missing_their_fields_are_reported(tmp_path, records, message):
         load_problems(str(path))
 
 
+MIXED_FORMATS = [
+    # (records, line refused, the format of that line, the file's format)
+    ([{"question": "Q1", "answer": "2"}, {"question": "Q2", "answer": "x\n#### 3"}], 2, "gsm8k", "generic"),
+    ([{"prompt": "Q1", "gt": "2"}, {"prompt": "Q0", "gt": 1}, {"question": "Q2", "answer": "x #### 3"}], 3, "gsm8k",
+     "generic"),
+    ([{"question": "Q1", "answer": "2"}, {"problem": "P2", "answer": "3", "level": 2}], 2, "math", "generic"),
+    ([{"question": "Q1", "answer": "2"}, {"problem": "P2", "gt": 3}], 2, "competition", "generic"),
+    ([{"problem": "P1", "gt": 1}, {"problem": "P2", "gt": 2, "answer": "x\n#### 3"}], None, None, None),
+]
+
+
+@pytest.mark.parametrize(("records", "line", "own", "first"), MIXED_FORMATS)
+def test_a_record_in_another_format_than_the_files_is_refused_naming_its_line(tmp_path, records, line, own, first):
+    path = write_jsonl(tmp_path / "mixed.jsonl", records)
+    if line is None:  # a competition record may carry other fields: still competition format
+        assert [problem.answer for problem in load_problems(str(path))] == ["1", "2"]
+        return
+    with pytest.raises(DataError, match=rf"mixed.jsonl, line {line}: this record is in {own} format but the file's "
+                                        rf"first record \(line 1\) is in {first} format.*a file of their own"):
+        load_problems(str(path))  # before: accepted, with "x\n#### 3" as a ground truth
+    with pytest.warns(UserWarning, match=rf"skipped 1 bad line\(s\).*line {line}"):
+        problems = load_problems(str(path), on_bad_line="skip")
+    assert all("####" not in problem.answer for problem in problems)
+
+
+def test_the_same_gsm8k_record_gives_the_same_answer_wherever_it_is(tmp_path):
+    gsm8k = {"question": "Q2", "answer": "x\n#### 3"}
+    alone = load_problems(str(write_jsonl(tmp_path / "alone.jsonl", [gsm8k])))
+    after_gsm8k = load_problems(str(write_jsonl(tmp_path / "g.jsonl", [{"question": "Q1", "answer": "#### 1"}, gsm8k])))
+    assert alone[0].answer == after_gsm8k[1].answer == "3"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"problem": "P", "gt": 1e400}', r"field 'gt' is inf, not a finite number.*\"1e400\""),
+        ('{"problem": "P", "gt": -1e999}', "field 'gt' is -inf, not a finite number"),
+        ('{"problem": "P", "gt": NaN}', "field 'gt' is nan, not a finite number"),
+        ('{"problem": "P", "gt": Infinity}', "field 'gt' is inf, not a finite number"),
+        ('{"question": "Q", "answer": 1e400}', "field 'answer' is inf"),
+        ('{"prompt": "Q", "ground_truth": -Infinity}', "field 'ground_truth' is -inf"),
+        ('{"problem": "P", "gt": "nan"}', r"the ground truth \('gt'\) is 'nan'.*\\infty"),
+        ('{"problem": "P", "gt": " Infinity "}', r"the ground truth \('gt'\) is 'Infinity'"),
+        ('{"problem": "P", "answer": "-inf"}', r"the ground truth \('answer'\) is '-inf'"),
+        ('{"question": "Q", "answer": "so x\\n#### inf"}', r"the ground truth \('answer'\) is 'inf'"),
+    ],
+)
+def test_non_finite_ground_truths_are_refused_naming_the_line(tmp_path, line, message):
+    path = write_jsonl(tmp_path / "inf.jsonl", ["", line])
+    with pytest.raises(DataError, match=rf"inf.jsonl, line 2: {message}"):
+        load_problems(str(path))  # before: accepted with the ground truth "inf" or "nan"
+
+
+def test_finite_numbers_and_words_near_infinity_stay_ground_truths(tmp_path):
+    records = [{"problem": "A", "gt": 70}, {"problem": "B", "gt": 2.5}, {"problem": "C", "gt": "1e400"},
+               {"problem": "D", "gt": "\\infty"}, {"problem": "E", "gt": "information"}, {"problem": "F", "gt": -3},
+               {"problem": "G", "gt": 10**30}]
+    path = write_jsonl(tmp_path / "ok.jsonl", records)
+    assert [problem.answer for problem in load_problems(str(path))] == [
+        "70", "2.5", "1e400", "\\infty", "information", "-3", str(10**30)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("[1, 2]", "expected a JSON object .*, got a JSON array"),
+        ('"a question"', "expected a JSON object .*, got a JSON string"),
+        ("42", "expected a JSON object .*, got a JSON number"),
+        ("null", "expected a JSON object .*, got a JSON null"),
+        ('{"question": 5, "answer": "1"}', "field 'question' must be a non-empty string, got 5"),
+        ('{"question": ["Q"], "answer": "1"}', r"field 'question' must be a non-empty string, got \['Q'\]"),
+        ('{"problem": "P", "gt": {"value": 1}}', "field 'gt' must be a string or a number"),
+        ('{"problem": "P", "gt": true}', "field 'gt' must be a string or a number, got True"),
+        ('{"problem": "P", "gt": null}', "field 'gt' must be a string or a number, got None"),
+        ('{"problem": "P", "gt": "  "}', "field 'gt' is empty"),
+        ('{"question": "Q"}', r"record has the fields \['question'\], which fit no known format"),
+        ('{"problem": "P", "gt": ' + "[" * 100_000 + "]" * 100_000 + "}", "JSON nested too deeply"),
+        ('{"problem": "P", "gt": ' + "9" * 5000 + "}", "JSON that cannot be read .*4300 digits"),
+        ('{"problem": "P", "gt": 1', "not valid JSON"),
+    ],
+)
+def test_bad_records_are_refused_naming_the_line(tmp_path, line, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", [line])
+    with pytest.raises(DataError, match=rf"bad.jsonl, line 1: {message}"):
+        load_problems(str(path))
+
+
+def test_a_byte_order_mark_and_windows_line_ends_are_read(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"problem": "P1", "gt": 1}\r\n\r\n{"problem": "P2", "gt": "2"}\r\n')
+    assert [problem.answer for problem in load_problems(str(path))] == ["1", "2"]
+
+
+def test_a_repeated_unique_id_gets_a_suffix(tmp_path):
+    records = [{"problem": "A", "answer": "1", "unique_id": "u"}, {"problem": "B", "answer": "2", "unique_id": "u"}]
+    problems = load_problems(str(write_jsonl(tmp_path / "m.jsonl", records)))
+    assert [problem.id for problem in problems] == ["u", "u#2"]
+
+
 def test_empty_files_are_errors(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")
@@ -368,3 +468,23 @@ def test_real_benchmark_files():
     assert math500[0].id.startswith("test/") and math500[0].template == "math"
     easy = load_problems("math500", data_dir=DATA_DIR, levels=(1, 2))
     assert len(easy) == sum(problem.difficulty in (1, 2) for problem in math500)
+
+
+@pytest.mark.parametrize(
+    ("lines", "says"),
+    [
+        (['{"question": "Q1", "answer": "2"}', '{"question": "Q2", "answer": "x\\n#### 3"}'],
+         "data.jsonl, line 2: this record is in gsm8k format"),
+        (['{"problem": "P", "gt": 1e400}'], "data.jsonl, line 1: field 'gt' is inf, not a finite number"),
+        (['{"problem": "P", "gt": NaN}'], "data.jsonl, line 1: field 'gt' is nan, not a finite number"),
+    ],
+)
+def test_the_cli_refuses_bad_data_in_one_line(lines, says, tmp_path, capsys):
+    from autodeco.cli import main
+
+    data = write_jsonl(tmp_path / "data.jsonl", lines)
+    argv = ["sample", "--dataset", str(data), "--base", str(tmp_path / "no-model"), "--output", str(tmp_path / "run")]
+    assert main(argv) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("autodeco: error: ")]
+    assert len(errors) == 1 and says in errors[0]
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -100,7 +100,7 @@ def test_a_lock_dies_with_its_process_even_on_kill_9(tmp_path):
             pass
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    with run_lock(tmp_path, "eval"):  # no stale lock
+    with run_lock(tmp_path, "sample"):  # no stale lock (the holder ran a sample; a resume is one too)
         assert (tmp_path / LOCK_FILE).read_text().split()[0] == str(os.getpid())
 
 

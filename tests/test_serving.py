@@ -201,7 +201,8 @@ def _disconnect_three_ways(server, client, steps):
     body = json.dumps({"model": "tiny", "prompt": "long", "max_tokens": 500}).encode()
     connection = socket.create_connection((host, port))
     before = len(steps)
-    connection.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    connection.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
     connection.close()
     deadline = time.monotonic() + 60
     while len(steps) == before and time.monotonic() < deadline:  # the server reads the request after we left
@@ -378,3 +379,37 @@ def test_closing_the_server_ends_open_streams_and_their_generations(loaded):
     finally:
         hook.remove()
     assert len(steps) < 500, f"{len(steps)} forward passes: the stream outlived the server"
+
+
+@pytest.mark.parametrize(
+    "raw, param",
+    [
+        (b'{"model": "tiny", "prompt": "\\ud800", "max_tokens": 2}', "prompt"),
+        (b'{"model": "tiny", "messages": [{"role": "user", "content": "a\\udfffb"}], "max_tokens": 2}',
+         "messages[0].content"),
+        (b'{"model": "tiny", "prompt": "x", "max_tokens": 2, "seed": 18446744073709551616}', "seed"),
+        (b'{"model": "tiny", "prompt": [18446744073709551616], "max_tokens": 2}', "prompt"),
+        (b'{"model": "tiny", "prompt": "x", "max_tokens": 2, "temperature": 1e39, '
+         b'"autodeco": {"return_decoding": true}}', "temperature"),
+        (b'{"model": "tiny", "prompt": "x", "max_tokens": 2, "top_k": 5}', "top_k"),
+    ],
+)
+def test_hostile_requests_to_a_real_model_are_400_naming_the_field(server, raw, param):
+    path = "/v1/chat/completions" if b"messages" in raw else "/v1/completions"
+    status, body = _raw(server, "POST", path, raw, {"Content-Type": "application/json"})
+    assert status == 400 and body["error"]["param"] == param, body
+
+
+def test_token_ids_outside_the_tokenizer_are_400(server, loaded):
+    size = len(loaded.tokenizer)
+    status, body = _raw(server, "POST", "/v1/completions",
+                        json.dumps({"model": "tiny", "prompt": [1, size], "max_tokens": 2}).encode(),
+                        {"Content-Type": "application/json"})
+    assert status == 400 and body["error"]["param"] == "prompt" and str(size - 1) in body["error"]["message"]
+
+
+def test_max_tokens_beyond_the_context_is_lowered_to_fit(server, engine):
+    status, body = _raw(server, "POST", "/v1/completions",
+                        json.dumps({"model": "tiny", "prompt": "x", "max_tokens": 10**9, "temperature": 0}).encode(),
+                        {"Content-Type": "application/json"})
+    assert status == 200 and body["usage"]["total_tokens"] <= engine.max_model_len

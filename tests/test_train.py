@@ -301,3 +301,19 @@ def test_cli_num_epochs_replaces_the_quick_step_count(train_file, tmp_path, monk
     train([str(train_file)], output=str(tmp_path), num_epochs=3.0, max_steps=5, dft_weighting=False, use_enhanced_features=False)
     assert [(config.max_steps, config.num_epochs) for config in seen] == [(24, 1.0), (None, 3.0), (5, 3.0)]
     assert seen[2].dft_weighting is False and seen[2].use_enhanced_features is False
+
+
+def test_a_run_without_deepspeed_never_imports_it(train_file, tiny_chat_model_dir, tmp_path):
+    """DeepSpeed prints on import (to standard output): only a DeepSpeed run may import it."""
+    config = settings(train_file, tiny_chat_model_dir, tmp_path / "run", max_steps=2, save_every=1)
+    script = (
+        "import json, sys\n"
+        "from autodeco.training.config import TrainConfig\n"
+        "from autodeco.training.recipe import train_heads\n"
+        "train_heads(TrainConfig(**json.loads(sys.argv[1])), progress=False)\n"
+        "print('deepspeed' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, json.dumps(config)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False", result.stdout

@@ -13,11 +13,10 @@ command again reuses finished stages. ``--budget`` picks how many problems and s
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
-from autodeco.common.jsonl import write_json_atomic
+from autodeco.common.jsonl import read_json, write_json_atomic
 from autodeco.common.runlock import run_lock
 from autodeco.model.base_model import EMBEDDED_MODEL
 
@@ -142,7 +141,7 @@ def _heldout_stage(output: Path, heads: Path, sample_dir: Path, base: str, seed:
 
     path = output / "heldout.json"
     if path.exists():
-        return json.loads(path.read_text())
+        return read_json(path, what="held-out report", fix="delete it to measure again")
     trajectories = read_trajectories([sample_dir / "heldout.jsonl"]) if _has_lines(sample_dir / "heldout.jsonl") else []
     _stage_banner("3/4 held-out", f"soft top-p NLL on {len(trajectories)} held-out verified answers")
     if not trajectories:

@@ -11,6 +11,7 @@ import traceback
 from autodeco.cli import checkpoints, control, evaluate, generate, quickstart, sample, serve, train
 from autodeco.cli._parser import add_command, check_numbers, flag_names
 from autodeco.cli.diagnose import diagnose
+from autodeco.common.console import results_only_on_stdout
 
 COMMANDS = {
     "quickstart": quickstart.quickstart,
@@ -111,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     flags = flag_names(parser, arguments.pop("command"))
     try:
         check_numbers(arguments, flags)
-        function(**arguments)
+        with results_only_on_stdout():  # libraries' chatter goes to stderr: stdout carries only the results
+            function(**arguments)
     except (ValueError, CommandError) as error:
         print(f"autodeco: error: {error}", file=sys.stderr)
         return 1
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception:
         traceback.print_exc()
-        print(f"autodeco: internal error: this is a bug in autodeco, not in what you typed; please report it "
+        print("autodeco: internal error: this is a bug in autodeco, not in what you typed; please report it "
               "to the autodeco maintainers with the traceback above and the command you ran", file=sys.stderr)
         return INTERNAL_ERROR_STATUS
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from autodeco.common.console import say
 from autodeco.model.base_model import EMBEDDED_MODEL
 
 
@@ -29,12 +30,13 @@ def init(
     """
     from autodeco.model.modeling import AutoDecoForCausalLM
 
+    _check_output(out, {"base model": base})
     model = AutoDecoForCausalLM.from_base(
         base, enable_temperature_head=not no_temperature_head, enable_top_p_head=not no_top_p_head,
         use_enhanced_features=use_enhanced_features, seed=seed, trust_remote_code=trust_remote_code,
     )
     path = model.save_pretrained(out)
-    print(f"fresh heads for {base} saved to {path} ({_size(path)}, {model.num_head_parameters():,} parameters)")
+    say(f"fresh heads for {base} saved to {path} ({_size(path)}, {model.num_head_parameters():,} parameters)")
 
 
 def merge(heads: str, out: str, base: str | None = None):
@@ -47,9 +49,10 @@ def merge(heads: str, out: str, base: str | None = None):
     """
     from autodeco.model.modeling import AutoDecoForCausalLM
 
+    _check_output(out, {"heads": heads, "base model": base})
     model = AutoDecoForCausalLM.from_pretrained(heads, base_model=base)
     path = model.save_pretrained(out, merged=True)
-    print(f"merged checkpoint written to {path} ({_size(path)})")
+    say(f"merged checkpoint written to {path} ({_size(path)})")
 
 
 def split(merged: str, out: str, base: str | None = None):
@@ -63,14 +66,15 @@ def split(merged: str, out: str, base: str | None = None):
     from autodeco.model.base_model import base_reference
     from autodeco.model.checkpoint import read_checkpoint, write_checkpoint
 
+    _check_output(out, {"merged checkpoint": merged, "base model": base})
     contents = read_checkpoint(merged)
     config = contents.config
     if base is not None:
         config.base_model_name_or_path = base_reference(base)
     if not config.base_model_name_or_path:
         raise ValueError(f"{merged!r} records no base model; pass --base so the heads know what they belong to")
-    path = write_checkpoint(out, config, contents.head_tensors)
-    print(f"heads of {merged} written to {path} ({_size(path)}), base {config.base_model_name_or_path}")
+    path = write_checkpoint(out, config, contents.head_tensors, inputs={"merged checkpoint": merged})
+    say(f"heads of {merged} written to {path} ({_size(path)}), base {config.base_model_name_or_path}")
 
 
 def info(path: str):
@@ -106,8 +110,17 @@ def info(path: str):
         rows.append((f"training.{key}", value))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+        say(f"{name:<{width}}  {value}")
     check_finite(contents.head_tensors, path)  # after the table: the error names each broken tensor, exit status 1
+
+
+def _check_output(out: str, inputs: dict[str, str | None]) -> None:
+    """Refuse, before loading anything, an output that overlaps an input or holds files autodeco did not write."""
+    from autodeco.common.folders import check_apart, users_entries
+    from autodeco.model.base_model import is_embedded
+
+    check_apart(out, {name: path for name, path in inputs.items() if not is_embedded(path)}, option="OUT")
+    users_entries(Path(out).expanduser(), option="OUT")
 
 
 def _size(path: Path) -> str:
@@ -126,11 +139,11 @@ def export_vllm(heads: str, out: str, base: str | None = None):
 
     Args:
         heads: heads-only or merged checkpoint folder.
-        out: folder to write (replaced if it exists).
+        out: folder to write (a new or empty folder, or one autodeco wrote: replaced, keeping files you added).
         base: base model (default: the one the heads record; embedded:SmolLM2-135M-Instruct resolves to its converted folder).
     """
     from autodeco.engines.vllm_export import export_for_vllm
 
     path = export_for_vllm(heads, out, base=base)
-    print(f"vLLM-ready folder for {heads}: {path}\n  vllm serve {path}    "
+    say(f"vLLM-ready folder for {heads}: {path}\n  vllm serve {path}    "
           "(a request's temperature multiplies the heads' T; extra_args/vllm_xargs autodeco_top_p multiplies their P)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from autodeco.cli._parser import config_command, config_errors
+from autodeco.common.console import say
 from autodeco.evaluation.control import ControlEvalConfig
 
 FLAGS: dict[str, str] = {}
@@ -29,16 +30,18 @@ def control_eval(output: str = "runs/control", overwrite: bool = False, no_progr
 
     with config_errors(ControlEvalConfig, FLAGS):
         config = ControlEvalConfig(**settings)
-    with run_lock(output, "control-eval"):
+    inputs = {"heads": config.heads, "compared heads": config.compare_heads, "dataset": config.dataset,
+              "data folder": config.data_dir, "base model": config.base}
+    with run_lock(output, "control-eval", inputs=inputs):
         result = control_evaluation(config, output=output, overwrite=overwrite, progress=not no_progress)
         files = write_control_report(output, result)
-    print(control_table(result))
+    say(control_table(result))
     same = same_answer_table(result)
     if same is not None:
-        print("\nthe heads alone: the plain answers teacher-forced under each command")
-        print(same)
+        say("\nthe heads alone: the plain answers teacher-forced under each command")
+        say(same)
     goal = result["goal"]
-    print(f"\ngoal met: {'yes' if goal['met'] else 'no'} "
+    say(f"\ngoal met: {'yes' if goal['met'] else 'no'} "
           f"({sum(item['met'] for item in goal['criteria'])} of {len(goal['criteria'])} criteria)")
-    print(f"report: {files['control.md']}")
+    say(f"report: {files['control.md']}")
     return result

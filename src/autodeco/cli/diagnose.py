@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from autodeco.cli._parser import check_at_least
+from autodeco.common.console import say
 
 
 def diagnose(
@@ -58,7 +59,7 @@ def diagnose(
         raise ValueError(f"DATA file {data!r} holds no trajectory; pass a JSONL file of verified trajectories "
                          "(one {\"prompt\": ..., \"completion\": ...} object per line, e.g. heldout.jsonl "
                          "from `autodeco sample`)")
-    with run_lock(output, "diagnose"):
+    with run_lock(output, "diagnose", inputs={"heads": heads, "DATA file": data}):
         started = time.perf_counter()
         loaded = load_for_generation(heads, base)
         tokens = diagnose_tokens(loaded.model, loaded.tokenizer, trajectories, batch_size=batch_size,
@@ -68,6 +69,6 @@ def diagnose(
                           "limit": limit, "batch_size": batch_size, "max_length": max_length,
                           "seconds": time.perf_counter() - started}
         paths = write_diagnose_report(output, summary, tokens)
-    print(render_diagnosis(summary))
-    print(f"report: {paths['diagnose.md']}")
+    say(render_diagnosis(summary))
+    say(f"report: {paths['diagnose.md']}")
     return summary

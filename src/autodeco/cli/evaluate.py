@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from autodeco.common.console import say
+
 
 def evaluate_command(
     dataset: str = "arithmetic",
@@ -102,11 +104,11 @@ def print_result(result) -> None:
     """Print the headline table and where the report is."""
     from autodeco.views.report_markdown import headline_table
 
-    print(headline_table(result.summary))
-    print(f"\nreport: {result.files.get('report.md', result.output / 'report.md')}")
+    say(headline_table(result.summary))
+    say(f"\nreport: {result.files.get('report.md', result.output / 'report.md')}")
     throughput = result.summary.get("throughput", {})
     if throughput.get("samples_per_second"):
-        print(f"this run: {throughput['samples_generated_this_run']} samples, "
+        say(f"this run: {throughput['samples_generated_this_run']} samples, "
               f"{throughput['samples_per_second']:.2f} samples/s, {throughput['tokens_per_second']:.0f} tokens/s")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from autodeco.common.console import say
+
 
 def generate(
     prompts: list[str],
@@ -43,14 +45,16 @@ def generate(
         trace_dir: folder for the HTML/PNG/JSON traces.
         fresh_heads: use fresh, untrained heads (seeded by --seed) instead of the shipped ones.
     """
+    from autodeco.common.folders import staged_folder, users_entries
     from autodeco.pretrained import default_heads_for
     from autodeco.sampling.inference import generate_traces, load_for_generation
     from autodeco.views import format_table, write_trace
 
     _check_options(heads, fresh_heads, greedy, temperature, top_p, max_new_tokens, batch_size)
     texts = _collect_prompts(prompts, file)
-    if trace:
-        Path(trace_dir).mkdir(parents=True, exist_ok=True)  # an unwritable --trace-dir fails before generating
+    if trace:  # a folder of the user's, or an unwritable one, fails before generating
+        users_entries(Path(trace_dir).expanduser(), option="--trace-dir")
+        Path(trace_dir).mkdir(parents=True, exist_ok=True)
     if heads is None and not fresh_heads:
         heads = default_heads_for(base)
     loaded = load_for_generation(heads, base, seed=seed)
@@ -61,19 +65,21 @@ def generate(
         loaded, texts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
         greedy=greedy, seed=seed, chat_template=not no_chat_template, batch_size=batch_size,
     )
+    if trace:  # all traces at once, replacing the last run's (files you added to the folder stay)
+        with staged_folder(trace_dir, option="--trace-dir") as staging:
+            for index, result in enumerate(traces, start=1):
+                for suffix in (".html", ".png", ".json"):
+                    write_trace(result, staging / f"trace-{index}{suffix}")
     for index, result in enumerate(traces, start=1):
         if len(traces) > 1:
-            print(f"=== prompt {index}: {result.prompt}")
-        print(result.text.strip())
+            say(f"=== prompt {index}: {result.prompt}")
+        say(result.text.strip())
         if trace:
-            print()
-            print(format_table(result))
-            folder = Path(trace_dir)
-            written = [folder / f"trace-{index}{suffix}" for suffix in (".html", ".png", ".json")]
-            for path in written:
-                write_trace(result, path)
-            print(f"trace written to {', '.join(str(path) for path in written)}")
-        print()
+            say()
+            say(format_table(result))
+            written = [Path(trace_dir) / f"trace-{index}{suffix}" for suffix in (".html", ".png", ".json")]
+            say(f"trace written to {', '.join(str(path) for path in written)}")
+        say()
 
 
 def _check_options(heads, fresh_heads, greedy, temperature, top_p, max_new_tokens, batch_size) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from autodeco.common.console import say
 from autodeco.model.base_model import EMBEDDED_MODEL
 
 
@@ -26,7 +27,7 @@ def quickstart(output: str = "runs/quickstart", budget: str = "quick", base: str
     result = run_quickstart(output, budget, base=base, seed=seed)
     from autodeco.views.report_markdown import headline_table
 
-    print("\n" + headline_table(result["summary"]))
+    say("\n" + headline_table(result["summary"]))
     seconds = result["seconds_this_run"]
-    print(f"\nreport: {result['report']}")
-    print("time this run: " + ", ".join(f"{stage} {value:.0f} s" for stage, value in seconds.items()))
+    say(f"\nreport: {result['report']}")
+    say("time this run: " + ", ".join(f"{stage} {value:.0f} s" for stage, value in seconds.items()))

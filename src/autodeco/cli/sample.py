@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from autodeco.cli._parser import config_command, config_errors
+from autodeco.common.console import say
 from autodeco.sampling.config import SampleConfig
 
 FLAGS = {"source": "dataset"}
@@ -30,8 +31,11 @@ def sample(output: str = "runs/sample", overwrite: bool = False, **settings):
     from autodeco.engines.rollouts import base_rollouts
 
     stats = sample_trajectories(config, output, overwrite=overwrite, rollouts=base_rollouts(config.engine, config.base))
-    print(stats.table())
-    print(f"\n{stats.train_trajectories} training and {stats.heldout_trajectories} held-out trajectories in {output} "
+    say(stats.table())
+    say(f"\n{stats.train_trajectories} training and {stats.heldout_trajectories} held-out trajectories in {output} "
           f"({stats.problems_with_an_accepted_answer}/{stats.problems} problems have a verified answer)")
+    if stats.duplicate_questions:
+        say(f"{stats.duplicate_questions} problem(s) repeat an earlier question of the data (after normalising case "
+            "and spacing); every copy is in the same split as the first")
     if stats.new_tokens_this_run:
-        print(f"this run: {stats.new_tokens_this_run} tokens in {stats.seconds_this_run:.0f} s")
+        say(f"this run: {stats.new_tokens_this_run} tokens in {stats.seconds_this_run:.0f} s")

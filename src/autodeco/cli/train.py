@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from autodeco.cli._parser import check_at_least, config_command, config_errors
+from autodeco.common.console import say
 from autodeco.training.config import TrainConfig
 
 FLAGS = {"per_device_batch_size": "batch-size", "output_dir": "output"}
@@ -56,9 +57,9 @@ def train(
         return result
     if not result.already_finished and result.last_log is not None:
         log = result.last_log
-        print(f"trained {result.steps} steps: loss {log['loss']:.4f} (temperature {log['temperature_loss']:.4f}, "
+        say(f"trained {result.steps} steps: loss {log['loss']:.4f} (temperature {log['temperature_loss']:.4f}, "
               f"top-p {log['top_p_loss']:.4f}); mean T {log['temperature_mean']:.3f}, mean P {log['top_p_mean']:.3f}")
-    print(f"heads: {result.heads_dir}")
+    say(f"heads: {result.heads_dir}")
     return result
 
 
@@ -122,7 +123,7 @@ def heldout(
     fresh_report = heldout_report(
         fresh, tokenizer, trajectories, batch_size=batch_size, max_length=max_length, grid_temperatures=(), grid_top_ps=()
     )
-    print(format_heldout_table(trained_report, fresh_report, data=data, seed=seed))
+    say(format_heldout_table(trained_report, fresh_report, data=data, seed=seed))
     if json_output is not None:
         Path(json_output).parent.mkdir(parents=True, exist_ok=True)
         Path(json_output).write_text(json.dumps(

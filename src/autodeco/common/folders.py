@@ -8,17 +8,32 @@ first). A writer killed at any moment leaves either the old folder or the new on
 or, killed between the two renames, the old one in its hidden backup, which the next write to (or
 :func:`recover_interrupted_swap` of) ``NAME`` moves back. Hidden folders whose writer is dead are
 removed. The files get the user's usual permissions (umask).
+
+Nothing the user owns is lost by a write (the rule every writer of the package follows):
+
+- a folder autodeco did not make is never replaced: writing into an existing, non-empty folder
+  without autodeco's record of its files (:data:`MANIFEST`) is refused before anything is written
+  (:class:`FolderRefused`), because swapping in a new folder would take the user's files with it;
+- in a folder autodeco made, files the user added since are carried into the new folder (hard links,
+  nothing copied) and survive the swap; one that would be overwritten by a file of the new write is
+  refused, naming it;
+- an output equal to, inside, or containing one of the write's inputs (the heads or the base it
+  reads, the data of a run) is refused before anything is written (:func:`check_apart`).
+
+Checkpoints written before the record existed are recognised by their ``config.json`` (an autodeco
+checkpoint or export): the files a checkpoint is made of count as autodeco's, any other as the user's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import secrets
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 STAGING_TAG = "autodeco-staging"
@@ -26,9 +41,33 @@ BACKUP_TAG = "autodeco-old"
 """Hidden folders beside a target while it is written: ``.NAME.<tag>.<writer pid>.<random>``."""
 
 
+MANIFEST = ".autodeco-files.json"
+"""autodeco's record of the files it wrote into a folder: ``{"written_by": "autodeco", "files": [...]}``."""
+
+LEGACY_CHECKPOINT_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
+                           "training_state.json", "tokenizer*", "special_tokens_map.json", "chat_template*",
+                           "vocab.json", "merges.txt")
+"""Names that count as autodeco's in a checkpoint written before :data:`MANIFEST` existed."""
+
+
+class FolderRefused(ValueError):
+    """A write that would delete or overwrite something autodeco did not write."""
+
+
 @contextlib.contextmanager
-def staged_folder(target: str | os.PathLike) -> Iterator[Path]:
+def staged_folder(target: str | os.PathLike, *, inputs: Mapping[str, str | os.PathLike | None] | None = None,
+                  option: str = "the output folder") -> Iterator[Path]:
     """Yield an empty folder to fill; on success it replaces ``target`` atomically, on error it is removed.
+
+    Args:
+        target: the folder to write.
+        inputs: what the write reads, by name (``{"heads": ..., "base model": ...}``): ``target`` may be
+            none of them, nor lie inside or contain one.
+        option: how the user named ``target``, for messages (``"--out"``).
+
+    Raises:
+        FolderRefused: ``target`` overlaps an input, holds files autodeco did not write, or the new files
+            would overwrite one of the user's (checked before the block runs where possible).
 
     Example:
         >>> import tempfile
@@ -41,17 +80,134 @@ def staged_folder(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     if target.exists() and not target.is_dir():
         raise FileExistsError(17, "a file is in the way of a folder to write", str(target))
+    check_apart(target, inputs or {}, option=option)
     target.parent.mkdir(parents=True, exist_ok=True)
     recover_interrupted_swap(target)
     remove_stale_staging(target.parent)
+    users = users_entries(target, option=option)
     staging = hidden_folder(target, STAGING_TAG)
     try:
         yield staging
+        written = sorted(entry.name for entry in staging.iterdir())
+        _refuse_overwrites(target, users, written, option)
+        (staging / MANIFEST).write_text(json.dumps({"written_by": "autodeco", "files": written}, indent=1) + "\n")
         apply_umask(staging)
+        _carry_over(target, staging, users)
         _swap_in(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def check_apart(output: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None], *,
+                option: str = "the output folder") -> None:
+    """Refuse an output that is, lies inside, or contains one of ``inputs`` (paths that do not exist are skipped).
+
+    Raises:
+        FolderRefused: naming the input and the fix.
+
+    Example:
+        >>> import tempfile
+        >>> heads = Path(tempfile.mkdtemp())
+        >>> check_apart(heads / "export", {"heads": heads})
+        Traceback (most recent call last):
+        ...
+        autodeco.common.folders.FolderRefused: ...
+    """
+    out = Path(output).expanduser().resolve()
+    for what, path in inputs.items():
+        if path is None or not isinstance(path, (str, os.PathLike)) or not Path(path).expanduser().exists():
+            continue
+        source = Path(path).expanduser().resolve()
+        if out == source:
+            relation = "is"
+        elif source in out.parents:
+            relation = "lies inside"
+        elif out in source.parents:
+            relation = "contains"
+        else:
+            continue
+        raise FolderRefused(
+            f"{option} {os.fspath(output)!r} {relation} the {what} ({source}), which this command reads; writing "
+            f"there could destroy it: choose a folder outside it"
+        )
+
+
+def users_entries(folder: Path, *, option: str = "the output folder") -> list[str]:
+    """Names in an existing ``folder`` that autodeco did not write (they must survive a rewrite).
+
+    Raises:
+        FolderRefused: ``folder`` is not empty and autodeco did not make it.
+    """
+    if not folder.is_dir():
+        return []
+    entries = sorted(entry.name for entry in folder.iterdir() if _writer(entry, STAGING_TAG) is None
+                     and _writer(entry, BACKUP_TAG) is None)
+    if not entries:
+        return []
+    ours = _autodeco_files(folder)
+    if ours is None:
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise FolderRefused(
+            f"{option} {str(folder)!r} already holds files autodeco did not write ({shown}); autodeco replaces only "
+            "folders it made, so that nothing of yours is lost: choose a new or empty folder"
+        )
+    return [name for name in entries if name not in ours and name != MANIFEST]
+
+
+def _autodeco_files(folder: Path) -> set[str] | None:
+    """The names autodeco wrote in ``folder`` (its manifest, or a pre-manifest checkpoint's files), or None."""
+    try:
+        record = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        if isinstance(record, dict) and isinstance(record.get("files"), list):
+            return {name for name in record["files"] if isinstance(name, str)}
+    except (OSError, ValueError, RecursionError):
+        pass
+    if not _is_autodeco_checkpoint(folder / "config.json"):
+        return None
+    return {entry.name for entry in folder.iterdir()
+            if any(entry.match(pattern) for pattern in LEGACY_CHECKPOINT_FILES)}
+
+
+def _is_autodeco_checkpoint(config: Path) -> bool:
+    try:
+        fields = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    if not isinstance(fields, dict):
+        return False
+    architectures = fields.get("architectures") if isinstance(fields.get("architectures"), list) else []
+    return (fields.get("model_type") == "autodeco" or isinstance(fields.get("autodeco"), dict)
+            or any(isinstance(name, str) and name.startswith("AutoDeco") for name in architectures))
+
+
+def _refuse_overwrites(target: Path, users: list[str], written: list[str], option: str) -> None:
+    clash = sorted(set(users) & set(written))
+    if clash:
+        raise FolderRefused(
+            f"{option} {str(target)!r} holds {', '.join(clash)}, which autodeco did not write and would now "
+            "overwrite; move them away or choose another folder"
+        )
+
+
+def _carry_over(target: Path, staging: Path, names: list[str]) -> None:
+    """Hard-link the user's entries of ``target`` into ``staging`` (same disk: nothing is copied)."""
+    for name in names:
+        source, destination = target / name, staging / name
+        if source.is_symlink() or not source.is_dir():
+            _link(source, destination)
+        else:
+            shutil.copytree(source, destination, symlinks=True, copy_function=_link)
+
+
+def _link(source, destination) -> None:
+    if os.path.islink(source):
+        os.symlink(os.readlink(source), destination)
+        return
+    try:
+        os.link(source, destination)
+    except OSError:  # a file system without hard links: a copy
+        shutil.copy2(source, destination)
 
 
 def hidden_folder(target: Path, tag: str) -> Path:
@@ -130,11 +286,21 @@ def _swap_in(staging: Path, target: Path) -> None:
     if not target.exists():
         os.replace(staging, target)
         return
+    inside = _is_working_folder(target)
     backup = hidden_folder(target, BACKUP_TAG)
     os.replace(target, backup / _PREVIOUS)
     # A kill here leaves the old folder in the backup only: recover_interrupted_swap restores it.
     os.replace(staging, target)
+    if inside:  # save_pretrained("."): stay in the folder by its name, not in the old one about to be deleted
+        os.chdir(target)
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def _is_working_folder(folder: Path) -> bool:
+    try:
+        return os.path.samefile(folder, os.getcwd())
+    except OSError:
+        return False
 
 
 def _writer(folder: Path, tag: str) -> int | None:

@@ -1,4 +1,10 @@
-"""Small, safe file helpers: atomic writes and append-only JSONL with durable batches."""
+"""Small, safe file helpers: atomic writes, append-only JSONL with durable batches, and JSON reading.
+
+JSON files that users hand autodeco are read with :func:`read_json` (JSONL lines with :func:`parse_json`,
+or ``json.loads`` and :func:`describe_json_error` where a reader collects bad lines), so that bad
+content (not JSON, not UTF-8, nested deeper than Python parses, an integer too long to convert) is
+one ValueError naming the file, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,79 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+
+BYTE_ORDER_MARK = "\ufeff"
+"""What some editors put at the start of a UTF-8 file; skipped when reading JSON."""
+
+
+class JsonContentError(ValueError):
+    """A JSON file or line could not be read: the message names where, what was wrong and what to do."""
+
+
+def parse_json(text: str, where: str, fix: str = "fix or replace it", *, with_line: bool = True):
+    """``json.loads(text)``, with every way it can fail turned into a :class:`JsonContentError` naming ``where``.
+
+    Args:
+        text: the JSON text (a leading byte-order mark is skipped).
+        where: the file (and line) in messages, e.g. ``"data.jsonl:3"``.
+        fix: what the user can do, ending the message.
+        with_line: name the line of a JSON error (False for one line of a JSONL file: its column only).
+
+    Example:
+        >>> parse_json("[" * 100_000, "deep.json")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        autodeco.common.jsonl.JsonContentError: deep.json: JSON nested too deeply to read (...); fix or replace it
+    """
+    try:
+        return json.loads(text.removeprefix(BYTE_ORDER_MARK))
+    except (ValueError, RecursionError) as error:
+        raise JsonContentError(f"{where}: {describe_json_error(error, with_line=with_line)}; {fix}") from None
+
+
+def describe_json_error(error: ValueError | RecursionError, *, with_line: bool = True) -> str:
+    """What went wrong in ``json.loads``, in words; ``with_line=False`` for one line of a JSONL file (column only).
+
+    Example:
+        >>> try:
+        ...     json.loads('{"a": }')
+        ... except ValueError as error:
+        ...     describe_json_error(error), describe_json_error(error, with_line=False)
+        ('not valid JSON (Expecting value at line 1 column 7)', 'not valid JSON (Expecting value at column 7)')
+    """
+    if isinstance(error, json.JSONDecodeError):
+        place = f"line {error.lineno} column {error.colno}" if with_line else f"column {error.colno}"
+        return f"not valid JSON ({error.msg} at {place})"
+    if isinstance(error, RecursionError):
+        return "JSON nested too deeply to read (arrays or objects inside each other thousands of levels deep)"
+    return f"JSON that cannot be read ({error})"  # e.g. an integer of more digits than Python converts
+
+
+def read_json(path: str | os.PathLike, *, what: str = "JSON file", fix: str = "fix or replace it"):
+    """The content of a JSON file; any failure to read it is a ValueError naming the file.
+
+    Args:
+        path: the file.
+        what: what the file is, for messages (``"checkpoint config"``).
+        fix: what the user can do, ending the message.
+
+    Raises:
+        JsonContentError: not UTF-8, not valid JSON, nested too deeply, ...
+        OSError: the file cannot be opened (missing, a folder, no permission).
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "config.json"
+        >>> _ = path.write_text('{"a": 1}')
+        >>> read_json(path)
+        {'a': 1}
+    """
+    where = f"{what} {os.fspath(path)}"
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise JsonContentError(f"{where}: not UTF-8 text (byte 0x{data[error.start]:02x}); {fix}") from None
+    return parse_json(text, where, fix)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
@@ -65,12 +144,11 @@ def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            is_last = all(not rest.strip() for rest in lines[number:])
-            if is_last:
+            rows.append(parse_json(line, f"{path}:{number}", "fix or delete that line", with_line=False))
+        except JsonContentError:
+            if all(not rest.strip() for rest in lines[number:]):  # the last line: torn by a killed writer
                 break
-            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg}); fix or delete that line") from None
+            raise
     return rows
 
 
@@ -119,7 +197,9 @@ def check_resume_config(path: str | os.PathLike, current: dict, *, what: str, fi
     path = Path(path)
     if not path.exists():
         return False
-    stored = json.loads(read_utf8(path))
+    stored = read_json(path, what=what, fix=fix)
+    if not isinstance(stored, dict):
+        raise JsonContentError(f"{what} {path}: holds a JSON {type(stored).__name__}, not an object; {fix}")
     differing = differing_settings(stored, current, stored_label="there")
     if differing:
         raise ValueError(

@@ -7,6 +7,11 @@ interleaving its results with the first one's. The lock is ``fcntl.flock`` on th
 a run killed with ``kill -9`` leaves no stale lock (the file stays, holding the last owner's PID
 for the message; it is not a lock by itself).
 
+The lock file is also how a run folder is known to be autodeco's: an existing, non-empty folder
+without one is refused (its files are the user's, and a run writes and, with ``--overwrite``,
+deletes files by name), as is a folder holding another command's run, or an output that is,
+lies inside or contains one of the run's inputs (:func:`autodeco.common.folders.check_apart`).
+
 Example:
     >>> import tempfile
     >>> folder = tempfile.mkdtemp()
@@ -20,8 +25,10 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+from autodeco.common.folders import FolderRefused, check_apart
 
 LOCK_FILE = "run.lock"
 """The lock file inside a run folder: ``<pid> <start time> <command>`` of the holder."""
@@ -32,22 +39,27 @@ class RunFolderInUse(ValueError):
 
 
 @contextlib.contextmanager
-def run_lock(folder: str | os.PathLike, command: str, *, option: str = "--output") -> Iterator[Path]:
+def run_lock(folder: str | os.PathLike, command: str, *, option: str = "--output",
+             inputs: Mapping[str, str | os.PathLike | None] | None = None) -> Iterator[Path]:
     """Hold the exclusive lock of the run folder ``folder`` (created if missing) inside the ``with`` block.
 
     Args:
         folder: the run folder.
         command: what runs there, for the other process's message (``"sample"``, ``"train"``, ...).
         option: the flag that chose the folder, for the message.
+        inputs: what the run reads, by name (data files, heads): the folder may not be, lie inside or contain one.
 
     Yields:
         The folder.
 
     Raises:
         RunFolderInUse: another process holds the lock (the message names its PID and start time).
+        FolderRefused: the folder holds files autodeco did not write, or another command's run, or overlaps an input.
         ValueError: the folder cannot be created or written (a file in the way, no permission).
     """
     folder = Path(folder)
+    check_apart(folder, inputs or {}, option=option)
+    _check_made_by_autodeco(folder, option)
     handle = _open_lock_file(folder, option)
     try:
         try:
@@ -56,12 +68,45 @@ def run_lock(folder: str | os.PathLike, command: str, *, option: str = "--output
             raise RunFolderInUse(
                 f"{folder} is already in use by {_holder(folder)}; wait for it or choose another {option}"
             ) from None
+        _check_same_command(folder, command, option)
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         os.ftruncate(handle, 0)
         os.pwrite(handle, f"{os.getpid()} {started} {command}\n".encode(), 0)
         yield folder
     finally:
         os.close(handle)  # releases the lock
+
+
+def _check_made_by_autodeco(folder: Path, option: str) -> None:
+    """Refuse an existing, non-empty folder without a lock file: autodeco did not make it."""
+    if not folder.is_dir():
+        return
+    if not (folder / LOCK_FILE).exists():
+        entries = sorted(entry.name for entry in folder.iterdir())
+        if entries:
+            shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+            raise FolderRefused(
+                f"{option} {str(folder)!r} already holds files autodeco did not write ({shown}); a run writes "
+                "(and with --overwrite deletes) files by name there: choose a new or empty folder"
+            )
+
+
+def _check_same_command(folder: Path, command: str, option: str) -> None:
+    """Refuse a folder that holds another command's run (checked under the lock, before it is rewritten)."""
+    previous = _recorded_command(folder)
+    if previous is not None and previous != command:
+        raise FolderRefused(
+            f"{option} {str(folder)!r} holds an `autodeco {previous}` run, not an `autodeco {command}` one; "
+            "choose another folder"
+        )
+
+
+def _recorded_command(folder: Path) -> str | None:
+    try:
+        words = (folder / LOCK_FILE).read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return None
+    return words[3] if len(words) > 3 and words[0].isdigit() else None
 
 
 def _open_lock_file(folder: Path, option: str) -> int:

@@ -21,6 +21,10 @@ from autodeco.model.generation import check_multiplier
 
 FINISH_REASONS = ("stop", "length")
 """Why a generation ended, on its last event: ``stop`` (end-of-sequence token or a stop string) or ``length``."""
+MAX_MULTIPLIER = 1e4
+"""Largest ``temperature`` and ``top_p`` multiplier accepted. The heads predict ``T_head`` in (0, 2) and
+``P_head`` in (0, 1), so ``T_head * temperature`` stays below 2e4 (finite even in float16, whose largest value
+is 65504) and ``P_head * top_p`` never turns into ``0 * inf = NaN``; 1e4 is already a uniform draw in effect."""
 
 
 @dataclasses.dataclass
@@ -29,7 +33,8 @@ class GenerationRequest:
 
     Raises:
         ValueError: (in ``__post_init__``) an empty prompt, ``max_tokens`` < 1, a NaN, infinite or negative
-            ``temperature``, a ``top_p`` <= 0, or a stop that is not a non-empty string; quoting the value.
+            ``temperature``, a ``top_p`` <= 0, a multiplier above :data:`MAX_MULTIPLIER`, or a stop that is not a
+            non-empty string; quoting the value.
     """
 
     prompt_ids: list[int]
@@ -55,6 +60,10 @@ class GenerationRequest:
             raise ValueError(f"max_tokens must be an integer >= 1, but is {self.max_tokens!r}")
         self.temperature = check_multiplier("temperature", self.temperature, zero_allowed=True)
         self.top_p = check_multiplier("top_p", self.top_p, zero_allowed=False)
+        for name in ("temperature", "top_p"):
+            if getattr(self, name) > MAX_MULTIPLIER:
+                raise ValueError(f"{name} must be at most {MAX_MULTIPLIER:g} (a multiplier on the heads' value; larger "
+                                 f"ones overflow to infinity), but is {getattr(self, name)!r}")
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
         for value in stop:
             if not isinstance(value, str) or not value:
@@ -96,11 +105,17 @@ class Engine(Protocol):
     Closing the iterator early (the client went away) must stop the work for that request promptly and
     free its resources. It must be safe to call from several threads at once: an engine may serialize
     requests (the HF engine does) or batch them (the vLLM engine does).
+
+    ``max_model_len`` is the one rule for how long an answer may be, whatever the engine: the server lowers
+    a request's ``max_tokens`` to ``max_model_len - len(prompt_ids)`` (a chat request without ``max_tokens``
+    gets exactly that room), and leaves a prompt that fills the context for ``stream`` to refuse.
     """
 
     model_name: str
     """The model id served in ``/v1/models`` and checked in each request's ``model``."""
     tokenizer: object
     """A Hugging Face tokenizer (chat template, decoding)."""
+    max_model_len: int | None
+    """Positions of the context the engine runs (prompt + generated tokens); None when unknown."""
 
     def stream(self, request: GenerationRequest) -> Iterator[TokenEvent]: ...

@@ -88,6 +88,8 @@ class VllmEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         args = EngineArgs(model=self.model_path, **{**ENGINE_DEFAULTS, **engine_args})
         self._engine = LLMEngine.from_engine_args(args)
+        self.max_model_len = _max_model_len(self._engine)
+        """Positions of the context vLLM runs (its ``max_model_len``: the engine argument, else the model's)."""
         self._incoming: queue.SimpleQueue = queue.SimpleQueue()
         self._outputs: dict[str, queue.SimpleQueue] = {}
         self._closed = False
@@ -264,6 +266,15 @@ def load_engine(
 
         heads = saved_heads(AutoDecoForCausalLM.from_base(base or EMBEDDED_MODEL, seed=seed))
     return VllmEngine.from_checkpoint(heads, base=base, model_name=model_name, seed=seed, **engine_args)
+
+
+def _max_model_len(engine) -> int | None:
+    """The context length vLLM settled on (``model_config.max_model_len``), or None if this vLLM hides it."""
+    config = getattr(engine, "model_config", None)
+    if config is None:
+        config = getattr(getattr(engine, "vllm_config", None), "model_config", None)
+    value = getattr(config, "max_model_len", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def _until_finished(outputs: queue.SimpleQueue) -> Iterator:

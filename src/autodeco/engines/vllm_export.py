@@ -32,8 +32,8 @@ import os
 from pathlib import Path
 
 from autodeco.common.fingerprint import tensors_fingerprint, text_fingerprint
-from autodeco.common.folders import staged_folder
-from autodeco.model.base_model import autodeco_home, resolve_base
+from autodeco.common.folders import check_apart, staged_folder, users_entries
+from autodeco.model.base_model import PICKLE_SUFFIXES, autodeco_home, resolve_base
 from autodeco.model.checkpoint import CheckpointError, read_checkpoint
 
 ARCHITECTURE_PREFIX = "AutoDeco"
@@ -57,7 +57,6 @@ HEADS_FILE = "autodeco_heads.safetensors"
 """Name of the link to the heads' weights in the exported folder."""
 
 _SKIPPED_BASE_FILES = {"config.json", "model.safetensors.index.json"}
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 def vllm_architecture(base: str) -> str:
@@ -126,6 +125,8 @@ def export_for_vllm(heads: str | os.PathLike, output: str | os.PathLike, *, base
     """
     contents = read_checkpoint(heads)
     config = contents.config
+    check_apart(output, {"heads": contents.path}, option="the export folder")  # before the base is resolved or converted
+    users_entries(Path(output).expanduser(), option="the export folder")
     settings = HeadsSettings(
         hidden_size=config.hidden_size, vocab_size=config.vocab_size,
         enable_temperature_head=config.enable_temperature_head, enable_top_p_head=config.enable_top_p_head,
@@ -172,7 +173,8 @@ def export_for_vllm(heads: str | os.PathLike, output: str | os.PathLike, *, base
                 "use_enhanced_features", "temperature_hidden_size", "top_p_hidden_size"):
         exported.pop(key, None)
     target = Path(output).expanduser().resolve()
-    with staged_folder(target) as staging:
+    inputs = {"heads": contents.path, "base model": None if contents.merged and base is None else base_dir}
+    with staged_folder(target, inputs=inputs, option="the export folder") as staging:
         (staging / "config.json").write_text(json.dumps(exported, indent=2) + "\n")
         for file in side_files:
             if not (staging / file.name).exists():
@@ -214,7 +216,7 @@ def _side_files(folder: Path) -> list[Path]:
     return [
         path for path in sorted(folder.iterdir())
         if path.is_file() and path.name not in _SKIPPED_BASE_FILES and path.suffix != ".safetensors"
-        and path.suffix not in _PICKLE_SUFFIXES and not path.name.startswith(".")
+        and path.suffix not in PICKLE_SUFFIXES and not path.name.startswith(".")
     ]
 
 

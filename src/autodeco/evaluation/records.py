@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from autodeco.common.jsonl import describe_json_error
 from autodeco.sampling.settings import AUTODECO, GREEDY, parse_static_setting, static_setting
 
 __all__ = [
@@ -253,8 +254,8 @@ def _parse_line(line: str) -> SampleRecord:
     """One JSONL line as a record; ValueError (json errors included) if it is not one."""
     try:
         data = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"invalid JSON: {error}") from error
+    except (ValueError, RecursionError) as error:
+        raise ValueError(describe_json_error(error, with_line=False)) from None
     try:
         return SampleRecord.from_dict(data)
     except TypeError as error:

@@ -21,14 +21,13 @@ is appended to ``samples.jsonl`` as it is produced, so a killed evaluation resum
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from autodeco.common.fingerprint import files_fingerprint, model_reference_fingerprint, tensors_fingerprint
-from autodeco.common.jsonl import check_resume_config, write_json_atomic
+from autodeco.common.jsonl import check_resume_config, read_json, write_json_atomic
 from autodeco.common.runlock import run_lock
 from autodeco.common.seeds import derived_seed
 from autodeco.evaluation.methods import (
@@ -227,7 +226,9 @@ def evaluate(
     tuning_problems = _tuning_problems(config, problems)
     meanshift_trajectories = _meanshift_trajectories(config)
     loaded = _load_model(config)
-    with run_lock(output, "eval"):
+    inputs = {"heads": config.heads, "dataset": config.dataset, "data folder": config.data_dir,
+              "MeanShift data": config.meanshift_data, "tuning dataset": config.tune_dataset, "base model": config.base}
+    with run_lock(output, "eval", inputs=inputs):
         if overwrite:
             for name in (CONFIG_FILE, SAMPLES_FILE, MEANSHIFT_FILE, TUNING_FILE):
                 (output / name).unlink(missing_ok=True)
@@ -375,8 +376,10 @@ def _tuning_problems(config: EvalConfig, problems) -> list:
             f"cannot load the heuristics' tuning problems ({source}, {config.tune_split} split): {error}; "
             "pass --tune-dataset with training problems, or --tune-problems 0 for untuned default parameters"
         ) from error
-    evaluated = {problem.question for problem in problems}
-    shared = [problem for problem in tuning if problem.question in evaluated]
+    from autodeco.problems.problem import question_key
+
+    evaluated = {question_key(problem.question) for problem in problems}  # copies with other case or spacing too
+    shared = [problem for problem in tuning if question_key(problem.question) in evaluated]
     if shared:
         raise ValueError(
             f"{len(shared)} of the {len(tuning)} tuning problems ({source}, {config.tune_split} split) are also "
@@ -507,7 +510,9 @@ def _meanshift_pair(config: EvalConfig, loaded, output: Path, trajectories) -> t
         return given.temperature, given.top_p, "given by the user"
     cached = output / MEANSHIFT_FILE
     if cached.exists():
-        stored = json.loads(cached.read_text())
+        stored = read_json(cached, what="MeanShift cache", fix="delete it to measure the means again")
+        if not isinstance(stored, dict) or not {"temperature", "top_p", "source"} <= set(stored):
+            raise ValueError(f"MeanShift cache {cached} lacks temperature, top_p or source; delete it to measure again")
         return stored["temperature"], stored["top_p"], stored["source"]
     if trajectories is not None:
         from autodeco.evaluation.heldout import teacher_forced_means
@@ -533,7 +538,9 @@ def _check_same_problems(stored_file: Path, run_config: dict) -> None:
     """Refuse a resume whose problems changed (ids follow question and answer), naming a few of them."""
     if not stored_file.exists():
         return
-    stored = json.loads(stored_file.read_text(encoding="utf-8")).get("problem_ids")
+    fix = "choose another --output or pass --overwrite to start again"
+    stored = read_json(stored_file, what="evaluation run configuration", fix=fix)
+    stored = stored.get("problem_ids") if isinstance(stored, dict) else None
     if stored is None or stored == run_config["problem_ids"]:
         return
     current = set(run_config["problem_ids"])

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autodeco.common.folders import staged_folder
+from autodeco.common.jsonl import read_json
 
 if TYPE_CHECKING:
     import torch
@@ -28,8 +29,39 @@ EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CONVERTED_DIR_NAME = "SmolLM2-135M-Instruct-Q4_1"
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+"""Weight files in Python's pickle format, which autodeco never opens (unpickling can run arbitrary code)."""
+
+
 class BaseModelError(ValueError):
     """A base model could not be found or is not usable under AutoDeco."""
+
+
+def pickle_weights_message(folder: str | os.PathLike, pickles: list[str]) -> str:
+    """Why a folder holding only pickle weight files is refused, and how to convert them (heads and bases alike).
+
+    Example:
+        >>> pickle_weights_message("base", ["pytorch_model.bin"])  # doctest: +ELLIPSIS
+        "'base' holds only pickle files ['pytorch_model.bin']; autodeco loads safetensors only, because ..."
+    """
+    return (
+        f"{os.fspath(folder)!r} holds only pickle files {pickles}; autodeco loads safetensors only, because "
+        "unpickling can run arbitrary code. Convert them where you trust them, e.g. "
+        "`safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')`"
+    )
+
+
+def check_safetensors_weights(folder: Path) -> None:
+    """Refuse a model folder whose weights are pickle files only (``pytorch_model.bin``, shards, ``.pt``, ...).
+
+    Raises:
+        BaseModelError: naming the pickle files and how to convert them.
+    """
+    if any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").exists():
+        return
+    pickles = sorted(file.name for file in folder.iterdir() if file.suffix in PICKLE_SUFFIXES and file.is_file())
+    if pickles:
+        raise BaseModelError(pickle_weights_message(folder, pickles))
 
 
 def autodeco_home() -> Path:
@@ -86,8 +118,29 @@ def _convert_embedded(target: Path) -> None:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     with staged_folder(target) as staging:
-        model.save_pretrained(staging)
+        _save_weights(model, staging)
         tokenizer.save_pretrained(staging)
+
+
+def _save_weights(model, folder: Path) -> None:
+    """``config.json``, ``generation_config.json`` and ``model.safetensors``, as ``save_pretrained`` writes them.
+
+    Not ``model.save_pretrained`` itself: it asks accelerate to unwrap the model, which imports DeepSpeed
+    where it is installed, and DeepSpeed's import prints to standard output.
+    """
+    from safetensors.torch import save_file
+
+    model.config.architectures = [type(model).__name__]
+    model.config.save_pretrained(folder)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(folder)
+    seen, tensors = set(), {}
+    for name, tensor in model.state_dict().items():  # tied weights: the first name of a storage is kept
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key not in seen:
+            seen.add(key)
+            tensors[name] = tensor.detach().contiguous()
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
 
 
 @contextlib.contextmanager
@@ -110,6 +163,8 @@ def resolve_base(name_or_path: str | os.PathLike) -> str:
             raise BaseModelError(f"base model path {str(path)!r} is a file; pass the folder that holds config.json")
         if not (path / "config.json").exists():
             raise BaseModelError(f"base model folder {str(path)!r} has no config.json; is it a Hugging Face model folder?")
+        read_json(path / "config.json", what="base model config", fix="restore the base model's config.json")
+        check_safetensors_weights(path)
         return str(path)
     return str(name_or_path)
 
@@ -121,10 +176,10 @@ def load_base_model(
     trust_remote_code: bool = False,
     device: str | torch.device | None = None,
 ):
-    """Load a causal LM by hub id, local folder or ``embedded:...`` name, in eval mode.
+    """Load a causal LM by hub id, local folder or ``embedded:...`` name, in eval mode; safetensors weights only.
 
     Raises:
-        BaseModelError: when it cannot be found or is not a causal language model.
+        BaseModelError: when it cannot be found, is not a causal language model, or has pickle weights only.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -138,8 +193,13 @@ def load_base_model(
         ) from None
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, config=config, dtype=dtype or "auto", trust_remote_code=trust_remote_code
+            source, config=config, dtype=dtype or "auto", trust_remote_code=trust_remote_code, use_safetensors=True
         )
+    except OSError as error:  # a hub repository without safetensors weights
+        raise BaseModelError(
+            f"cannot load the weights of base model {str(name_or_path)!r} ({error}); autodeco loads safetensors "
+            "weights only, because unpickling can run arbitrary code: use a model with model.safetensors"
+        ) from None
     except ValueError as error:
         if "Unrecognized configuration class" in str(error):
             raise BaseModelError(

@@ -21,13 +21,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from autodeco.common.folders import recover_interrupted_swap, remove_stale_staging, staged_folder  # noqa: F401
+from autodeco.common.jsonl import JsonContentError, read_json
+from autodeco.model.base_model import PICKLE_SUFFIXES, pickle_weights_message
 from autodeco.model.config import AutoDecoConfig
 
 HEAD_PREFIXES = ("temp_head.", "top_p_head.")
 BASE_PREFIX = "llm."
 HEADS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 class CheckpointError(ValueError):
@@ -110,9 +111,9 @@ def _read_json(file: Path):
     if not file.exists():
         raise CheckpointError(f"{str(file)!r} is missing: an AutoDeco checkpoint folder needs its config.json")
     try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{str(file)!r} is not valid JSON ({error}); restore it or re-save the checkpoint") from None
+        return read_json(file, what="checkpoint file", fix="restore it or re-save the checkpoint")
+    except JsonContentError as error:  # not UTF-8, not JSON, nested too deeply, ...
+        raise CheckpointError(str(error)) from None
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -126,32 +127,39 @@ def _weight_files(folder: Path) -> list[Path]:
     files = sorted(folder.glob("*.safetensors"))
     if files:
         return files
-    pickles = sorted(file.name for file in folder.iterdir() if file.suffix in _PICKLE_SUFFIXES)
+    pickles = sorted(file.name for file in folder.iterdir() if file.suffix in PICKLE_SUFFIXES)
     if pickles:
-        raise CheckpointError(
-            f"{str(folder)!r} holds only pickle files {pickles}; autodeco loads safetensors only, because "
-            "unpickling can run arbitrary code. Convert them where you trust them, e.g. "
-            "`safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')`"
-        )
+        raise CheckpointError(pickle_weights_message(folder, pickles))
     raise CheckpointError(f"{str(folder)!r} holds no .safetensors weight file")
 
 
 def write_checkpoint(
-    path: str | os.PathLike, config: AutoDecoConfig, tensors: dict[str, torch.Tensor], *, extra_files: dict | None = None
+    path: str | os.PathLike, config: AutoDecoConfig, tensors: dict[str, torch.Tensor], *, extra_files: dict | None = None,
+    inputs: dict[str, str | os.PathLike | None] | None = None,
 ) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into ``path`` atomically.
 
     Written through :func:`autodeco.common.folders.staged_folder`: built beside the target and swapped
     in, so an interrupted save never leaves a half-written checkpoint where a good one was, a swap cut
-    short is completed on the next use, and files get the user's usual permissions (umask).
+    short is completed on the next use, and files get the user's usual permissions (umask). A folder
+    autodeco did not make is refused, files a user added to one it made are kept, and ``path`` may not
+    be, lie inside or contain the base model (a local folder) or any of ``inputs``.
     """
     target = Path(path).expanduser().resolve()
     _make_parent(target)
     if target.exists() and not target.is_dir():
         raise CheckpointError(f"cannot save into {str(target)!r}: it is a file; choose another path or remove it")
-    with staged_folder(target) as staging:
+    inputs = {"base model": _local_base(config.base_model_name_or_path), **(inputs or {})}
+    with staged_folder(target, inputs=inputs, option="the checkpoint folder") as staging:
         write_checkpoint_files(staging, config, tensors, extra_files=extra_files)
     return target
+
+
+def _local_base(reference: str | None) -> str | None:
+    """The base model's folder when it is a local one (hub ids and the embedded name are not paths)."""
+    if not reference or ":" in reference.split("/")[0]:
+        return None
+    return reference if Path(reference).expanduser().is_dir() else None
 
 
 def write_checkpoint_files(

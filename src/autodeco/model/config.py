@@ -7,7 +7,10 @@ config's fields at the top level) and ours keeps its own extras under the ``auto
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
+
+from autodeco.common.jsonl import read_json
 
 FORMAT_VERSION = 1
 """Version of this project's extra fields in ``config.json``."""
@@ -103,6 +106,17 @@ class AutoDecoConfig:
             },
         )
         return content
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> "AutoDecoConfig":
+        """Read a heads ``config.json`` (see :meth:`from_json_dict`).
+
+        Raises:
+            ValueError: naming the file: not UTF-8, not JSON, nested too deeply, or a missing or wrong field.
+            OSError: the file cannot be opened.
+        """
+        content = read_json(path, what="heads config", fix="restore the file, or re-save the checkpoint")
+        return cls.from_json_dict(content, source=os.fspath(path))
 
     @classmethod
     def from_json_dict(cls, content: dict[str, Any], source: str = "config.json") -> "AutoDecoConfig":

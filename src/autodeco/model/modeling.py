@@ -28,6 +28,7 @@ from autodeco.model.generation import (
     generate_with_base,
     output_head,
     output_head_shape,
+    sanitized_generation_config,
 )
 
 FEATURE_CHUNK_ROWS = 256
@@ -323,6 +324,20 @@ class AutoDecoForCausalLM(nn.Module):
     def device(self) -> torch.device:
         return self.temp_head.mlp[0].weight.device
 
+    @classmethod
+    def can_generate(cls) -> bool:
+        """True: :meth:`generate` exists (what ``transformers.pipeline("text-generation", ...)`` asks first)."""
+        return True
+
+    @property
+    def generation_config(self):
+        """The base's token ids and lengths, without its sampling defaults (what :meth:`generate` applies itself).
+
+        A fresh copy on every read: what a caller (such as a ``transformers`` pipeline) changes in it
+        applies only where that caller passes it back to :meth:`generate`.
+        """
+        return sanitized_generation_config(self.llm.generation_config)
+
     # -------------------------------------------------------------------------------------- generation
 
     @torch.no_grad()
@@ -394,6 +409,7 @@ class AutoDecoForCausalLM(nn.Module):
         temperature = 1.0 if temperature is None else check_multiplier("temperature", temperature, zero_allowed=True)
         top_p = 1.0 if top_p is None else check_multiplier("top_p", top_p, zero_allowed=False)
         if input_ids is not None:
+            check_prompt_shape(input_ids)
             check_token_ids(self.llm, input_ids)
             self._fit_context(input_ids.shape[1], kwargs, generation_config)
         sample = do_sample and temperature != 0.0
@@ -489,6 +505,30 @@ def check_base_fits(config: AutoDecoConfig, llm: nn.Module, *, given: str | None
         )
 
 
+def check_prompt_shape(input_ids: torch.Tensor) -> None:
+    """Refuse prompt ids that are not a ``(B, L)`` batch of at least one row and one token.
+
+    Raises:
+        ValueError: quoting the shape and what to pass instead.
+
+    Example:
+        >>> check_prompt_shape(torch.zeros(1, 0, dtype=torch.long))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: input_ids has shape (1, 0): the prompt is empty; ...
+    """
+    shape = tuple(input_ids.shape)
+    if input_ids.dim() != 2:
+        raise ValueError(
+            f"input_ids has shape {shape}, not (batch, length); pass a 2-D tensor of token ids, e.g. "
+            "tokenizer(text, return_tensors='pt').input_ids (for one 1-D prompt: input_ids.unsqueeze(0))"
+        )
+    if 0 in shape:
+        raise ValueError(
+            f"input_ids has shape {shape}: the prompt is empty; give at least one row of at least one token "
+            "(e.g. the tokenizer's BOS token, or the chat template of an empty message)"
+        )
+
+
 def _chunked_features(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
     flat_logits = logits.reshape(-1, logits.shape[-1])  # (B*L, V)
     flat_temperature = temperature.reshape(-1)  # (B*L,)
@@ -519,7 +559,7 @@ def _load_merged_base(folder: Path, config: AutoDecoConfig, dtype, trust_remote_
     try:
         llm = AutoModelForCausalLM.from_pretrained(
             folder, config=base_config, key_mapping={r"^llm\.": ""}, dtype=dtype or "auto",
-            trust_remote_code=trust_remote_code,
+            trust_remote_code=trust_remote_code, use_safetensors=True,
         )
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -12,7 +12,8 @@
   ``hf:openai/gsm8k:main@test``. Needs the ``datasets`` package (``pip install
   autodeco[datasets]``) and network access.
 
-Record formats, detected per file from the first valid record's fields, in this order:
+Record formats, detected from each record's fields, in this order (one file holds one format: a
+record in another format than the file's first one is refused, naming its line):
 
 ==============  ===========================================  =========================
 format          fields                                       answer
@@ -25,6 +26,10 @@ format          fields                                       answer
                 ``answer``/``gt``/``ground_truth``
 ==============  ===========================================  =========================
 
+A ground truth must be a string or a finite number: JSON ``NaN``, ``Infinity`` and numbers too
+large for a float (``1e400``, which Python reads as infinity) are refused, as are the strings
+``"nan"`` and ``"inf"`` (write infinity as ``\\infty``). A UTF-8 byte-order mark is skipped.
+
 Files are read in order and never shuffled; ``limit`` keeps the first problems.
 """
 
@@ -33,12 +38,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from autodeco.common.jsonl import BYTE_ORDER_MARK, describe_json_error
 from autodeco.problems.arithmetic import DEFAULT_COUNTS, DEFAULT_LEVELS, generate_problems
 from autodeco.problems.problem import BOXED_INSTRUCTION, TEMPLATES, DataError, Problem  # noqa: F401  (re-exported)
 
@@ -78,6 +86,9 @@ CONTENT_ID_LENGTH = 10
 
 GSM8K_MARKER = "####"
 """GSM8K solutions end with ``#### <final answer>``."""
+
+NOT_A_NUMBER = re.compile(r"[+-]?(nan|inf|infinity)", re.IGNORECASE)
+"""Ground truths refused as text: what ``str()`` makes of a non-finite float (no problem's answer is NaN)."""
 
 _ACCEPTED = (
     'accepted records: {"question", "answer" ending in "#### <n>"} (GSM8K), {"problem", "gt"} (AutoDeco), '
@@ -205,7 +216,7 @@ def dataset_path(name: str, split: str = "test", data_dir: str | os.PathLike | N
 
 
 def read_jsonl(path: str | os.PathLike, *, source: str | None = None, on_bad_line: str = "stop") -> list[Problem]:
-    """Problems from a JSONL file, format detected from its first valid record; blank lines are ignored.
+    """Problems from a JSONL file in one format (that of its first valid record); blank lines are ignored.
 
     Ids follow content, not line numbers: ``<file name>:<hash of question and answer>`` (a second
     identical record gets ``#2``, ...), or the record's ``unique_id`` in MATH format. Inserting or
@@ -273,6 +284,11 @@ def problem_from_record(record: dict[str, Any], format_name: str, *, id: str, so
     answer = _answer_text(record[answer_field], answer_field)
     if format_name == "gsm8k":
         answer = _gsm8k_final_answer(answer)
+    if NOT_A_NUMBER.fullmatch(answer):
+        raise DataError(
+            f"the ground truth ({answer_field!r}) is {answer!r}, which is no answer a model can give; "
+            "write infinity as \\infty, and fix or remove a record whose answer is NaN"
+        )
     difficulty = _level(record.get("level")) if format_name == "math" else None
     own_id = record.get("unique_id") if format_name == "math" else None
     return Problem(str(own_id) if own_id else id, question, answer, source, format_name, difficulty)
@@ -304,7 +320,8 @@ def _text_lines(file, path: Path) -> Iterator[tuple[int, str]]:
     """``(line number, text)`` of a file opened in binary mode; a line that is not UTF-8 is a DataError naming it."""
     for number, raw in enumerate(file, start=1):
         try:
-            yield number, raw.decode("utf-8")
+            text = raw.decode("utf-8")
+            yield number, text.removeprefix(BYTE_ORDER_MARK) if number == 1 else text
         except UnicodeDecodeError as error:
             raise DataError(
                 f"{path}, line {number}: not UTF-8 text (byte 0x{raw[error.start]:02x} at byte {error.start + 1} of the "
@@ -334,8 +351,8 @@ def _json_lines(numbered_lines: Iterable[tuple[int, str]], name: str) -> Iterato
     for number, line in numbered_lines:
         try:
             yield number, json.loads(line)
-        except json.JSONDecodeError as error:
-            yield number, DataError(f"not valid JSON ({error.msg} at column {error.colno})")
+        except (ValueError, RecursionError) as error:
+            yield number, DataError(describe_json_error(error, with_line=False))
 
 
 def _problems_from_records(
@@ -345,19 +362,32 @@ def _problems_from_records(
     detected: str | None = None
     skipped: list[tuple[int, str]] = []
     seen: dict[str, int] = {}
+    own_ids: dict[str, int] = {}
+    first_line = 0
     for number, record in records:
         try:
             if isinstance(record, DataError):
                 raise record
             if not isinstance(record, dict):
-                raise DataError(f"expected a JSON object, got {type(record).__name__}")
+                raise DataError(f"expected a JSON object ({{...}}), got a JSON {_json_type(record)}")
+            own_format = record_format(record)
             if detected is None:
-                detected = record_format(record)
-                if detected is None:
-                    raise DataError(f"record has the fields {sorted(record)}, which fit no known format")
+                if own_format is None:
+                    raise DataError(_no_format(record))
+                detected, first_line = own_format, number
             problem = problem_from_record(record, detected, id=f"{id_prefix}:{number}", source=source)
+            if own_format != detected:
+                raise DataError(
+                    f"this record is in {own_format or 'no known'} format but the file's first record (line "
+                    f"{first_line}) is in {detected} format; the format decides how an answer is read (GSM8K's "
+                    "'#### <n>'), so a file holds one: put the records of each format in a file of their own"
+                )
             if problem.id == f"{id_prefix}:{number}":  # no id of its own (MATH's unique_id): one from its content
                 problem = dataclasses.replace(problem, id=content_id(id_prefix, problem.question, problem.answer, seen))
+            else:  # a repeated unique_id gets #2, #3, ... like a repeated question
+                own_ids[problem.id] = own_ids.get(problem.id, 0) + 1
+                if own_ids[problem.id] > 1:
+                    problem = dataclasses.replace(problem, id=f"{problem.id}#{own_ids[problem.id]}")
             problems.append(problem)
         except DataError as error:
             if on_bad_line == "stop":
@@ -381,9 +411,28 @@ def _has_text(record: dict[str, Any], name: str) -> bool:
     return isinstance(record.get(name), str)
 
 
+def _json_type(value: Any) -> str:
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _no_format(record: dict[str, Any]) -> str:
+    """Why a record fits no format: a question field that is not text, or fields no format uses."""
+    question_fields, _ = RECORD_FORMATS["generic"]
+    for name in question_fields:
+        if name in record and not isinstance(record[name], str):
+            return f"field {name!r} must be a non-empty string, got {record[name]!r}"
+    return f"record has the fields {sorted(record)}, which fit no known format"
+
+
 def _answer_text(value: Any, field: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise DataError(f"field {field!r} must be a string or a number, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DataError(
+            f"field {field!r} is {value!r}, not a finite number (JSON NaN or Infinity, or a number too large for a "
+            "float, such as 1e400); write a huge ground truth as a string (\"1e400\"), and fix or remove a NaN one"
+        )
     text = value.strip() if isinstance(value, str) else str(value)
     if not text:
         raise DataError(f"field {field!r} is empty")

@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 
 BOXED_INSTRUCTION = "\nMake sure you output the final answer within \\boxed{}."
 """What the paper appends to every math problem (PAPER.md section 5)."""
@@ -26,6 +27,18 @@ TEMPLATES: dict[str, str] = {
 All use the paper's math prompt, so that every answer can be read from its ``\\boxed{}``. They
 are separate keys so that one kind can change without touching the others.
 """
+
+
+def question_key(question: str) -> str:
+    """A question's text normalised so that copies of one question compare equal: what splits are keyed by.
+
+    Unicode NFKC, case folded, runs of whitespace as one space, no whitespace at the ends.
+
+    Example:
+        >>> question_key("  What is 2 +\\n 2? ") == question_key("what is 2 + 2?")
+        True
+    """
+    return " ".join(unicodedata.normalize("NFKC", question).casefold().split())
 
 
 class DataError(ValueError):

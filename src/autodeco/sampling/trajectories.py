@@ -5,7 +5,8 @@ own correct trajectories are the data. Output folder::
 
     sample_config.json   the settings and the base's fingerprint (a restart with other ones is refused)
     trajectories.jsonl   accepted answers for training: prompt, completion, answer, source, seed, ...
-    heldout.jsonl        accepted answers of held-out problems (for held-out NLL and MeanShift)
+    heldout.jsonl        accepted answers of held-out problems (for held-out NLL and MeanShift); a problem is
+                         held out by its normalised question text, so copies of one question share a split
     progress.jsonl       one line per finished problem (attempts, accepted): what a restart skips
     stats.json           acceptance statistics
     run.lock             held by the running process (a second run on the folder is refused)
@@ -32,6 +33,7 @@ from autodeco.common.jsonl import (
 )
 from autodeco.common.runlock import run_lock
 from autodeco.common.seeds import derived_seed
+from autodeco.problems.problem import question_key
 from autodeco.sampling.config import SampleConfig  # noqa: F401  (re-exported)
 
 TRAIN_FILE = "trajectories.jsonl"
@@ -54,6 +56,8 @@ class SampleStats:
     heldout_trajectories: int
     seconds_this_run: float
     new_tokens_this_run: int
+    duplicate_questions: int = 0
+    """Problems whose question (normalised) an earlier problem of the data already asks: kept in its split."""
 
     @property
     def acceptance_rate(self) -> float:
@@ -69,9 +73,34 @@ class SampleStats:
         return "\n".join(lines)
 
 
-def is_heldout(problem_id: str, fraction: float, seed: int) -> bool:
-    """Stable assignment of a problem to the held-out share (independent of order and batch)."""
-    return fraction > 0 and (derived_seed("heldout", seed, problem_id) % 10_000) < fraction * 10_000
+HELDOUT_KEY = "normalised question"
+"""What the held-out split is keyed by (recorded in ``sample_config.json``: runs split otherwise are not resumed)."""
+
+
+def is_heldout(question: str, fraction: float, seed: int) -> bool:
+    """Whether a question belongs to the held-out share: stable, and the same for every copy of it.
+
+    Keyed by :func:`~autodeco.problems.problem.question_key`, not by the problem's id or place, so a
+    question that appears twice in the data (with other spacing or case, or another answer) never
+    lands in both ``heldout.jsonl`` and the training data.
+
+    Example:
+        >>> is_heldout("What is 2 + 2?", 0.5, 0) == is_heldout("what is  2 + 2? ", 0.5, 0)
+        True
+    """
+    return fraction > 0 and (derived_seed("heldout", seed, question_key(question)) % 10_000) < fraction * 10_000
+
+
+def duplicate_questions(problems) -> int:
+    """How many problems ask a question (normalised) that an earlier problem in the list already asks.
+
+    Example:
+        >>> from autodeco.problems import Problem
+        >>> problems = [Problem(f"p:{i}", text, "1", "demo", "generic") for i, text in enumerate(["A?", "B?", "a? "])]
+        >>> duplicate_questions(problems)
+        1
+    """
+    return len(problems) - len({question_key(problem.question) for problem in problems})
 
 
 def sample_trajectories(
@@ -96,7 +125,8 @@ def sample_trajectories(
     problems = load_problems(
         config.source, split=config.split, limit=config.limit, seed=config.seed, data_dir=config.data_dir
     )
-    with run_lock(output, "sample"):
+    with run_lock(output, "sample", inputs={"dataset": config.source, "data folder": config.data_dir,
+                                            "base model": config.base}):
         if overwrite:
             for name in (TRAIN_FILE, HELDOUT_FILE, PROGRESS_FILE, CONFIG_FILE, STATS_FILE):
                 (output / name).unlink(missing_ok=True)
@@ -125,7 +155,7 @@ def _run_record(config: SampleConfig, problems) -> dict:
     limit); :func:`_check_same_problems` refuses one whose finished problems changed.
     """
     settings = {key: value for key, value in dataclasses.asdict(config).items() if key != "engine"}  # engines mix
-    return {**settings, "base_fingerprint": model_reference_fingerprint(config.base)}
+    return {**settings, "base_fingerprint": model_reference_fingerprint(config.base), "heldout_key": HELDOUT_KEY}
 
 
 def _finished_problems(output: Path) -> dict[str, dict]:
@@ -195,7 +225,8 @@ def _sample_missing(config: SampleConfig, loaded, output: Path, todo, score, pro
                 if not correct:
                     continue
                 accepted += 1
-                target = HELDOUT_FILE if is_heldout(problem.id, config.heldout_fraction, config.seed) else TRAIN_FILE
+                held_out = is_heldout(problem.question, config.heldout_fraction, config.seed)
+                target = HELDOUT_FILE if held_out else TRAIN_FILE
                 rows[target].append(_trajectory(problem, completion, extracted, seed, index))
             finished.append(
                 {"problem_id": problem.id, "attempts": len(samples), "accepted": accepted,
@@ -245,4 +276,5 @@ def _statistics(output: Path, problems, seconds: float, new_tokens: int) -> Samp
         heldout_trajectories=len(read_jsonl_tolerant(output / HELDOUT_FILE)),
         seconds_this_run=round(seconds, 2),
         new_tokens_this_run=new_tokens,
+        duplicate_questions=duplicate_questions(problems),
     )

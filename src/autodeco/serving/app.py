@@ -111,14 +111,15 @@ class OpenAIApp:
         """The prompt's token ids: the chat template applied to the messages, or the completion prompt encoded.
 
         Raises:
-            ApiError: a chat request to a model without a chat template, or messages its template refuses.
+            ApiError: a chat request to a model without a chat template, messages its template refuses, text the
+                tokenizer cannot encode, or token ids outside the tokenizer's vocabulary.
         """
+        if parsed.kind == "completion" and isinstance(parsed.prompt, list):
+            return self._check_vocabulary(list(parsed.prompt))
         tokenizer = self.engine.tokenizer
         with self._tokenizer_lock:
             if parsed.kind == "completion":
-                if isinstance(parsed.prompt, list):
-                    return list(parsed.prompt)
-                return list(tokenizer(parsed.prompt, add_special_tokens=True)["input_ids"])
+                return self._encode(parsed.prompt, "prompt", add_special_tokens=True)
             if not getattr(tokenizer, "chat_template", None):
                 raise ApiError(f"model {self.engine.model_name!r} has no chat template; send the text to "
                                "POST /v1/completions instead", param="messages")
@@ -126,14 +127,39 @@ class OpenAIApp:
                 text = tokenizer.apply_chat_template(parsed.messages, add_generation_prompt=True, tokenize=False)
             except Exception as error:  # the template's own checks (roles, order) raise jinja errors
                 raise ApiError(f"the model's chat template refused these messages: {error}", param="messages") from None
-            return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+            return self._encode(text, "messages", add_special_tokens=False)
+
+    def _encode(self, text: str, param: str, *, add_special_tokens: bool) -> list[int]:
+        """``text``'s token ids; the tokenizer's failure (text it cannot take) is the request's fault: a 400."""
+        try:
+            return list(self.engine.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+        except Exception as error:
+            raise ApiError(f"the tokenizer cannot encode {param}: {type(error).__name__}: {error}; send plain text",
+                           param=param) from None
+
+    def _check_vocabulary(self, prompt_ids: list[int]) -> list[int]:
+        """Refuse token ids the tokenizer does not have (nothing could decode them; the model may not embed them)."""
+        try:
+            size = len(self.engine.tokenizer)
+        except TypeError:  # a tokenizer without a length: the engine checks the ids itself
+            return prompt_ids
+        if max(prompt_ids) >= size:
+            raise ApiError(f"prompt holds token id {max(prompt_ids)}, but the tokenizer's ids are 0..{size - 1}",
+                           param="prompt")
+        return prompt_ids
 
     def generation_request(self, parsed: ParsedRequest, prompt_ids: list[int], request_id: str) -> GenerationRequest:
-        """The engine's request; a chat request without ``max_tokens`` may fill the rest of the context."""
+        """The engine's request, with ``max_tokens`` fitted to the engine's context (the rule of
+        :class:`~autodeco.engines.base.Engine`): lowered to the room left after the prompt, and a chat request
+        without ``max_tokens`` gets all of that room (:data:`~autodeco.serving.openai_api.CHAT_FALLBACK_MAX_TOKENS`
+        when the engine does not know its context). A prompt that leaves no room is the engine's to refuse."""
         max_tokens = parsed.max_tokens
+        context = getattr(self.engine, "max_model_len", None)
+        room = context - len(prompt_ids) if context else None
         if max_tokens is None:
-            context = getattr(self.engine, "max_model_len", None)
-            max_tokens = max(1, context - len(prompt_ids)) if context else api.CHAT_FALLBACK_MAX_TOKENS
+            max_tokens = room if room and room > 0 else api.CHAT_FALLBACK_MAX_TOKENS
+        elif room and room > 0:
+            max_tokens = min(max_tokens, room)
         try:
             return GenerationRequest(
                 prompt_ids=prompt_ids, max_tokens=max_tokens, temperature=parsed.temperature, top_p=parsed.top_p,
@@ -219,6 +245,12 @@ class _Stream:
 
         Closing this iterator closes the engine's stream.
         """
+        try:
+            yield from self._chunks(client_gone)
+        except ApiError as error:  # a chunk JSON cannot carry: the status is sent, so end with an error event
+            yield api.server_sent_event(error.body())
+
+    def _chunks(self, client_gone: Callable[[], bool]) -> Iterator[bytes]:
         created = int(time.time())
         tokens, finish_reason, first = 0, None, True
         try:

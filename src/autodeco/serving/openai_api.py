@@ -9,8 +9,14 @@ What differs from OpenAI's own API:
   ``"autodeco": {"return_decoding": true}`` (the openai client: ``extra_body={"autodeco": {...}}``); each
   choice then carries ``"autodeco": {"temperatures": [...], "top_ps": [...]}``, one value per generated
   token (in streaming, each chunk's choice carries the values of the tokens in that chunk).
-- One choice per request (``n`` = 1) and one prompt per completion request; ``logprobs``, ``echo``,
-  ``best_of``, ``suffix``, penalties, ``logit_bias`` and tools are refused with a 400 rather than ignored.
+- One choice per request (``n`` = 1) and one prompt per completion request. Every field is honoured or
+  refused, never ignored: a field outside :data:`COMPLETION_FIELDS` / :data:`CHAT_FIELDS` gets a 400 naming
+  it, unless it is null or holds the value that means "off" (:data:`UNSUPPORTED_FIELDS`, e.g.
+  ``"presence_penalty": 0``), which clients send by default.
+- Numbers are JSON numbers of the right kind (no booleans, no 2.0 for an integer), integers fit in 64 bits,
+  multipliers are at most :data:`~autodeco.engines.base.MAX_MULTIPLIER`, texts are valid Unicode (no lone
+  surrogates), and a body nests at most :data:`MAX_JSON_DEPTH` levels; responses are strict JSON (no NaN or
+  Infinity: :func:`to_json`).
 
 Errors are :class:`ApiError`, rendered as OpenAI's ``{"error": {"message", "type", "param", "code"}}``.
 """
@@ -18,10 +24,13 @@ Errors are :class:`ApiError`, rendered as OpenAI's ``{"error": {"message", "type
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import json
 import math
 import time
 import uuid
+
+from autodeco.engines.base import MAX_MULTIPLIER
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 """OpenAI's default ``max_tokens`` for ``/v1/completions``."""
@@ -31,13 +40,31 @@ CHAT_FALLBACK_MAX_TOKENS = 1024
 DECODING_FIELD = "autodeco"
 """The extra request field (and choice field) for AutoDeco's per-token values."""
 
+COMMON_FIELDS = frozenset({
+    "model", "temperature", "top_p", "seed", "stop", "stream", "stream_options", "n", "user", DECODING_FIELD,
+})
+"""Fields both endpoints honour (``user`` is accepted and unused: it only labels the caller)."""
+COMPLETION_FIELDS = COMMON_FIELDS | {"prompt", "max_tokens"}
+"""Fields ``POST /v1/completions`` honours."""
+CHAT_FIELDS = COMMON_FIELDS | {"messages", "max_tokens", "max_completion_tokens"}
+"""Fields ``POST /v1/chat/completions`` honours."""
 UNSUPPORTED_FIELDS = {
-    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1),
-    "suffix": (None, ""), "logit_bias": (None, {}), "presence_penalty": (None, 0),
-    "frequency_penalty": (None, 0),
-    "tools": (None, []), "functions": (None, []), "prediction": (None,), "audio": (None,),
+    "logprobs": (False, 0), "top_logprobs": (0,), "echo": (False,), "best_of": (1,), "suffix": ("",),
+    "logit_bias": ({},), "presence_penalty": (0,), "frequency_penalty": (0,), "repetition_penalty": (1,),
+    "top_k": (0, -1), "min_p": (0,), "response_format": ({"type": "text"},), "tools": ([],), "functions": ([],),
+    "tool_choice": ("none",), "function_call": ("none",), "store": (False,), "modalities": (["text"],),
 }
-"""Request fields this server does not implement -> the values that mean "off" (any other value gets a 400)."""
+"""Fields this server does not implement -> the values that mean "off" (null too); any other value gets a 400."""
+MESSAGE_FIELDS = frozenset({"role", "content"})
+"""The fields of a chat message that are read (others get a 400 unless null)."""
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of objects and arrays accepted in a body (a chat request needs 5)."""
+MAX_INTEGER = 2**63 - 1
+"""Largest integer field value (seeds, token ids, ``max_tokens``): a signed 64-bit integer, as torch and vLLM take."""
+MAX_STOP_STRINGS = 16
+"""Most stop strings in one request (each is checked after every token)."""
+MAX_STOP_CHARACTERS = 1000
+"""Longest stop string, in characters."""
 
 
 class ApiError(Exception):
@@ -123,9 +150,39 @@ def parse_json(raw: bytes) -> dict:
             f"the request body is not valid JSON ({error}); send a JSON object such as "
             '{"model": ..., "prompt": ...}'
         ) from None
+    except RecursionError:  # json's parser recurses once per level
+        body = _TOO_DEEP
+    if body is _TOO_DEEP or _nesting_exceeds(body, MAX_JSON_DEPTH):
+        raise ApiError(f"the request body nests objects or arrays more than {MAX_JSON_DEPTH} levels deep; "
+                       "an OpenAI request needs a handful: flatten it")
     if not isinstance(body, dict):
-        raise ApiError(f"the request body must be a JSON object, but is a {type(body).__name__}")
+        raise ApiError(f"the request body must be a JSON object ({{...}}), but is {_json_kind(body)}")
     return body
+
+
+def _nesting_exceeds(value, limit: int) -> bool:
+    """Whether ``value`` nests lists and dicts deeper than ``limit`` (walked without recursion: the deep
+    bodies are the ones a recursive walk would crash on)."""
+    pending = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while pending:
+        item, depth = pending.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        pending.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _json_kind(value) -> str:
+    """``value``'s JSON type, with an article: "an array", "null", ..."""
+    if value is None:
+        return "null"
+    kinds = {bool: "a boolean", str: "a string", list: "an array", dict: "an object"}
+    return kinds.get(type(value), "a number")
+
+
+_TOO_DEEP = object()
+"""What :func:`parse_json` holds for a body too deep for json's parser."""
 
 
 def _refuse_constant(name: str):
@@ -146,7 +203,7 @@ def parse_completion_request(body: dict, model_name: str) -> ParsedRequest:
         ...
         autodeco.serving.openai_api.ApiError: max_tokens must be an integer >= 1, but is -1
     """
-    parsed = _parse_common(body, model_name, "completion")
+    parsed = _parse_common(body, model_name, "completion", COMPLETION_FIELDS)
     parsed.prompt = _parse_prompt(body.get("prompt"))
     parsed.max_tokens = _parse_max_tokens(body, "max_tokens")
     if parsed.max_tokens is None:
@@ -164,54 +221,91 @@ def parse_chat_request(body: dict, model_name: str) -> ParsedRequest:
         >>> parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "Hi"}]}, "m").messages
         [{'role': 'user', 'content': 'Hi'}]
     """
-    parsed = _parse_common(body, model_name, "chat")
+    parsed = _parse_common(body, model_name, "chat", CHAT_FIELDS)
     parsed.messages = _parse_messages(body.get("messages"))
-    parsed.max_tokens = _parse_max_tokens(body, "max_completion_tokens")
-    if parsed.max_tokens is None:
-        parsed.max_tokens = _parse_max_tokens(body, "max_tokens")
+    newer, older = _parse_max_tokens(body, "max_completion_tokens"), _parse_max_tokens(body, "max_tokens")
+    if newer is not None and older is not None and newer != older:
+        raise ApiError(f"max_completion_tokens={newer} and max_tokens={older} disagree; send one of them",
+                       param="max_tokens")
+    parsed.max_tokens = older if newer is None else newer
     return parsed
 
 
-def _parse_common(body: dict, model_name: str, kind: str) -> ParsedRequest:
+def _parse_common(body: dict, model_name: str, kind: str, fields: frozenset) -> ParsedRequest:
     _check_model(body.get("model"), model_name)
-    for name, off_values in UNSUPPORTED_FIELDS.items():
-        value = body.get(name)
-        if not any(_same(value, off) for off in off_values):
-            raise ApiError(
-                f"{name}={json.dumps(value)} is not supported by this server; drop it",
-                param=name, code="unsupported_parameter",
-            )
+    _refuse_unread_fields(body, fields)
     n = body.get("n")
-    if n is not None and (isinstance(n, bool) or n != 1):
-        raise ApiError(f"n must be 1 (one choice per request), but is {json.dumps(n)}; send several requests instead",
+    if n is not None and not (_is_integer(n) and n == 1):
+        raise ApiError(f"n must be 1 (one choice per request), but is {_quote(n)}; send several requests instead",
                        param="n", code="unsupported_value")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise ApiError(f"user must be a string, but is {_quote(user)}", param="user")
     stream = _optional_bool(body, "stream")
-    stream_options = body.get("stream_options") or {}
-    if not isinstance(stream_options, dict):
-        raise ApiError(f"stream_options must be an object, but is {json.dumps(stream_options)}", param="stream_options")
     return ParsedRequest(
         kind=kind,
         temperature=_parse_multiplier(body, "temperature", zero_allowed=True),
         top_p=_parse_multiplier(body, "top_p", zero_allowed=False),
-        seed=_parse_seed(body.get("seed")),
+        seed=_parse_integer(body, "seed", -(2**63), MAX_INTEGER),
         stop=_parse_stop(body.get("stop")),
         stream=stream,
-        include_usage=stream and _optional_bool(stream_options, "include_usage", "stream_options.include_usage"),
+        include_usage=_parse_stream_options(body.get("stream_options"), stream),
         return_decoding=_parse_decoding_options(body.get(DECODING_FIELD)),
     )
 
 
+def _refuse_unread_fields(body: dict, fields: frozenset) -> None:
+    """Refuse a field the endpoint does not read (null and the "off" values of :data:`UNSUPPORTED_FIELDS` pass):
+    a client asking for JSON output, top-k or tools must learn it did not get them."""
+    for name, value in body.items():
+        if name in fields or value is None:
+            continue
+        if name in UNSUPPORTED_FIELDS:
+            if any(_same(value, off) for off in UNSUPPORTED_FIELDS[name]):
+                continue
+            raise ApiError(f"{name}={_quote(value)} is not supported by this server; drop it",
+                           param=name, code="unsupported_parameter")
+        raise ApiError(
+            f"unknown field {_quote(name)}: this endpoint reads only {', '.join(sorted(fields))}; drop it",
+            param=_printable(name), code="unsupported_parameter",
+        )
+
+
 def _same(value, off) -> bool:
-    """``value == off``, with booleans only equal to booleans (``True == 1`` in Python)."""
-    return value is off or (isinstance(value, bool) == isinstance(off, bool) and value == off)
+    """``value == off`` as JSON sees it: booleans equal only booleans (in Python ``True == 1``), 0.0 equals 0."""
+    if isinstance(value, (bool, list, dict)) or isinstance(off, (bool, list, dict)):
+        return json.dumps(value, sort_keys=True) == json.dumps(off, sort_keys=True)
+    return type(value) is type(off) and value == off or _is_number(value) and _is_number(off) and value == off
+
+
+def _quote(value, limit: int = 200) -> str:
+    """``value`` as JSON for an error message, cut to ``limit`` characters (lone surrogates escaped)."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _printable(name: str) -> str:
+    """A field name safe to echo (a lone surrogate escaped)."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_text(value: str, param: str) -> str:
+    """Refuse a string that is not Unicode text: a lone surrogate (``"\\ud800"`` is valid JSON) no tokenizer encodes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ApiError(f"{param} holds {_quote(value[error.start:error.end])} at character {error.start}, a lone "
+                       "surrogate that is not text (a UTF-16 half); send valid Unicode", param=param) from None
+    return value
 
 
 def _check_model(model, model_name: str) -> None:
     if model is None:
         raise ApiError(f"model is required; this server serves {model_name!r}", param="model")
     if model != model_name:
+        shown = repr(model) if isinstance(model, str) and len(model) <= 200 else _quote(model)
         raise ApiError(
-            f"model {model!r} is not served here; this server serves {model_name!r} (listed by GET /v1/models)",
+            f"model {shown} is not served here; this server serves {model_name!r} (listed by GET /v1/models)",
             param="model", code="model_not_found",
         )
 
@@ -221,8 +315,26 @@ def _optional_bool(body: dict, name: str, param: str | None = None) -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise ApiError(f"{param or name} must be true or false, but is {json.dumps(value)}", param=param or name)
+        raise ApiError(f"{param or name} must be true or false, but is {_quote(value)}", param=param or name)
     return value
+
+
+def _parse_stream_options(options, stream: bool) -> bool:
+    """``stream_options.include_usage``; the options are refused without ``stream`` (as OpenAI does), and so is any
+    option other than ``include_usage``."""
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise ApiError(f"stream_options must be an object, but is {_quote(options)}", param="stream_options")
+    if not stream:
+        raise ApiError("stream_options is only read when stream is true; drop it or set \"stream\": true",
+                       param="stream_options")
+    for name, value in options.items():
+        if name != "include_usage" and value is not None:
+            raise ApiError(f"stream_options.{_printable(name)}={_quote(value)} is not supported by this server "
+                           "(only include_usage is); drop it", param=f"stream_options.{_printable(name)}",
+                           code="unsupported_parameter")
+    return _optional_bool(options, "include_usage", "stream_options.include_usage")
 
 
 def _is_number(value) -> bool:
@@ -238,24 +350,36 @@ def _parse_multiplier(body: dict, name: str, *, zero_allowed: bool) -> float:
     else:
         allowed = "> 0 (a multiplier on each token's predicted top-p, capped at 1 after multiplying; above 1 is allowed)"
     if not _is_number(value) or not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
-        raise ApiError(f"{name} must be a finite number {allowed}, but is {json.dumps(value)}", param=name)
+        raise ApiError(f"{name} must be a finite number {allowed}, but is {_quote(value)}", param=name)
+    if value > MAX_MULTIPLIER:
+        raise ApiError(f"{name} must be at most {MAX_MULTIPLIER:g}: it multiplies each token's predicted value, and "
+                       f"larger ones overflow to infinity (or to NaN); but is {_quote(value)}", param=name)
     return float(value)
 
 
 def _parse_max_tokens(body: dict, name: str) -> int | None:
     value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ApiError(f"{name} must be an integer >= 1, but is {json.dumps(value)}", param=name)
-    return value
+    if value is not None and not _is_integer(value):
+        raise ApiError(f"{name} must be an integer >= 1, but is {_quote(value)}", param=name)
+    return _parse_integer(body, name, 1, MAX_INTEGER)
 
 
-def _parse_seed(value) -> int | None:
+def _is_integer(value) -> bool:
+    """A JSON integer: not a boolean (``True`` is an ``int`` in Python), not a float such as 2.0."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_integer(body: dict, name: str, minimum: int, maximum: int) -> int | None:
+    """An optional integer field between ``minimum`` and ``maximum`` (None when absent or null)."""
+    value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(f"seed must be an integer, but is {json.dumps(value)}", param="seed")
+    if not _is_integer(value):
+        raise ApiError(f"{name} must be an integer, but is {_quote(value)}", param=name)
+    if not minimum <= value <= maximum:
+        raise ApiError(f"{name} must be an integer >= {minimum}, but is {_quote(value)}" if value < minimum else
+                       f"{name} must be at most {maximum} (a signed 64-bit integer), but is {_quote(value, 60)}",
+                       param=name)
     return value
 
 
@@ -264,7 +388,14 @@ def _parse_stop(value) -> list[str]:
         return []
     stops = [value] if isinstance(value, str) else value
     if not isinstance(stops, list) or not all(isinstance(stop, str) for stop in stops):
-        raise ApiError(f"stop must be a string or a list of strings, but is {json.dumps(value)}", param="stop")
+        raise ApiError(f"stop must be a string or a list of strings, but is {_quote(value)}", param="stop")
+    if len(stops) > MAX_STOP_STRINGS:
+        raise ApiError(f"stop holds {len(stops)} strings; at most {MAX_STOP_STRINGS} are accepted", param="stop")
+    for stop in stops:
+        _check_text(stop, "stop")
+        if len(stop) > MAX_STOP_CHARACTERS:
+            raise ApiError(f"a stop string has {len(stop)} characters; at most {MAX_STOP_CHARACTERS} are accepted",
+                           param="stop")
     return [stop for stop in stops if stop]
 
 
@@ -273,7 +404,7 @@ def _parse_decoding_options(value) -> bool:
         return False
     if not isinstance(value, dict) or set(value) - {"return_decoding"}:
         raise ApiError(
-            f'{DECODING_FIELD} must be an object such as {{"return_decoding": true}}, but is {json.dumps(value)}',
+            f'{DECODING_FIELD} must be an object such as {{"return_decoding": true}}, but is {_quote(value)}',
             param=DECODING_FIELD,
         )
     return _optional_bool(value, "return_decoding", f"{DECODING_FIELD}.return_decoding")
@@ -292,14 +423,15 @@ def _parse_prompt(prompt) -> str | list[int]:
     if isinstance(prompt, str):
         if not prompt:
             raise ApiError("prompt is empty; give the text to continue", param="prompt")
-        return prompt
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        return _check_text(prompt, "prompt")
+    if isinstance(prompt, list) and prompt and all(_is_integer(token) for token in prompt):
         if min(prompt) < 0:
             raise ApiError(f"prompt token ids must be >= 0, but one is {min(prompt)}", param="prompt")
+        if max(prompt) > MAX_INTEGER:
+            raise ApiError(f"prompt token ids must be at most {MAX_INTEGER} (and below the tokenizer's size), but one "
+                           f"is {_quote(max(prompt), 60)}", param="prompt")
         return prompt
-    raise ApiError(
-        f"prompt must be a non-empty string or list of token ids, but is {json.dumps(prompt)[:200]}", param="prompt"
-    )
+    raise ApiError(f"prompt must be a non-empty string or list of token ids, but is {_quote(prompt)}", param="prompt")
 
 
 def _parse_messages(messages) -> list[dict]:
@@ -307,7 +439,7 @@ def _parse_messages(messages) -> list[dict]:
         raise ApiError("messages is required: give the conversation, e.g. [{\"role\": \"user\", \"content\": \"Hi\"}]",
                        param="messages")
     if not isinstance(messages, list) or not messages:
-        raise ApiError(f"messages must be a non-empty list of messages, but is {json.dumps(messages)[:200]}",
+        raise ApiError(f"messages must be a non-empty list of messages, but is {_quote(messages)}",
                        param="messages")
     return [_parse_message(message, index) for index, message in enumerate(messages)]
 
@@ -315,24 +447,31 @@ def _parse_messages(messages) -> list[dict]:
 def _parse_message(message, index: int) -> dict:
     where = f"messages[{index}]"
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-        raise ApiError(f"{where} must be an object with a string role, but is {json.dumps(message)[:200]}",
-                       param=where)
-    content = message.get("content")
+        raise ApiError(f"{where} must be an object with a string role, but is {_quote(message)}", param=where)
+    for name, value in message.items():
+        if name not in MESSAGE_FIELDS and value is not None:
+            raise ApiError(f"{where}.{_printable(name)} is not read by this server (a message is its role and "
+                           "content); drop it", param=f"{where}.{_printable(name)}", code="unsupported_parameter")
+    _check_text(message["role"], f"{where}.role")
+    return {"role": message["role"], "content": _message_text(message.get("content"), f"{where}.content")}
+
+
+def _message_text(content, where: str) -> str:
+    """A message's content as one text: a string, or the text parts joined."""
     if content is None:
-        content = ""
-    elif isinstance(content, list):
-        texts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise ApiError(f"{where}.content holds a part this server cannot read ({json.dumps(part)[:200]}); "
-                               "only text parts ({\"type\": \"text\", \"text\": ...}) are supported",
-                               param=f"{where}.content")
-            texts.append(part["text"])
-        content = "".join(texts)
-    elif not isinstance(content, str):
-        raise ApiError(f"{where}.content must be a string or a list of text parts, but is {json.dumps(content)[:200]}",
-                       param=f"{where}.content")
-    return {"role": message["role"], "content": content}
+        return ""
+    if isinstance(content, str):
+        return _check_text(content, where)
+    if not isinstance(content, list):
+        raise ApiError(f"{where} must be a string or a list of text parts, but is {_quote(content)}", param=where)
+    texts = []
+    for index, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str) \
+                or set(part) - {"type", "text"}:
+            raise ApiError(f"{where} holds a part this server cannot read ({_quote(part)}); only text parts "
+                           "({\"type\": \"text\", \"text\": ...}) are supported", param=where)
+        texts.append(_check_text(part["text"], f"{where}[{index}].text"))
+    return "".join(texts)
 
 
 # ------------------------------------------------------------------------------------------ responses
@@ -462,12 +601,94 @@ def model_body(model_name: str, created: int = 0) -> dict:
     return {"id": model_name, "object": "model", "created": created, "owned_by": "autodeco"}
 
 
+def to_json(body: dict) -> bytes:
+    """A response body as strict JSON in UTF-8: the one place answers are encoded, so none carries NaN or Infinity
+    (Python's ``json`` writes both, and strict parsers such as JavaScript's ``JSON.parse`` refuse them).
+
+    Raises:
+        ApiError: (a 500) a value JSON cannot hold, e.g. a temperature that overflowed.
+
+    Example:
+        >>> to_json({"T": [0.5]})
+        b'{"T": [0.5]}'
+        >>> to_json({"T": [float("inf")]})
+        Traceback (most recent call last):
+        ...
+        autodeco.serving.openai_api.ApiError: the answer holds a number JSON cannot carry (NaN or infinity); this is a bug in the engine or the heads, please report it with the request
+    """
+    try:
+        text = json.dumps(body, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise ApiError("the answer holds a number JSON cannot carry (NaN or infinity); this is a bug in "
+                       "the engine or the heads, please report it with the request", status=500, type="server_error",
+                       code="non_finite_value") from None
+    return text.encode("utf-8", "backslashreplace")  # a lone surrogate becomes its JSON escape, \\ud800
+
+
 def server_sent_event(data: dict | str) -> bytes:
     """One server-sent event: ``data: <json>`` and a blank line (``data: [DONE]`` for the string ``[DONE]``).
+
+    Raises:
+        ApiError: as :func:`to_json`.
 
     Example:
         >>> server_sent_event({"a": 1})
         b'data: {"a": 1}\\n\\n'
     """
-    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
-    return f"data: {payload}\n\n".encode("utf-8")
+    payload = data.encode("utf-8") if isinstance(data, str) else to_json(data)
+    return b"data: " + payload + b"\n\n"
+
+
+# ------------------------------------------------------------------------------------------ request gates
+
+
+def check_api_key(authorization: str | None, api_key: str | None) -> None:
+    """Refuse a request without ``Authorization: Bearer <api_key>`` (nothing to check when ``api_key`` is None).
+
+    The key is compared in constant time (``hmac.compare_digest``), so the reply's timing does not tell how much
+    of a guess was right.
+
+    Raises:
+        ApiError: a 401, with OpenAI's ``invalid_api_key`` code; the key sent is not quoted.
+
+    Example:
+        >>> check_api_key("Bearer s3cret", "s3cret")
+        >>> check_api_key(None, "s3cret")
+        Traceback (most recent call last):
+        ...
+        autodeco.serving.openai_api.ApiError: this server needs an API key: send the header 'Authorization: Bearer <key>' (the openai client: api_key=<key>)
+    """
+    if api_key is None:
+        return
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    if not given or scheme.lower() != "bearer":
+        raise ApiError("this server needs an API key: send the header 'Authorization: Bearer <key>' (the openai client: "
+                       "api_key=<key>)", status=401, code="invalid_api_key")
+    if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), api_key.encode("utf-8")):
+        raise ApiError("the API key sent is not this server's (set by autodeco serve --api-key or AUTODECO_API_KEY); "
+                       "send the right one", status=401, code="invalid_api_key")
+
+
+def check_content_type(content_type: str | None) -> None:
+    """Refuse a request body not declared as JSON.
+
+    Browsers send cross-site form posts (``text/plain``, ``application/x-www-form-urlencoded``,
+    ``multipart/form-data``, or no type at all) without asking the server first; only ``application/json``
+    needs their preflight check, which this server never grants. So a web page cannot drive a local server.
+
+    Raises:
+        ApiError: a 415, naming the type received.
+
+    Example:
+        >>> check_content_type("application/json; charset=utf-8")
+        >>> check_content_type("text/plain")
+        Traceback (most recent call last):
+        ...
+        autodeco.serving.openai_api.ApiError: the request body must be JSON sent with the header 'Content-Type: application/json', but its Content-Type is 'text/plain'
+    """
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise ApiError("the request body must be JSON sent with the header 'Content-Type: application/json', but its "
+                       f"Content-Type is {content_type!r}" if content_type else
+                       "the request body must be JSON sent with the header 'Content-Type: application/json', but no "
+                       "Content-Type was sent", status=415, code="unsupported_media_type")

@@ -30,6 +30,7 @@ import os
 import random
 from pathlib import Path
 
+from autodeco.common.jsonl import BYTE_ORDER_MARK, describe_json_error
 from autodeco.common.seeds import derived_seed
 
 LOW = "low"
@@ -105,10 +106,11 @@ def load_phrasings(path: str | os.PathLike | None = None) -> ControlPhrasings:
             f"{where} is empty; it must hold {{\"low\": {{\"train\": [...], \"eval\": [...]}}, \"high\": {{...}}}}"
         )
     try:
-        record = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        detail = f"{error.msg} at line {error.lineno} column {error.colno}" if isinstance(error, json.JSONDecodeError) else "not UTF-8"
-        raise ControlPhrasingsError(f"{where} is not valid JSON ({detail}); fix it or pass another file") from None
+        record = json.loads(raw.decode("utf-8").removeprefix(BYTE_ORDER_MARK))
+    except UnicodeDecodeError:
+        raise ControlPhrasingsError(f"{where} is not valid JSON (not UTF-8); fix it or pass another file") from None
+    except (ValueError, RecursionError) as error:
+        raise ControlPhrasingsError(f"{where} is {describe_json_error(error)}; fix it or pass another file") from None
     if not isinstance(record, dict):
         raise ControlPhrasingsError(f"{where} must hold a JSON object with 'low' and 'high', got {type(record).__name__}")
     lists: dict[str, dict[str, tuple[str, ...]]] = {split: {} for split in PHRASING_SPLITS}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from autodeco.common.jsonl import BYTE_ORDER_MARK, describe_json_error
 from autodeco.common.seeds import derived_seed
 from autodeco.core.losses import IGNORE_INDEX
 from autodeco.training.config import BAD_LINE_CHOICES, OVERLONG_CHOICES  # noqa: F401  (re-exported)
@@ -177,9 +178,9 @@ def parse_trajectory(line: str, location: str) -> Trajectory:
         'Hi'
     """
     try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise TrainingDataError(f"{location}: not valid JSON ({error.msg} at column {error.colno})") from None
+        record = json.loads(line.removeprefix(BYTE_ORDER_MARK))
+    except (ValueError, RecursionError) as error:
+        raise TrainingDataError(f"{location}: {describe_json_error(error, with_line=False)}") from None
     if not isinstance(record, dict):
         raise TrainingDataError(f"{location}: expected a JSON object, got {type(record).__name__}")
     for field in REQUIRED_FIELDS:

@@ -449,7 +449,11 @@ def train_heads(config: TrainConfig, *, overwrite: bool = False, progress: bool 
     """
     accelerator = make_accelerator()
     configure_deepspeed(accelerator, config)
-    with state.run_folder_lock(Path(config.output_dir), accelerator):  # one run per folder
+    data = {"training data" if len(config.data) == 1 else f"training data file {index}": path
+            for index, path in enumerate(config.data, start=1)}
+    inputs = {**data, "heads": config.heads,
+              "anchor heads": config.control_anchor, "base model": config.base}
+    with state.run_folder_lock(Path(config.output_dir), accelerator, inputs):  # one run per folder
         return _train_locked(config, accelerator, overwrite=overwrite, progress=progress)
 
 

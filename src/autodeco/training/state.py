@@ -31,6 +31,7 @@ import torch
 
 from autodeco.common.fingerprint import model_reference_fingerprint, tensors_fingerprint
 from autodeco.common.folders import BACKUP_TAG, recover_interrupted_swap, staged_folder
+from autodeco.common.jsonl import read_json
 from autodeco.common.runlock import run_lock
 from autodeco.model.base_model import EMBEDDED_MODEL
 from autodeco.training.config import TrainConfig
@@ -116,11 +117,12 @@ def _heads_fingerprint(heads: str | None) -> str | None:
 
 
 @contextlib.contextmanager
-def run_folder_lock(output: Path, accelerator) -> Iterator[None]:
+def run_folder_lock(output: Path, accelerator, inputs: dict[str, Any] | None = None) -> Iterator[None]:
     """Hold the run folder's lock (:func:`autodeco.common.runlock.run_lock`) for a training run.
 
     Only the main process takes it (the others work in the same folder on its behalf); every
     process learns whether it got it, so that all of them stop together when another run holds it.
+    ``inputs`` (what the run reads, by name) may not be, lie inside or contain the folder.
 
     Raises:
         ValueError: another process holds the folder (on every process of this run).
@@ -129,7 +131,7 @@ def run_folder_lock(output: Path, accelerator) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         if accelerator.is_main_process:
             try:
-                stack.enter_context(run_lock(output, "train"))
+                stack.enter_context(run_lock(output, "train", inputs=inputs))
             except ValueError as error:
                 refused = error
         if accelerator.num_processes > 1:
@@ -163,7 +165,10 @@ def check_stored_settings(output: Path, settings: dict[str, Any]) -> None:
         return
     from autodeco.common.jsonl import differing_settings
 
-    stored = settings_that_matter(json.loads(file.read_text()))
+    stored = read_json(file, what="training run configuration", fix="choose another --output or pass --overwrite")
+    if not isinstance(stored, dict):
+        raise ValueError(f"{file} holds no JSON object; choose another --output or pass --overwrite to start again")
+    stored = settings_that_matter(stored)
     current = settings_that_matter(json.loads(json.dumps(settings)))
     differing = differing_settings(stored, current, stored_label="in the stored run")
     if differing:
@@ -187,8 +192,9 @@ def finished_steps(output: Path) -> int | None:
     config_file = output / HEADS_DIR / "config.json"
     if not config_file.exists():
         return None
-    training = json.loads(config_file.read_text()).get("autodeco", {}).get("training", {})
-    return training.get("steps")
+    content = read_json(config_file, what="heads config", fix="choose another --output or pass --overwrite")
+    training = content.get("autodeco", {}).get("training", {}) if isinstance(content, dict) else {}
+    return training.get("steps") if isinstance(training, dict) else None
 
 
 # ------------------------------------------------------------------------------------- checkpoints
@@ -240,8 +246,9 @@ def restore_checkpoint(folder: Path, model, optimizer) -> int:
 
     from autodeco.model.checkpoint import read_checkpoint
 
-    state = json.loads((folder / STATE_FILE).read_text())
-    if state.get("format") != STATE_FORMAT:
+    fix = "delete that checkpoint folder to resume from an earlier one"
+    state = read_json(folder / STATE_FILE, what="training state", fix=fix)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"{folder / STATE_FILE} has format {state.get('format')!r}, expected {STATE_FORMAT}")
     model.load_head_tensors(read_checkpoint(folder).head_tensors, source=str(folder))
     tensors = load_file(folder / STATE_TENSORS_FILE)
