@@ -290,3 +290,14 @@ def test_generate_traces_never_overwrite_a_users_file(tmp_path, tiny_chat_model_
     status, out, err = run(capsys, *argv)
     assert status == 0, err
     assert (folder / "notes.txt").read_text() == "seed 0 looked odd" and (folder / "trace-1.png").exists()
+
+
+def test_an_export_written_before_the_manifest_is_replaced(tmp_path, tiny_chat_model_dir, capsys):
+    assert run(capsys, "init", tmp_path / "heads", "--base", tiny_chat_model_dir)[0] == 0
+    assert run(capsys, "export-vllm", tmp_path / "heads", tmp_path / "export")[0] == 0
+    export = tmp_path / "export"
+    (export / MANIFEST).unlink()
+    (export / "added_tokens.json").symlink_to(Path(tiny_chat_model_dir) / "tokenizer.json")  # a side file link
+    status, _, err = run(capsys, "export-vllm", tmp_path / "heads", export)
+    assert status == 0, err
+    assert (export / MANIFEST).exists() and not (export / "added_tokens.json").exists()  # the old links were ours

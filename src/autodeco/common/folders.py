@@ -21,7 +21,8 @@ Nothing the user owns is lost by a write (the rule every writer of the package f
   reads, the data of a run) is refused before anything is written (:func:`check_apart`).
 
 Checkpoints written before the record existed are recognised by their ``config.json`` (an autodeco
-checkpoint or export): the files a checkpoint is made of count as autodeco's, any other as the user's.
+checkpoint or export): the files a checkpoint is made of, and an export's links, count as autodeco's,
+any other as the user's.
 """
 
 from __future__ import annotations
@@ -165,8 +166,8 @@ def _autodeco_files(folder: Path) -> set[str] | None:
         pass
     if not _is_autodeco_checkpoint(folder / "config.json"):
         return None
-    return {entry.name for entry in folder.iterdir()
-            if any(entry.match(pattern) for pattern in LEGACY_CHECKPOINT_FILES)}
+    return {entry.name for entry in folder.iterdir()  # an export's links to its base's files are ours too
+            if entry.is_symlink() or any(entry.match(pattern) for pattern in LEGACY_CHECKPOINT_FILES)}
 
 
 def _is_autodeco_checkpoint(config: Path) -> bool:
