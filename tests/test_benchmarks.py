@@ -26,6 +26,8 @@ TINY_RUNS = {
 OTHER_RUNS = {
     "loss_memory.py": ["--vocabulary", "64", "--tokens", "8", "--repeats", "1", "--losses", "temperature",
                        "--no-profile", "--threads", "1"],
+    "serve_batching.py": ["--quick", "--threads", "1"],
+    "nucleus_speed.py": ["--quick", "--threads", "1"],
 }
 """Scripts that build their own inputs: the flags of a tiny run."""
 

@@ -50,7 +50,7 @@ def serve(
 
     Args:
         heads: heads checkpoint folder (default: the heads shipped for the embedded model; fresh heads for other bases).
-        engine: vllm (batched, needs pip install 'autodeco[vllm]') or hf (transformers, one request at a time); default: vllm when it imports, else hf.
+        engine: vllm (batched, needs pip install 'autodeco[vllm]') or hf (transformers, concurrent requests batched continuously); default: vllm when it imports, else hf.
         host: address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface, then pass --api-key).
         port: port to listen on (0: a free one).
         base: base model (default: the one the heads record, else the embedded model).
@@ -160,13 +160,17 @@ def _load_engine(kind: str, heads: str | None, base: str | None, model_name: str
             raise ValueError(f"{VLLM_INSTALL_HINT} ({error})") from None
         return vllm_engine.load_engine(heads, base=base, model_name=model_name)
     from autodeco.engines.hf import HFEngine
+    from autodeco.engines.hf_batching import batching_unsupported_reason
     from autodeco.sampling.inference import load_for_generation
 
     loaded = load_for_generation(heads, base, seed=seed)
     if not loaded.heads_trained:
         print(f"note: {loaded.description}: the heads are untrained, so T and top-p are not meaningful yet "
               "(train them with `autodeco train`)", file=sys.stderr)
-    return HFEngine(loaded.model, loaded.tokenizer, model_name)
+    reason = batching_unsupported_reason(loaded.model.llm)
+    if reason is not None:
+        print(f"note: {reason}; serving one request at a time", file=sys.stderr)
+    return HFEngine(loaded.model, loaded.tokenizer, model_name, batching=reason is None)
 
 
 def usage_text(url: str, model_name: str, engine: str, api_key_required: bool = False) -> str:

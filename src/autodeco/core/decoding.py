@@ -1,22 +1,89 @@
 """Per-row temperature and top-p: the final sampling distribution of a decoding step.
 
-Pure tensor code: imports torch only. Top-p follows Hugging Face's ``TopPLogitsWarper``
-exactly (ascending sort, drop the tokens whose cumulative probability from the bottom is at
-most ``1 - top_p``, always keep the most likely token), but with one ``top_p`` per row.
+Pure tensor code: imports torch only. Every path that applies a per-row top-p runs the code here
+(``generate()``'s step :func:`autodeco.model.generation.dynamic_step`, the compacting decode loop, the
+vLLM plugin, the comparison methods): :func:`warp_logits`, or :func:`mask_outside_nucleus` on logits
+already divided by T and their softmax.
 
-This is the code ``generate()`` runs at every step (:func:`autodeco.model.generation.dynamic_step`):
-:func:`sort_ascending` (a radix sort on CPU for large vocabularies) and the in-place
-:func:`warp_sorted_logits`. The plain reference they are tested against lives in ``tests/reference.py``.
+**The nucleus rule.** Hugging Face's ``TopPLogitsWarper`` (sort ascending, remove the tokens whose
+cumulative probability is at most ``1 - top_p``, always keep the most likely token), with one top-p per
+row and the two things its code leaves open pinned down:
+
+- *order*: tokens rank by their scaled logit ``logits / T`` (float32), most likely first; equal scaled
+  logits rank by vocabulary index, the **lowest index first** (a stable descending sort), so a tie that
+  straddles the cut keeps its lowest indices;
+- *sums*: the token of rank ``r >= 1`` is removed when the **exact** sum of the probabilities (the float32
+  ``softmax(logits / T)``, computed in vocabulary order) of it and of every lower-ranked token, rounded to
+  the nearest float32 (ties to even), is at most ``1 - top_p`` (float32). The most likely token stays.
+
+With probabilities ``[0.4, 0.3, 0.2, 0.1]`` (vocabulary order = rank order) and ``top_p = 0.6``, the
+tails from the bottom are ``0.1, 0.3, 0.6, 1.0``; ``1 - 0.6 = 0.4`` removes the tokens whose tail is
+0.1 or 0.3, and the nucleus is ``{0.4, 0.3}`` (mass 0.7 >= 0.6). Exact sums make the rule independent
+of how a sum is computed (an ascending float cumsum rounds differently on CPU and GPU, and from a
+sorted softmax); otherwise it is the same cut as a sort and an ascending cumsum.
+
+**Without sorting the vocabulary** (:func:`nucleus_boundary`): one float64 histogram of the
+probabilities' masses over :data:`BUCKETS` buckets of their bit patterns finds each row's *boundary
+bucket* (the one holding its least likely kept token); only that bucket's members are sorted. A row
+whose float64 sums land too close to the cut to round safely is decided again exactly, in integers
+(:func:`nucleus_removal_mask` on that row sorted). The plain reference lives in ``tests/reference.py``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 MIN_SAMPLING_TEMPERATURE = 1e-8
 """Temperatures are clamped to at least this before dividing the logits."""
+
+BUCKET_SHIFT = 18
+"""A probability's bucket is its float32 bit pattern shifted right by this (rounded up): 32 buckets per power
+of two, each spanning about 2.2 % of a probability (the bit patterns of non-negative floats order like them)."""
+
+_BUCKET_ROUNDING = (1 << BUCKET_SHIFT) - 1  # shifting rounded up leaves exactly the zero probabilities in bucket 0
+_FLOAT32_ONE_BITS = 0x3F800000
+BUCKETS = ((_FLOAT32_ONE_BITS + _BUCKET_ROUNDING) >> BUCKET_SHIFT) + 1
+"""Buckets per row: enough for every probability in [0, 1] (4,065)."""
+
+CHUNK_ELEMENTS = 1 << 18
+"""Vocabulary-sized work runs on whole rows, about this many elements at a time (:func:`row_chunks`): a chunk's
+float32 tensors take 1 MiB and stay in cache, the bucketing's int64 and float64 copies 2 MiB each. On a 2-core
+CPU, the same passes over a whole batch of 64 rows (12 MiB a tensor) took up to twice as long, and whole-batch
+int64 and float64 copies several times as long (page faults)."""
+
+FLOAT64_TERM_ERROR = 2.0**-52
+"""Relative rounding error allowed per term of a float64 sum of non-negative floats: twice the unit roundoff
+(any float64 sum of ``n`` such terms is within ``n * 2^-53`` of the exact sum, relatively)."""
+
+_FLOAT32_UNIT = 2.0**-149
+"""Every float32 is an integer multiple of this (the smallest subnormal)."""
+
+
+class NucleusBoundary(NamedTuple):
+    """Each row's least likely kept token: the nucleus is every token ranked at or above it."""
+
+    logit: torch.Tensor
+    """``(B,)`` its scaled logit; ``-inf`` for a row that keeps every token (``top_p > 1``, or NaN probabilities)."""
+    index: torch.Tensor
+    """``(B,)`` its vocabulary index."""
+    removed_ties: torch.Tensor
+    """``(n, 2)`` row and vocabulary index of each token with a row's lowest kept logit but a higher index than its
+    lowest kept token: ranked below it, so removed, though no lower logit is kept (a tie straddling the cut)."""
+
+
+def row_chunks(rows: int, vocab: int) -> list[slice]:
+    """Consecutive slices of whole rows, each of at most :data:`CHUNK_ELEMENTS` elements (or one row).
+
+    Example:
+        >>> row_chunks(5, 2**17)
+        [slice(0, 2, None), slice(2, 4, None), slice(4, 5, None)]
+    """
+    size = max(1, CHUNK_ELEMENTS // vocab)
+    return [slice(start, min(start + size, rows)) for start in range(0, rows, size)]
 
 
 def combine_with_user_values(
@@ -36,39 +103,24 @@ def combine_with_user_values(
     return head_temperature * temperature, (head_top_p * top_p).clamp(max=1.0)
 
 
-def nucleus_removal_mask(ascending_probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Which tokens top-p removes, for probabilities sorted in *ascending* order.
-
-    A token is removed when the probability of it and every less likely token is at most
-    ``1 - top_p``. With probabilities ``[0.1, 0.2, 0.3, 0.4]`` and ``top_p = 0.6`` the
-    cumulative sums are ``[0.1, 0.3, 0.6, 1.0]``; ``1 - 0.6 = 0.4`` removes the first two, so
-    the nucleus is ``{0.3, 0.4}`` (mass 0.7 >= 0.6). The most likely token always stays.
-
-    Args:
-        ascending_probs: ``(B, V)`` probabilities sorted ascending along the last dimension.
-        top_p: ``(B,)`` nucleus mass per row.
-
-    Returns:
-        ``(B, V)`` boolean mask in the same sorted order, True where a token is removed.
+def scale_logits(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """``(B, V)`` float32 ``logits / T``, a fresh tensor; T is clamped to at least ``MIN_SAMPLING_TEMPERATURE``.
 
     Example:
-        >>> nucleus_removal_mask(torch.tensor([[0.1, 0.2, 0.3, 0.4]]), torch.tensor([0.6]))
-        tensor([[ True,  True, False, False]])
+        >>> scale_logits(torch.tensor([[2.0, 1.0]]), torch.tensor([0.0]))
+        tensor([[2.0000e+08, 1.0000e+08]])
     """
-    cumulative_probs = ascending_probs.cumsum(dim=-1)  # (B, V)
-    removed = cumulative_probs <= (1 - top_p).unsqueeze(-1)  # (B, V)
-    removed[..., -1] = False
-    return removed
+    return logits.float() / temperature.float().clamp(min=MIN_SAMPLING_TEMPERATURE).unsqueeze(-1)
 
 
 def warp_logits(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     """Scale logits by a per-row temperature and mask everything outside the per-row nucleus.
 
-    The same code as every decoding step of ``generate()``: one sort (:func:`sort_ascending`), a
-    division, a softmax and :func:`warp_sorted_logits`.
+    The same code as every decoding step of ``generate()``: :func:`scale_logits`, a softmax and
+    :func:`mask_outside_nucleus`.
 
     Args:
-        logits: ``(B, V)`` unscaled logits (not modified).
+        logits: ``(B, V)`` unscaled logits (not modified), any float dtype.
         temperature: ``(B,)`` temperatures (> 0; clamped to at least ``MIN_SAMPLING_TEMPERATURE``).
         top_p: ``(B,)`` nucleus masses in (0, 1].
 
@@ -79,9 +131,8 @@ def warp_logits(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Te
         >>> warp_logits(torch.tensor([[2.0, 1.0, 0.0]]), torch.tensor([0.5]), torch.tensor([0.5]))
         tensor([[4., -inf, -inf]])
     """
-    sorted_logits, sorted_indices = sort_ascending(logits.float())  # (B, V) ascending, a fresh tensor
-    scaled = sorted_logits.div_(temperature.float().clamp(min=MIN_SAMPLING_TEMPERATURE).unsqueeze(-1))
-    return warp_sorted_logits(scaled, sorted_indices, top_p.float())
+    scaled_logits = scale_logits(logits, temperature)  # (B, V), fresh: ours to overwrite
+    return mask_outside_nucleus(scaled_logits, scaled_logits.softmax(dim=-1), top_p)
 
 
 def adjusted_log_probs(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -102,77 +153,247 @@ def adjusted_log_probs(logits: torch.Tensor, temperature: torch.Tensor, top_p: t
     return torch.log_softmax(warp_logits(logits, temperature, top_p), dim=-1)
 
 
-RADIX_SORT_MIN_VOCAB = 32768
-"""torch sorts a 1-D integer tensor of at least this many entries (its ``GRAIN_SIZE``) with a radix sort."""
+def mask_outside_nucleus(scaled_logits: torch.Tensor, probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Set the scaled logits outside each row's top-p nucleus to ``-inf``, in place.
 
-_FLOAT32_MAGNITUDE_BITS = 0x7FFFFFFF
-_FLOAT32_INFINITY_BITS = 0x7F800000
+    Args:
+        scaled_logits: ``(B, V)`` float32 ``logits / T`` (overwritten and returned).
+        probs: ``(B, V)`` float32 ``softmax(scaled_logits)`` (not modified).
+        top_p: ``(B,)`` nucleus masses.
 
+    Returns:
+        ``scaled_logits``, with ``-inf`` below each row's :class:`NucleusBoundary`.
 
-def sort_ascending(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``logits.sort(dim=-1)`` for ``(B, V)`` float32 logits, several times faster on CPU for large vocabularies.
-
-    torch sorts a 2-D float tensor with a comparison sort (about 3.7 ms for one row of 49,152 logits on a
-    2-core x86 VM), but a 1-D integer tensor of 32,768 entries or more with a radix sort (about 0.25 ms
-    there). Each row's logits are mapped to int32 keys in the same order (``-0.0`` and ``0.0`` equal,
-    NaN last, as torch orders them) and radix-sorted; the sorted values are gathered back. The values
-    equal ``logits.sort()``'s and the indices ``logits.sort(stable=True)``'s: equal logits come in
-    vocabulary order (torch's default sort leaves their order unspecified).
-    Elsewhere (GPU, small vocabularies, other dtypes) this is ``logits.sort(dim=-1)``.
+    Example (probabilities 0.16, 0.42, 0.42; tokens 1 and 2 tie, so token 1 ranks first: the tails from the
+    bottom are 0.16 and 0.58, both at most 1 - 0.4, and only token 1 stays):
+        >>> scaled = torch.tensor([[0.0, 1.0, 1.0]])
+        >>> mask_outside_nucleus(scaled, scaled.softmax(-1), torch.tensor([0.4]))
+        tensor([[-inf, 1., -inf]])
     """
-    rows, vocab = logits.shape
-    if logits.device.type != "cpu" or logits.dtype != torch.float32 or vocab < RADIX_SORT_MIN_VOCAB:
-        return logits.sort(dim=-1)
-    logits = logits.contiguous()
-    bits = logits.view(torch.int32)
-    magnitude = bits & _FLOAT32_MAGNITUDE_BITS
-    keys = torch.where(bits < 0, magnitude.neg(), magnitude)  # float order; -0.0 -> 0 like 0.0
-    keys.masked_fill_(magnitude > _FLOAT32_INFINITY_BITS, _FLOAT32_MAGNITUDE_BITS)  # every NaN last
-    values = torch.empty_like(logits)
-    indices = torch.empty((rows, vocab), dtype=torch.long)
-    sorted_keys = torch.empty(vocab, dtype=torch.int32)
-    for row in range(rows):
-        torch.sort(keys[row], stable=True, out=(sorted_keys, indices[row]))  # 1-D integer: radix sort
-        torch.index_select(logits[row], 0, indices[row], out=values[row])
-    return values, indices
+    boundary = nucleus_boundary(scaled_logits, probs, top_p)
+    _remove_below(scaled_logits, boundary.logit)
+    scaled_logits[boundary.removed_ties.unbind(1)] = -math.inf
+    return scaled_logits
 
 
-NUCLEUS_TAIL_MAX_FRACTION = 0.25
-"""Scatter only the sorted tail that holds every row's nucleus when it is at most this fraction of the vocabulary."""
+def _remove_below(scaled_logits: torch.Tensor, lowest_logit: torch.Tensor) -> None:
+    """``-inf`` for every logit below its row's lowest kept logit (a row whose lowest is ``-inf`` is left alone)."""
+    if scaled_logits.device.type != "cpu":
+        scaled_logits.masked_fill_(scaled_logits < lowest_logit.unsqueeze(-1), -math.inf)
+        return
+    # On CPU one vectorised threshold per row is several times faster than a (B, V) boolean mask.
+    below = torch.nextafter(lowest_logit, lowest_logit.new_tensor(-math.inf))  # (B,): keep the logits above this
+    for row, threshold in enumerate(below.tolist()):
+        if threshold > -math.inf:  # -inf: the row keeps every token (NaN rows stay NaN)
+            F.threshold_(scaled_logits[row], threshold, -math.inf)
 
 
-def warp_sorted_logits(
-    scaled: torch.Tensor,
-    sorted_indices: torch.Tensor,
-    top_p: torch.Tensor,
-    probs: torch.Tensor | None = None,
-    work: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """:func:`autodeco.core.decoding.warp_sorted_logits`, overwriting ``scaled`` and ``work`` instead of allocating.
+def tail_bound(top_p: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` float64 midpoint between ``1 - top_p`` (float32) and the next float32 above it.
 
-    The cumulative probabilities ascend, so the tokens that :func:`~autodeco.core.decoding.nucleus_removal_mask`
-    removes are a prefix of each sorted row, whose length a binary search finds. When every row's nucleus
-    lies in the last ``NUCLEUS_TAIL_MAX_FRACTION`` of the sorted vocabulary, only that tail is masked and
-    scattered into a ``-inf`` buffer; otherwise the whole tensor is. The result is the same either way.
+    An exact tail mass below the midpoint rounds to at most ``1 - top_p`` (removed), one above it to more
+    (kept); one equal to it rounds to whichever neighbour has an even significand.
+
+    Example:
+        >>> tail_bound(torch.tensor([0.5])).item() == 0.5 + 2.0**-25
+        True
     """
-    vocab = scaled.shape[-1]
-    if probs is None:
-        probs = scaled.softmax(dim=-1)
-    if work is None:
-        work = torch.empty_like(probs)
-    cumulative = torch.cumsum(probs, dim=-1, out=work)  # (B, V), non-decreasing
-    threshold = (1 - top_p).unsqueeze(-1)  # (B, 1)
-    removed_counts = torch.searchsorted(cumulative, threshold, right=True).clamp_(max=vocab - 1)  # (B, 1)
-    first, total = torch.cat(
-        [removed_counts.amin(dim=0).double(), cumulative[:, -1].sum(0, keepdim=True, dtype=torch.float64)]
-    ).tolist()
-    tail_start = int(first)
-    if vocab - tail_start <= NUCLEUS_TAIL_MAX_FRACTION * vocab and not math.isnan(total):  # NaN: the search is invalid
-        tail = scaled[:, tail_start:]  # (B, K) holds every row's nucleus
-        positions = torch.arange(tail_start, vocab, device=scaled.device)  # (K,) sorted positions
-        tail.masked_fill_(positions < removed_counts, float("-inf"))
-        return work.fill_(float("-inf")).scatter_(-1, sorted_indices[:, tail_start:], tail)
-    removed = cumulative <= threshold  # (B, V), exactly nucleus_removal_mask
-    removed[..., -1] = False
-    scaled.masked_fill_(removed, float("-inf"))
-    return work.scatter_(-1, sorted_indices, scaled)  # sorted_indices is a permutation: every entry is written
+    threshold = 1 - top_p.float()  # (B,), as transformers computes it
+    above = torch.nextafter(threshold, threshold.new_tensor(math.inf))
+    return (threshold.double() + above.double()) / 2  # exact: 25 significant bits
+
+
+def nucleus_boundary(scaled_logits: torch.Tensor, probs: torch.Tensor, top_p: torch.Tensor) -> NucleusBoundary:
+    """Each row's least likely kept token under the nucleus rule, without sorting the vocabulary.
+
+    1. Each probability falls in a bucket of its bit pattern (:data:`BUCKET_SHIFT`); a float64 scatter-add
+       gives the buckets' masses, and their cumulative sum the *boundary bucket*: the first whose cumulative
+       mass exceeds :func:`tail_bound`. Every token above it is kept, every token below it removed.
+    2. Only the boundary bucket's members are sorted (by rank; their probabilities lie within 2.2 % of each
+       other: a few hundred tokens on a flat distribution of 49,152, a handful on a peaked one), and their
+       tails are the mass below the bucket plus their own cumulative masses.
+    3. Float64 sums of ``n`` non-negative terms are within ``n * 2^-53`` of the exact sums (relatively);
+       a row whose deciding tails lie within ``(2 V + BUCKETS) * FLOAT64_TERM_ERROR`` of the bound is decided
+       again exactly (:func:`nucleus_removal_mask` on the row sorted), so the result is the rule's, bit for bit.
+
+    Args:
+        scaled_logits: ``(B, V)`` float32 ``logits / T`` (they give the order).
+        probs: ``(B, V)`` float32 ``softmax(scaled_logits)``, in [0, 1]; a row of NaN (the softmax of a NaN
+            or ``+inf`` logit) keeps every token.
+        top_p: ``(B,)`` nucleus masses; a row with ``top_p > 1`` (or NaN) keeps every token.
+
+    Returns:
+        a :class:`NucleusBoundary`.
+
+    Raises:
+        ValueError: logits or probabilities that are not float32.
+
+    Example (probabilities 0.4, 0.3, 0.2, 0.1: the tails 0.3 and 0.1 are at most 1 - 0.6):
+        >>> probs = torch.tensor([[0.4, 0.3, 0.2, 0.1]])
+        >>> nucleus_boundary(probs.log(), probs, torch.tensor([0.6])).index
+        tensor([1])
+    """
+    if probs.dtype != torch.float32 or scaled_logits.dtype != torch.float32:
+        raise ValueError(
+            f"nucleus_boundary needs float32 logits and probabilities (it reads their bit patterns), but got "
+            f"{scaled_logits.dtype} and {probs.dtype}; pass logits.float() / T and its softmax"
+        )
+    rows, vocab = probs.shape
+    bound = tail_bound(top_p).to(probs.device)  # (B,) float64
+    keeps_all = probs[:, 0].isnan() | ~(bound >= 0)  # (B,): NaN rows (a softmax is NaN everywhere or nowhere)
+    if rows and not bool(keeps_all.any()):
+        return _boundary(scaled_logits, probs, top_p, bound)
+    logit = probs.new_full((rows,), -math.inf)  # (B,)
+    index = torch.full((rows,), vocab - 1, device=probs.device)  # (B,)
+    active = (~keeps_all).nonzero().flatten()  # (b,)
+    if not active.numel():
+        return NucleusBoundary(logit, index, index.new_empty((0, 2)))
+    part = _boundary(scaled_logits[active], probs[active], top_p[active], bound[active])
+    logit[active], index[active] = part.logit, part.index
+    removed_ties = torch.stack([active[part.removed_ties[:, 0]], part.removed_ties[:, 1]], dim=-1)  # (n, 2)
+    return NucleusBoundary(logit, index, removed_ties)
+
+
+def _boundary(scaled_logits, probs, top_p, bound) -> NucleusBoundary:
+    """:func:`nucleus_boundary` for rows with ``bound >= 0`` and probabilities in [0, 1]."""
+    rows, vocab = probs.shape
+    chunks = row_chunks(rows, vocab)
+    workspace = _BucketingWorkspace(chunks[0].stop, vocab, probs.device)
+    parts = [_boundary_bucket(probs[chunk], bound[chunk], workspace) for chunk in chunks]
+    member_rows = torch.cat([part[0] + chunk.start for part, chunk in zip(parts, chunks)])
+    member_columns, below, at_top = (torch.cat([part[i] for part in parts]) for i in (1, 2, 3))
+    logits, columns, masses, counts = _sorted_members(scaled_logits, probs, member_rows, member_columns)
+    tails = masses.cumsum(dim=-1).add_(below.unsqueeze(-1))  # (B, W): each member's tail mass
+    real = torch.arange(tails.shape[1], device=tails.device) < counts.unsqueeze(-1)  # (B, W)
+    removed = (tails <= bound.unsqueeze(-1)).logical_and_(real).sum(dim=-1)  # (B,): a prefix of the members
+    position = torch.minimum(removed, counts - 1).unsqueeze(-1)  # (B, 1): lowest kept member, the top one at least
+    lower = (position - 1).clamp(min=0)  # (B, 1): the member ranked just below it
+    kept_tail, lower_tail = tails.gather(1, position).squeeze(1), tails.gather(1, lower).squeeze(1)  # (B,)
+    removed_tail = torch.where(position.squeeze(1) > 0, lower_tail, below)  # (B,): highest removed token's tail
+    forced = (removed == counts) & at_top  # (B,): only the most likely token stays (rank 0 always does)
+    relative_error = (2 * vocab + BUCKETS) * FLOAT64_TERM_ERROR  # terms: histogram, bucket and member sums
+    certain = (removed_tail * (1 + relative_error) < bound) & (forced | (kept_tail * (1 - relative_error) > bound))
+    lowest_logit, lowest_index = logits.gather(1, position).squeeze(1), columns.gather(1, position).squeeze(1)
+    tied = (torch.arange(tails.shape[1], device=tails.device) < position) & (logits == lowest_logit.unsqueeze(-1))
+    tied_rows, tied_slots = tied.nonzero().unbind(1)  # removed members with the lowest kept logit
+    removed_ties = torch.stack([tied_rows, columns[tied_rows, tied_slots]], dim=-1)  # (n, 2)
+    for row in (~certain).nonzero().flatten().tolist():  # float64 too close to the cut: decide exactly
+        lowest_logit[row], lowest_index[row], tied_columns = _exact_boundary(scaled_logits[row], probs[row], top_p[row])
+        row_ties = torch.stack([torch.full_like(tied_columns, row), tied_columns], dim=-1)  # (t, 2)
+        removed_ties = torch.cat([removed_ties[removed_ties[:, 0] != row], row_ties])
+    return NucleusBoundary(lowest_logit, lowest_index, removed_ties)
+
+
+class _BucketingWorkspace:
+    """The bucketing's ``(R, V)`` buffers, allocated once per call and reused by every chunk of rows."""
+
+    def __init__(self, rows: int, vocab: int, device: torch.device):
+        self.buckets = torch.empty((rows, vocab), dtype=torch.int32, device=device)
+        self.indices = torch.empty((rows, vocab), dtype=torch.long, device=device)
+        self.masses = torch.empty((rows, vocab), dtype=torch.float64, device=device)
+        self.members = torch.empty((rows, vocab), dtype=torch.bool, device=device)
+
+
+def _boundary_bucket(probs: torch.Tensor, bound: torch.Tensor, workspace: _BucketingWorkspace):
+    """Bucket a chunk of rows; return the boundary bucket's members ``(rows (n,), columns (n,))``, the mass
+    below that bucket ``(R,)`` float64, and whether it is the most likely token's bucket ``(R,)``."""
+    rows = probs.shape[0]
+    bucket = torch.add(probs.view(torch.int32), _BUCKET_ROUNDING, out=workspace.buckets[:rows])  # (R, V) int32
+    bucket.bitwise_right_shift_(BUCKET_SHIFT)
+    indices, masses = workspace.indices[:rows].copy_(bucket), workspace.masses[:rows].copy_(probs)  # (R, V) each
+    cumulative = probs.new_zeros((rows, BUCKETS), dtype=torch.float64).scatter_add_(1, indices, masses)
+    cumulative = cumulative.cumsum_(dim=-1)  # (R, BUCKETS): mass of the buckets up to each; bucket 0 holds none
+    boundary = torch.searchsorted(cumulative, bound.unsqueeze(-1), right=True)  # (R, 1): first one above the bound
+    top = torch.searchsorted(cumulative, cumulative[:, -1:].contiguous())  # (R, 1): first one holding all the mass
+    boundary = torch.minimum(boundary, top)  # >= 1 since bound >= 0
+    below = cumulative.gather(1, boundary - 1).squeeze(1)  # (R,)
+    members = workspace.members[:rows].copy_(bucket.eq_(boundary.int()))  # (R, V); eq_ on int32 beats ==
+    member_rows, member_columns = members.nonzero().unbind(1)  # row-major: columns ascending in each row
+    return member_rows, member_columns, below, (boundary == top).squeeze(1)
+
+
+def _sorted_members(scaled_logits, probs, member_rows, member_columns):
+    """The boundary buckets' members in ascending rank (least likely first), padded to ``(B, W)``.
+
+    Returns their scaled logits (padding ``+inf``), vocabulary indices, float64 probabilities (padding 0)
+    and the member count of each row ``(B,)``.
+    """
+    rows = probs.shape[0]
+    counts = torch.bincount(member_rows, minlength=rows)  # (B,)
+    ends = counts.cumsum(0)  # (B,) where each row's members end
+    slots = ends[member_rows] - 1 - torch.arange(member_rows.numel(), device=probs.device)  # (n,) columns descending
+    width = int(counts.max())
+    columns = member_columns.new_zeros((rows, width)).index_put_((member_rows, slots), member_columns)  # (B, W)
+    real = torch.arange(width, device=probs.device) < counts.unsqueeze(-1)  # (B, W)
+    logits = scaled_logits.gather(1, columns).masked_fill_(~real, math.inf)  # (B, W), padding last once sorted
+    logits, order = logits.sort(dim=-1, stable=True)  # (B, W) ascending rank: equal logits, higher index first
+    columns = columns.gather(1, order)
+    masses = probs.gather(1, columns).double().mul_(real)  # (B, W)
+    return logits, columns, masses, counts
+
+
+def _exact_boundary(scaled_logits: torch.Tensor, probs: torch.Tensor, top_p: torch.Tensor):
+    """One row's ``(V,)`` lowest kept logit, its index and the indices of its removed ties ``(t,)``, from the rule
+    itself: a stable sort and exact sums."""
+    order = scaled_logits.sort(descending=True, stable=True).indices  # (V,) rank order
+    removed = nucleus_removal_mask(probs[order].flip(0).unsqueeze(0), top_p.reshape(1))  # (1, V) ascending
+    kept = order.numel() - int(removed.sum())  # ranks 0 .. kept - 1 stay
+    lowest = order[kept - 1]
+    below = order[kept:]  # (V - kept,) the removed ranks
+    return scaled_logits[lowest], lowest, below[scaled_logits[below] == scaled_logits[lowest]]
+
+
+def nucleus_removal_mask(ascending_probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Which tokens top-p removes, for probabilities sorted in *ascending* rank: the nucleus rule, exactly.
+
+    A token is removed when the exact sum of the probabilities of it and every less likely token,
+    rounded to float32, is at most ``1 - top_p``. With probabilities ``[0.1, 0.2, 0.3, 0.4]`` and
+    ``top_p = 0.6`` the tails are ``[0.1, 0.3, 0.6, 1.0]``; ``1 - 0.6 = 0.4`` removes the first two, so
+    the nucleus is ``{0.3, 0.4}`` (mass 0.7 >= 0.6). The most likely (last) token always stays. Sums are
+    Python integers in units of 2^-149 (one Python step per token: the plain, slow statement of the rule).
+
+    Args:
+        ascending_probs: ``(B, V)`` float32 probabilities sorted by ascending rank along the last dimension.
+        top_p: ``(B,)`` nucleus mass per row.
+
+    Returns:
+        ``(B, V)`` boolean mask in the same sorted order, True where a token is removed.
+
+    Example:
+        >>> nucleus_removal_mask(torch.tensor([[0.1, 0.2, 0.3, 0.4]]), torch.tensor([0.6]))
+        tensor([[ True,  True, False, False]])
+    """
+    removed = torch.zeros(ascending_probs.shape, dtype=torch.bool)
+    units = (ascending_probs.float().double() / _FLOAT32_UNIT).tolist()  # exact: float32s are multiples of the unit
+    for row, (row_units, threshold) in enumerate(zip(units, (1 - top_p.float()).tolist())):
+        removed[row, : _removed_count(row_units, threshold)] = True
+    return removed.to(ascending_probs.device)
+
+
+def _removed_count(ascending_units: list[float], threshold: float) -> int:
+    """How many of the least likely tokens the rule removes (each ``units * 2^-149``; ``threshold = 1 - top_p``)."""
+    if threshold < 0 or math.isnan(sum(ascending_units)):
+        return 0
+    limit = int(threshold / _FLOAT32_UNIT)
+    tail = 0
+    for count, unit in enumerate(ascending_units[:-1]):
+        tail += int(unit)
+        if _round_to_float32(tail) > limit:
+            return count
+    return len(ascending_units) - 1
+
+
+def _round_to_float32(units: int) -> int:
+    """``units * 2^-149`` rounded to the nearest float32 (ties to the even significand), in the same units.
+
+    Example (2^24 + 1 units needs 25 bits: halfway between 2^24 and 2^24 + 2, the even significand wins):
+        >>> _round_to_float32(2**24 + 1) == 2**24, _round_to_float32(2**24 + 3) == 2**24 + 4
+        (True, True)
+    """
+    shift = max(units.bit_length() - 24, 0)  # float32 significands hold 24 bits (subnormals: units < 2^23)
+    if shift == 0:
+        return units
+    quotient, remainder = divmod(units, 1 << shift)
+    half = 1 << (shift - 1)
+    quotient += remainder > half or (remainder == half and quotient % 2 == 1)
+    return quotient << shift

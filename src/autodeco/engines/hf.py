@@ -1,10 +1,18 @@
 """The Hugging Face engine: :class:`~autodeco.engines.base.Engine` over ``AutoDecoForCausalLM``.
 
-Each request runs the same decoding as :meth:`~autodeco.model.modeling.AutoDecoForCausalLM.generate`
-(the base's ``generate()`` with :class:`~autodeco.model.generation.AutoDecoLogitsProcessor`) in a worker
-thread; a streamer hands each token, with the T and P the processor used for it, to the caller as it
-comes. Requests are **serialized** by a lock (one generation at a time, in arrival order): simple and
-exact, at the price of no batching across requests (the vLLM engine batches).
+Two ways to run requests, both with exactly the decoding of
+:meth:`~autodeco.model.modeling.AutoDecoForCausalLM.generate` for a request alone:
+
+- ``HFEngine(..., batching=True)`` (what ``autodeco serve --engine hf`` runs) **batches concurrent requests
+  continuously** (:mod:`autodeco.engines.hf_batching`): a scheduler thread adds each new request to the
+  running batch at a step boundary (its prompt prefilled alone), decodes every row with one forward pass
+  per step, each row with its own multipliers and its own seeded generator, and drops the rows that end or
+  whose client left. A request's tokens and values in a crowd equal its solo run to float32 rounding (the
+  module's docstring says what is exact and what is not).
+- ``HFEngine(...)`` (``batching=False``, the default) **serializes** requests: each runs the base's
+  ``generate()`` with :class:`~autodeco.model.generation.AutoDecoLogitsProcessor` in a worker thread, one at
+  a time in arrival order (a lock), and a streamer hands each token, with the T and P the processor used for
+  it, to the caller as it comes. Concurrent requests wait, and get bitwise their sequential answers.
 """
 
 from __future__ import annotations
@@ -18,16 +26,23 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from autodeco.engines.base import GenerationRequest, TokenEvent
+from autodeco.engines.hf_batching import (
+    DEFAULT_MAX_BATCH_SIZE,
+    BatchScheduler,
+    Drawn,
+    batching_unsupported_reason,
+    finish_reason_for,
+)
 from autodeco.engines.text import IncrementalText, StopStrings
 from autodeco.model.base_model import check_token_ids, context_length
 from autodeco.model.generation import AutoDecoLogitsProcessor, capture_output_head_input, generate_with_base
 
 _END = object()
-"""Put on a request's queue when its generation has ended."""
+"""Put on a serialized request's queue when its generation has ended."""
 
 
 class HFEngine:
-    """Serve an :class:`~autodeco.model.modeling.AutoDecoForCausalLM` one request at a time.
+    """Serve an :class:`~autodeco.model.modeling.AutoDecoForCausalLM`, one request at a time or batched.
 
     Args:
         model: the model (its heads decide T and P).
@@ -35,6 +50,14 @@ class HFEngine:
         model_name: the id served in ``/v1/models``.
         eos_token_ids: ids that end a generation (default: the base's ``generation_config`` end ids and the
             tokenizer's ``eos_token_id``).
+        batching: decode concurrent requests together (continuous batching, ``autodeco serve``'s choice);
+            False (the default) runs them one at a time through ``generate()``.
+        max_batch_size: with batching, the most requests decoded together (others wait for a row to end).
+
+    Raises:
+        ValueError: ``batching`` on a base whose cache cannot be padded (sliding-window or linear-attention
+            layers; see :func:`~autodeco.engines.hf_batching.batching_unsupported_reason`), or a bad
+            ``max_batch_size``.
 
     Example:
         >>> engine = HFEngine(model, tokenizer, "tiny")  # doctest: +SKIP
@@ -43,7 +66,16 @@ class HFEngine:
         [('a', 0.91, None), ('b', 0.88, None), ('c', 0.9, 'length')]
     """
 
-    def __init__(self, model, tokenizer, model_name: str, *, eos_token_ids: list[int] | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        model_name: str,
+        *,
+        eos_token_ids: list[int] | None = None,
+        batching: bool = False,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.model_name = model_name
@@ -51,13 +83,22 @@ class HFEngine:
         """Positions of the base's context (prompt + generated tokens), or None when unknown."""
         self.eos_token_ids = end_token_ids(model.llm, tokenizer) if eos_token_ids is None else list(eos_token_ids)
         self.pad_token_id = _pad_token_id(tokenizer, self.eos_token_ids)
+        self.scheduler = None
+        """The continuous-batching scheduler (None when ``batching`` is off)."""
+        if batching:
+            reason = batching_unsupported_reason(model.llm)
+            if reason is not None:
+                raise ValueError(f"{reason}; serve this base with HFEngine(..., batching=False), one request at a time")
+            self.scheduler = BatchScheduler(model, self.eos_token_ids, max_batch_size)
         self._lock = threading.Lock()
-        self._active: set[_Generation] = set()
+        self._active: set = set()
         self._closed = False
 
     def close(self) -> None:
         """Stop every generation under way and wait for them (the server is shutting down); refuse new ones."""
         self._closed = True
+        if self.scheduler is not None:
+            self.scheduler.close()
         for run in list(self._active):
             run.stop()
 
@@ -92,16 +133,17 @@ class HFEngine:
         return min(request.max_tokens, self.max_model_len - prompt_length)
 
     def _events(self, request: GenerationRequest, max_tokens: int) -> Iterator[TokenEvent]:
-        run = _Generation(self, request, max_tokens)
+        batched = self.scheduler is not None
+        run = _Batched(self.scheduler, request, max_tokens) if batched else _Generation(self, request, max_tokens)
         text = IncrementalText(self.tokenizer)
         stops = StopStrings(request.stop)
         self._active.add(run)
         try:
             run.start()
-            for count, (token_id, temperature, top_p) in enumerate(run.tokens(), start=1):
-                finish = "stop" if token_id in self.eos_token_ids else "length" if count >= max_tokens else None
-                piece = text.piece(token_id, final=finish is not None)
-                released, stopped = stops.add(TokenEvent(token_id, piece, temperature, top_p, finish))
+            for drawn in run.tokens():
+                finish = drawn.finish_reason
+                piece = text.piece(drawn.token_id, final=finish is not None)
+                released, stopped = stops.add(TokenEvent(drawn.token_id, piece, drawn.temperature, drawn.top_p, finish))
                 yield from released
                 if stopped or finish is not None:
                     return
@@ -110,8 +152,29 @@ class HFEngine:
             self._active.discard(run)
 
 
+class _Batched:
+    """One request on the batching scheduler, started, read and stopped like a :class:`_Generation`."""
+
+    def __init__(self, scheduler: BatchScheduler, request: GenerationRequest, max_tokens: int):
+        self.scheduler = scheduler
+        self.request = request
+        self.max_tokens = max_tokens
+        self.row = None
+
+    def start(self) -> None:
+        self.row = self.scheduler.submit(self.request, self.max_tokens)
+
+    def tokens(self) -> Iterator[Drawn]:
+        return self.row.tokens()
+
+    def stop(self) -> None:
+        """Take the row out of the batch at the next step boundary and wait until it is out."""
+        if self.row is not None:
+            self.scheduler.cancel(self.row)
+
+
 class _Generation:
-    """One request's ``generate()`` in a worker thread, feeding ``(token_id, T, P)`` to a queue."""
+    """One request's ``generate()`` in a worker thread (without batching), feeding :class:`Drawn` tokens to a queue."""
 
     def __init__(self, engine: HFEngine, request: GenerationRequest, max_tokens: int):
         self.engine = engine
@@ -135,8 +198,8 @@ class _Generation:
         if self.generating.is_set():
             self.thread.join()
 
-    def tokens(self) -> Iterator[tuple[int, float, float]]:
-        """``(token_id, temperature, top_p)`` as they come; re-raises the worker's error."""
+    def tokens(self) -> Iterator[Drawn]:
+        """The tokens as they come; re-raises the worker's error."""
         while True:
             item = self.queue.get()
             if item is _END:
@@ -169,7 +232,7 @@ class _Generation:
                 model.llm, input_ids, torch.ones_like(input_ids), sample=sample,
                 logits_processor=LogitsProcessorList([processor]),
                 stopping_criteria=StoppingCriteriaList([_Cancelled(self.cancelled)]),
-                streamer=_QueueStreamer(processor, self.queue),
+                streamer=_QueueStreamer(processor, self.queue, self.max_tokens, self.engine.eos_token_ids),
                 max_new_tokens=self.max_tokens, eos_token_id=self.engine.eos_token_ids,
                 pad_token_id=self.engine.pad_token_id,
             )
@@ -178,18 +241,24 @@ class _Generation:
 class _QueueStreamer:
     """A transformers streamer that puts each new token, with the T and P just recorded for it, on a queue."""
 
-    def __init__(self, processor: AutoDecoLogitsProcessor, tokens: queue.Queue):
+    def __init__(self, processor: AutoDecoLogitsProcessor, tokens: queue.Queue, max_tokens: int, end_ids: list[int]):
         self.processor = processor
         self.tokens = tokens
+        self.max_tokens = max_tokens
+        self.end_ids = end_ids
+        self.count = 0
         self.prompt_seen = False
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:  # generate() first puts the prompt
             self.prompt_seen = True
             return
+        token_id = int(value.reshape(-1)[0])
+        self.count += 1
         temperature = float(self.processor.temperatures[-1][0])
         top_p = float(self.processor.top_ps[-1][0])
-        self.tokens.put((int(value.reshape(-1)[0]), temperature, top_p))
+        finish = finish_reason_for(token_id, self.count, self.max_tokens, self.end_ids)
+        self.tokens.put(Drawn(token_id, temperature, top_p, finish))
 
     def end(self) -> None:
         pass

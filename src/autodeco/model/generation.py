@@ -5,7 +5,7 @@ criteria). Two small pieces make it dynamic:
 - a forward hook on the output head records the final hidden state it receives, and
 - :class:`AutoDecoLogitsProcessor` turns that hidden state and the step's logits into a per-row
   temperature and top-p, and returns the warped logits that ``generate()`` then samples from.
-The logits are computed once, by the base model; the step sorts them once.
+The logits are computed once, by the base model; the step never sorts the vocabulary.
 """
 
 from __future__ import annotations
@@ -19,10 +19,15 @@ from transformers import GenerationConfig, LogitsProcessor
 from autodeco.core.decoding import (
     MIN_SAMPLING_TEMPERATURE,
     combine_with_user_values,
-    sort_ascending,
-    warp_sorted_logits,
+    mask_outside_nucleus,
+    row_chunks,
+    scale_logits,
 )
-from autodeco.core.heads import FEATURE_TEMPERATURE_EPSILON, probability_features_from_sorted
+from autodeco.core.heads import (
+    FEATURE_TEMPERATURE_EPSILON,
+    NUM_PROBABILITY_FEATURES,
+    probability_features_from_probs,
+)
 
 KEPT_GENERATION_FIELDS = (
     "bos_token_id",
@@ -240,7 +245,7 @@ def dynamic_step(
     top_p: float | torch.Tensor,
     sample: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One decoding step: heads -> (T, P) -> warped logits, with a single sort of the logits.
+    """One decoding step: heads -> (T, P) -> warped logits, without sorting the vocabulary.
 
     Args:
         model: an AutoDecoForCausalLM (or any object with its ``predict_temperature``, ``predict_top_p``
@@ -253,44 +258,47 @@ def dynamic_step(
     Returns:
         ``(warped_logits (B, V), temperature (B,), top_p (B,))``, the values actually used.
 
-    The vocabulary-sized work is one sort (:func:`~autodeco.core.decoding.sort_ascending`, a radix sort
-    on CPU), two divisions, one softmax (two when the user's temperature multiplier is not 1), the
-    features (:func:`~autodeco.core.heads.probability_features_from_sorted`), one cumulative sum and
-    one scatter back to vocabulary order (:func:`~autodeco.core.decoding.warp_sorted_logits`), in three
-    ``(B, V)`` float buffers. The heads' policy (disabled heads, detached T) is the model's own
+    The vocabulary-sized work is one division and one softmax shared by the features and the nucleus
+    (a second of each when ``T + 1e-8``, the features' scale, differs from the final T in float32: the
+    user's multiplier is not 1, or T < 0.25), the features' passes
+    (:func:`~autodeco.core.heads.probability_features_from_probs`, their top 5 through block maxima) and the
+    nucleus (:func:`~autodeco.core.decoding.mask_outside_nucleus`, in place on the scaled logits).
+    The heads' policy (disabled heads, detached T) is the model's own
     (:meth:`~autodeco.model.modeling.AutoDecoForCausalLM.predict_top_p`), as in a teacher-forced forward.
     """
     head_temperature = model.predict_temperature(hidden)  # (B,)
-    with torch.no_grad():
-        sorted_logits, sorted_indices = sort_ascending(logits.float())  # (B, V); fresh, so ours to overwrite
-    feature_probs = work = features = None
+    feature_scale = feature_logits = feature_probs = features = None
     if model.reads_probability_features:
         with torch.no_grad():
-            feature_scale = head_temperature.detach().float().unsqueeze(-1) + FEATURE_TEMPERATURE_EPSILON  # (B, 1)
-            feature_logits = sorted_logits / feature_scale  # (B, V) ascending
-            feature_probs = feature_logits.softmax(dim=-1)  # (B, V) ascending
-            work = feature_logits  # free after the softmax
-            features = probability_features_from_sorted(feature_probs, work)  # (B, 4)
+            feature_scale = head_temperature.detach().float() + FEATURE_TEMPERATURE_EPSILON  # (B,)
+            feature_logits, feature_probs, features = _features_by_chunks(logits, feature_scale)
     head_top_p = model.predict_top_p(hidden, head_temperature, features)  # (B,)
     final_temperature, final_top_p = combine_with_user_values(head_temperature, head_top_p, temperature, top_p)
     final_temperature, final_top_p = final_temperature.float(), final_top_p.float()
     if not sample:
         return logits, final_temperature, final_top_p
     with torch.no_grad():
-        scaled = sorted_logits.div_(final_temperature.detach().clamp(min=MIN_SAMPLING_TEMPERATURE).unsqueeze(-1))
-        if feature_probs is not None and _all_ones(temperature):
-            # With the user's multiplier at 1, the feature probabilities are the sampling probabilities
-            # (up to the 1e-8 in the feature temperature): reuse them instead of a second softmax.
-            probs = feature_probs
+        scale = final_temperature.detach().clamp(min=MIN_SAMPLING_TEMPERATURE)  # (B,)
+        if feature_scale is not None and torch.equal(scale, feature_scale):
+            scaled, probs = feature_logits, feature_probs  # the very same division: reuse it and its softmax
         else:
+            scaled = scale_logits(logits, scale)  # (B, V), fresh
             probs = scaled.softmax(dim=-1)
-            if feature_probs is not None:
-                work = feature_probs  # the features are done with it
-        warped = warp_sorted_logits(scaled, sorted_indices, final_top_p.detach(), probs, work)
+        warped = mask_outside_nucleus(scaled, probs, final_top_p.detach())
     return warped, final_temperature, final_top_p
 
 
-def _all_ones(multiplier: float | torch.Tensor) -> bool:
-    if isinstance(multiplier, torch.Tensor):
-        return bool((multiplier == 1.0).all())
-    return multiplier == 1.0
+def _features_by_chunks(logits: torch.Tensor, feature_scale: torch.Tensor):
+    """``logits / (T + 1e-8)`` ``(B, V)``, its softmax ``(B, V)`` and the four features ``(B, 4)``, computed a
+    cache-sized chunk of rows at a time (:func:`~autodeco.core.decoding.row_chunks`); each row's values are
+    those of the whole-batch computation."""
+    feature_logits = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)  # (B, V)
+    feature_probs = torch.empty_like(feature_logits)  # (B, V) in vocabulary order
+    chunks = row_chunks(*logits.shape)
+    work = feature_logits.new_empty((chunks[0].stop if chunks else 0, logits.shape[1]))  # (R, V) for every chunk
+    features = [feature_logits.new_empty((0, NUM_PROBABILITY_FEATURES))]
+    for rows in chunks:
+        torch.div(logits[rows].float(), feature_scale[rows].unsqueeze(-1), out=feature_logits[rows])
+        torch.softmax(feature_logits[rows], dim=-1, out=feature_probs[rows])
+        features.append(probability_features_from_probs(feature_probs[rows], work[: rows.stop - rows.start]))
+    return feature_logits, feature_probs, torch.cat(features)  # features (B, 4)
