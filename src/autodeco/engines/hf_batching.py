@@ -33,7 +33,7 @@ later steps run in a batch whose size and padding depend on the crowd, and there
 *not* bitwise those of its solo run: on CPU, MKL computes a product of one row with a matrix-vector
 kernel and, below twelve rows, the rows left over from blocks of four with yet other kernels, and
 attention over a left-padded cache sums in another order. So in a crowd a request's T and P agree
-with its solo run to float32 rounding (differences up to 6e-7 measured), and its tokens are the same
+with its solo run to float32 rounding (up to 2e-6 apart on SmolLM2-135M), and its tokens are the same
 unless a draw falls within that rounding of a boundary (two tokens' chances, or the nucleus cut):
 none differed in the thousands of tokens ``benchmarks/serve_batching.py`` compares (its README
 gives the figures). Bitwise rows would need every step padded to at least twelve rows and attention
