@@ -29,16 +29,16 @@ from autodeco.engines.base import GenerationRequest, TokenEvent
 from autodeco.engines.hf_batching import (
     DEFAULT_MAX_BATCH_SIZE,
     BatchScheduler,
+    END,
     Drawn,
     batching_unsupported_reason,
     finish_reason_for,
+    queued_items,
 )
 from autodeco.engines.text import IncrementalText, StopStrings
 from autodeco.model.base_model import check_token_ids, context_length
 from autodeco.model.generation import AutoDecoLogitsProcessor, capture_output_head_input, generate_with_base
 
-_END = object()
-"""Put on a serialized request's queue when its generation has ended."""
 
 
 class HFEngine:
@@ -200,13 +200,7 @@ class _Generation:
 
     def tokens(self) -> Iterator[Drawn]:
         """The tokens as they come; re-raises the worker's error."""
-        while True:
-            item = self.queue.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        return queued_items(self.queue)
 
     def _run(self) -> None:
         try:
@@ -217,7 +211,7 @@ class _Generation:
         except BaseException as error:  # handed to the consumer, which re-raises it
             self.queue.put(error)
         finally:
-            self.queue.put(_END)
+            self.queue.put(END)
 
     def _generate(self) -> None:
         model, request = self.engine.model, self.request

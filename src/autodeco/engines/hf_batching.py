@@ -67,7 +67,7 @@ its keys and values there in place, where ``DynamicLayer`` copies the whole laye
 mostly page faults: a 16-row step of SmolLM2-135M took 252 ms with those copies, 209 ms without). A layer moves
 to a larger buffer once every this many steps, and when rows join or leave."""
 
-_END = object()
+END = object()
 """Put on a row's queue once it has left the batch (after its last token, an error or a cancellation)."""
 
 
@@ -277,18 +277,23 @@ class BatchRow:
             return
         if error is not None:
             self.queue.put(error)
-        self.queue.put(_END)
+        self.queue.put(END)
         self.released.set()
 
     def tokens(self) -> Iterator[Drawn]:
         """The row's tokens as they come (blocking); re-raises an error the scheduler handed over."""
-        while True:
-            item = self.queue.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        return queued_items(self.queue)
+
+
+def queued_items(items: queue.Queue) -> Iterator:
+    """What a producer thread puts on ``items``, as it comes (blocking), up to :data:`END`; a put exception is raised."""
+    while True:
+        item = items.get()
+        if item is END:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 class BufferedLayer(DynamicLayer):
