@@ -31,7 +31,8 @@ import torch
 from autodeco.problems import load_problems
 from autodeco.sampling import decode_loop
 from autodeco.sampling.inference import load_for_generation
-from autodeco.sampling.rollouts import DecodingSetting, complete, prefill
+from autodeco.sampling.rollouts import complete, prefill
+from autodeco.sampling.settings import DecodingSetting
 
 # This script's folder is on sys.path when it runs: reuse the evaluation benchmark's prompts and forward hook.
 from eval_throughput import ForwardRecorder, render_prompts

@@ -40,21 +40,15 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from autodeco import AutoDecoForCausalLM
+from autodeco.common.seeds import derived_seed
+from autodeco.model.base_model import end_token_ids as end_of_sequence_ids
 from autodeco.model.base_model import load_tokenizer
 from autodeco.model.generation import generate_with_base
 from autodeco.problems import load_problems, read_jsonl
 from autodeco.problems.datasets import DATA_DIR_VARIABLE
 from autodeco.sampling.inference import encode_prompts, load_for_generation, render_prompt
-from autodeco.sampling.rollouts import (  # _completion: complete()'s own id-to-text step
-    AUTODECO,
-    STATIC,
-    DecodingSetting,
-    _completion,
-    complete,
-    derived_seed,
-    end_of_sequence_ids,
-    prefill,
-)
+from autodeco.sampling.rollouts import _completion, complete, prefill  # _completion: complete()'s id-to-text step
+from autodeco.sampling.settings import AUTODECO, STATIC, DecodingSetting
 
 # This script's folder is on sys.path when it runs: reuse the decoding benchmark's model shape and helpers.
 from decode_speed import SMOLLM2_135M_SHAPE, impossible_token_id, quantile

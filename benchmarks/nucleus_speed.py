@@ -98,7 +98,7 @@ def _sort_ascending(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def build_model(args):
     """``(model, prompt_ids (1, L), description)``."""
     if args.embedded:
-        from autodeco.pretrained import shipped_heads_path
+        from autodeco.model.shipped import shipped_heads_path
         from autodeco.sampling.inference import load_for_generation, render_prompt
 
         heads = shipped_heads_path()

@@ -28,7 +28,8 @@ import time
 
 import torch
 
-from autodeco.engines.vllm import RowRequest, VllmEngine, VllmRollouts  # vLLM itself is imported on first use
+from autodeco.core.multipliers import Multipliers
+from autodeco.engines.vllm import BaseSampling, RowRequest, VllmEngine, VllmRollouts  # vLLM itself is imported on first use
 from autodeco.engines.vllm_export import export_for_vllm
 from autodeco.model.modeling import AutoDecoForCausalLM
 from autodeco.problems import load_problems
@@ -42,7 +43,8 @@ MODES = {"static": (0.6, 0.95, False), "plain": (1.0, 1.0, False), "autodeco": (
 
 def decode_speed(engine, prompt_ids, batch: int, tokens: int, mode: str, seed: int) -> float:
     temperature, top_p, autodeco = MODES[mode]
-    rows = [RowRequest(prompt_ids, tokens, temperature, top_p, autodeco, seed + row) for row in range(batch)]
+    decoding = Multipliers(temperature, top_p) if autodeco else BaseSampling(temperature, top_p)
+    rows = [RowRequest(prompt_ids, tokens, decoding, seed + row) for row in range(batch)]
     started = time.perf_counter()
     results = engine.generate(rows)
     seconds = time.perf_counter() - started

@@ -251,3 +251,11 @@ def tiny_chat_model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-chat-model")
     build_tiny_chat_model(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_chat_model_dir):
+    """The tiny chat model's tokenizer (it has a chat template)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_chat_model_dir)

@@ -16,11 +16,13 @@ LAYERS = [
     ("model", "pretrained"),  # config, checkpoints, base models, AutoDecoForCausalLM, transformers glue
     ("problems",),  # prompts with checkable answers, answer checking
     ("sampling",),  # decoding settings, prompts -> completions, rejection sampling
+    ("data",),  # trajectory files, their tokens, decoding-command phrasings: shared by training and evaluation
     ("engines",),  # generation engines (HF, vLLM): a request in, tokens with their T and P out
     ("serving",),  # the OpenAI-compatible HTTP API over an engine
     ("training",),  # verified trajectories -> trained heads
     ("evaluation",),  # held-out NLL, methods side by side, metrics
     ("views",),  # traces, reports and figures rendered for people
+    ("integrations",),  # autodeco inside other tools' own loops (lm-evaluation-harness)
     ("quickstart", "cli"),  # whole pipelines and the command line
 ]
 """Layer order: a module may import from its own layer and the layers listed above it."""
@@ -75,6 +77,19 @@ def test_no_backward_import(path):
     assert not backward, f"{module} (layer {LAYERS[own]}) imports from later layers: {backward}"
 
 
+def test_evaluation_does_not_import_training():
+    """Evaluation measures heads from any source: what it shares with training (trajectory files, their
+    tokens, the command phrasings) lives in ``autodeco.data``, below both."""
+    arrows = sorted(
+        f"{module_name(path)} -> {target}"
+        for path in SOURCES
+        if module_name(path).startswith("autodeco.evaluation")
+        for target in imported_modules(path)
+        if target == "autodeco.training" or target.startswith("autodeco.training.")
+    )
+    assert not arrows, f"evaluation imports training; move what both need to autodeco.data: {arrows}"
+
+
 def test_no_import_cycle():
     graph = {module_name(path): imported_modules(path) - {module_name(path)} for path in SOURCES}
     done, trail = set(), []
@@ -101,3 +116,20 @@ def test_every_subpackage_is_in_a_layer():
         if child.suffix == "" and not (child / "__init__.py").exists():
             continue
         layer_of(f"autodeco.{child.stem}")
+
+
+TESTS = Path(__file__).resolve().parent
+TEST_SUPPORT = {"fixtures", "__pycache__"}
+"""Folders of ``tests/`` that hold data or caches, not tests of a package folder."""
+
+
+def test_test_folders_mirror_the_package():
+    """``tests/<folder>/`` tests ``autodeco/<folder>/``: a reader finds a module's tests by its path."""
+    test_folders = {child.name for child in TESTS.iterdir() if child.is_dir() and child.name not in TEST_SUPPORT}
+    package_folders = {child.name for child in PACKAGE.iterdir() if (child / "__init__.py").exists()}
+    strays = sorted(test_folders - package_folders)
+    assert not strays, f"tests/ folders with no autodeco folder of the same name: {strays}"
+    unplaced = sorted(
+        path.name for path in TESTS.glob("test_*.py") if path.stem.removeprefix("test_") not in {"layers", "benchmarks"}
+    )
+    assert not unplaced, f"tests at the top of tests/ instead of the folder of the code they test: {unplaced}"

@@ -1,15 +1,16 @@
 """AutoDeco: language models that choose their own temperature and top-p, token by token.
 
-The pipeline, module by module:
+The data flow, folder by folder (which folder may import which: ``tests/test_layers.py``):
 
-    problems/ (prompts with checkable answers) + answers (extraction, verification)
-    -> trajectories (the base model's own verified answers, by rejection sampling)
-    -> training/ (heads trained on those answers, base frozen; losses in losses)
-    -> checkpoint (heads-only safetensors) -> modeling + generation (dynamic decoding)
-    -> rollouts (many samples per prompt, shared prefill) -> evaluation/ (Pass@k, baselines, reports)
+    problems/ (prompts with checkable answers, answer checking)
+    -> sampling/ (decoding settings, the base's own answers, rejection sampling: ``autodeco sample``)
+    -> data/ (trajectory files, their tokens, decoding-command phrasings)
+    -> training/ (heads trained on verified answers, base frozen: ``autodeco train``)
+    -> model/ checkpoints (heads-only safetensors) -> engines/ and serving/ (dynamic decoding: HF, vLLM, HTTP)
+    -> evaluation/ (held-out NLL, every method side by side, diagnosis, control) -> views/ (reports, traces)
 
-``quickstart`` runs the whole chain. The tensor math lives in :mod:`autodeco.core.heads`,
-:mod:`autodeco.core.decoding` and :mod:`autodeco.core.losses`.
+``core/`` holds the tensor math (heads, decoding, the dynamic step, losses), ``model/`` the
+:class:`AutoDecoForCausalLM` and its ``generate()``; ``quickstart`` runs the whole chain.
 
 The model classes are imported on first use, so ``import autodeco.problems.answers`` (say) does not load torch.
 """

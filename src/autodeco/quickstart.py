@@ -51,7 +51,7 @@ BUDGETS = {
     "large": Budget(train_problems=2000, samples_per_prompt=8, train_steps=400, test_problems=200, seeds=4,
                     samples_per_seed=8, oracle_step=0.1),
 }
-"""Named budgets: ``quick`` (6.5 minutes on a quiet 2-core CPU), ``standard`` (34 minutes) and ``large`` (README)."""
+"""Named budgets: ``quick``, ``standard`` and ``large``; the README's quick start gives their sizes and measured times."""
 
 HELDOUT_FRACTION = 0.2
 """Share of training problems held out: their verified answers measure held-out NLL and give MeanShift's means."""
@@ -103,7 +103,8 @@ def _stage_banner(name: str, detail: str) -> None:
 
 
 def _sample_stage(output: Path, sizes: Budget, base: str, seed: int, progress: bool) -> Path:
-    from autodeco.sampling.trajectories import SampleConfig, sample_trajectories
+    from autodeco.sampling.config import SampleConfig
+    from autodeco.sampling.trajectories import sample_trajectories
 
     folder = output / "sample"
     _stage_banner("1/4 sample", f"{sizes.train_problems} arithmetic problems x {sizes.samples_per_prompt} answers "
@@ -137,7 +138,7 @@ def _train_stage(output: Path, sizes: Budget, sample_dir: Path, base: str, seed:
 def _heldout_stage(output: Path, heads: Path, sample_dir: Path, base: str, seed: int) -> dict | None:
     from autodeco.evaluation.heldout import heldout_report
     from autodeco.sampling.inference import load_for_generation
-    from autodeco.training.data import read_trajectories
+    from autodeco.data.trajectories import read_trajectories
 
     path = output / "heldout.json"
     if path.exists():
@@ -162,7 +163,9 @@ def _heldout_stage(output: Path, heads: Path, sample_dir: Path, base: str, seed:
 
 
 def _eval_stage(output: Path, sizes: Budget, heads: Path, sample_dir: Path, seed: int, progress: bool):
-    from autodeco.evaluation.runner import PAPER_METHODS, EvalConfig, evaluate, oracle_grid
+    from autodeco.evaluation.config import EvalConfig, oracle_grid
+    from autodeco.evaluation.methods import PAPER_METHODS
+    from autodeco.evaluation.runner import evaluate
     from autodeco.views.report import write_report
 
     _stage_banner("4/4 eval", f"{sizes.test_problems} test problems x {sizes.seeds} seeds x {sizes.samples_per_seed} "

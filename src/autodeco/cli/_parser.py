@@ -102,10 +102,12 @@ def check_choice(flag: str, value, choices) -> None:
 
 
 @contextlib.contextmanager
-def config_errors(config_class, flags: dict[str, str]):
+def config_errors(config_class, flags: dict[str, str], *, flag_only: bool = False):
     """Re-raise a config's ValueError with the field name it starts with followed by the flag that sets it.
 
-    ``per_device_batch_size must be >= 1`` becomes ``per_device_batch_size (--batch-size) must be >= 1``.
+    ``per_device_batch_size must be >= 1`` becomes ``per_device_batch_size (--batch-size) must be >= 1``;
+    with ``flag_only``, the flag replaces the field name: ``samples_per_seed must be >= 1`` becomes
+    ``--samples-per-seed must be >= 1`` (for commands whose messages have always named only the flag).
     """
     try:
         yield
@@ -113,10 +115,11 @@ def config_errors(config_class, flags: dict[str, str]):
         if isinstance(error, UnicodeError):
             raise
         message = str(error)
-        for field in sorted(dataclasses.fields(config_class), key=lambda field: -len(field.name)):
+        for field in sorted(_flag_fields(config_class), key=lambda field: -len(field.name)):
             if re.match(rf"{field.name}\b", message):
                 flag = "--" + flags.get(field.name, field.name.replace("_", "-"))
-                message = f"{field.name} ({flag})" + message[len(field.name):]
+                named = flag if flag_only else f"{field.name} ({flag})"
+                message = named + message[len(field.name):]
                 break
         raise ValueError(message) from error
 
@@ -137,18 +140,51 @@ def _add_parameter(parser, parameter: inspect.Parameter, hint, help_text: str) -
         )
 
 
-def _add_config_fields(parser, config_class, *, skip: set[str], flags: dict[str, str]) -> None:
+class _FlagField(typing.NamedTuple):
+    name: str
+    """The flag's destination: the field's name, prefixed for a nested config's field (``control_share``)."""
+    default: object
+    hint: object
+    doc: str
+    section: tuple[str, str] | None = None
+    """``(title, description)`` of the nested config the field belongs to (None: a field of the config itself)."""
+
+
+def _flag_fields(config_class, prefix: str = "", section: tuple[str, str] | None = None) -> list[_FlagField]:
+    """The fields of ``config_class`` that are flags; a field holding a config dataclass gives its fields, prefixed.
+
+    ``control: ControlConfig`` gives ``control_share`` (``--control-share``) and the rest: the config accepts
+    those flat names (see :class:`autodeco.training.config.ControlConfig`).
+    """
     hints = typing.get_type_hints(config_class)
     docs = field_docs(config_class)
-    group = parser.add_argument_group(f"settings ({config_class.__name__})")
+    fields = []
     for field in dataclasses.fields(config_class):
-        if field.name in skip or not field.init:
+        if not field.init:
             continue
-        kind, is_list = _base_type(hints[field.name])
-        optional = type(None) in typing.get_args(hints[field.name])
-        flag = "--" + flags.get(field.name, field.name.replace("_", "-"))
+        if dataclasses.is_dataclass(hints[field.name]):
+            nested = (f"{field.name} settings ({hints[field.name].__name__})", docs.get(field.name, ""))
+            fields += _flag_fields(hints[field.name], f"{prefix}{field.name}_", nested)
+            continue
         default = field.default if field.default is not dataclasses.MISSING else None
-        help_text = docs.get(field.name, "").replace("%", "%%")
+        fields.append(_FlagField(prefix + field.name, default, hints[field.name], docs.get(field.name, ""), section))
+    return fields
+
+
+def _add_config_fields(parser, config_class, *, skip: set[str], flags: dict[str, str]) -> None:
+    groups = {None: parser.add_argument_group(f"settings ({config_class.__name__})")}
+    for field in _flag_fields(config_class):
+        if field.name in skip:
+            continue
+        if field.section not in groups:
+            title, description = field.section
+            groups[field.section] = parser.add_argument_group(title, description.replace("%", "%%"))
+        group = groups[field.section]
+        kind, is_list = _base_type(field.hint)
+        optional = type(None) in typing.get_args(field.hint)
+        flag = "--" + flags.get(field.name, field.name.replace("_", "-"))
+        default = field.default
+        help_text = field.doc.replace("%", "%%")
         if not (default is None or default is False) and "default" not in help_text:
             help_text += f" (default: {default})"
         common = {"dest": field.name, "default": argparse.SUPPRESS, "help": help_text}

@@ -44,7 +44,7 @@ def diagnose(
     from autodeco.common.runlock import run_lock
     from autodeco.evaluation.diagnose import diagnose_tokens, summarise_diagnosis
     from autodeco.sampling.inference import load_for_generation
-    from autodeco.training.data import read_trajectories
+    from autodeco.data.trajectories import read_trajectories
     from autodeco.views.diagnose_report import render_diagnosis, write_diagnose_report
 
     check_at_least("--limit", limit, none=" (leave --limit out for all trajectories)")

@@ -6,6 +6,10 @@ import sys
 from pathlib import Path
 
 from autodeco.common.console import say
+from autodeco.core.multipliers import MultiplierError, Multipliers
+
+FLAG_MEANINGS = {"temperature": "0 = greedy", "top_p": "a multiplier on the heads' top-p, capped at 1"}
+"""What ``--temperature`` and ``--top-p`` mean, for the messages that refuse a value."""
 
 
 def generate(
@@ -46,7 +50,7 @@ def generate(
         fresh_heads: use fresh, untrained heads (seeded by --seed) instead of the shipped ones.
     """
     from autodeco.common.folders import staged_folder, users_entries
-    from autodeco.pretrained import default_heads_for
+    from autodeco.model.shipped import heads_or_default
     from autodeco.sampling.inference import generate_traces, load_for_generation
     from autodeco.views import format_table, write_trace
 
@@ -55,8 +59,8 @@ def generate(
     if trace:  # a folder of the user's, or an unwritable one, fails before generating
         users_entries(Path(trace_dir).expanduser(), option="--trace-dir")
         Path(trace_dir).mkdir(parents=True, exist_ok=True)
-    if heads is None and not fresh_heads:
-        heads = default_heads_for(base)
+    if not fresh_heads:
+        heads = heads_or_default(heads, base)
     loaded = load_for_generation(heads, base, seed=seed)
     if not loaded.heads_trained:
         print(f"note: {loaded.description}: the heads are untrained, so T and top-p are not meaningful yet "
@@ -92,10 +96,12 @@ def _check_options(heads, fresh_heads, greedy, temperature, top_p, max_new_token
     if greedy and (temperature != 1.0 or top_p != 1.0):
         raise ValueError(f"--greedy ignores --temperature and --top-p (got {temperature} and {top_p}): greedy decoding "
                          "always takes the most likely token; drop --greedy to sample, or drop the multipliers")
-    if temperature < 0:
-        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
-    if not top_p > 0:
-        raise ValueError(f"--top-p must be > 0 (a multiplier on the heads' top-p, capped at 1), got {top_p}")
+    try:
+        Multipliers(temperature, top_p)
+    except MultiplierError as error:  # the rule is the multipliers'; the message names the flag
+        flag = {"temperature": "--temperature", "top_p": "--top-p"}[error.name]
+        meaning = "a multiplier: larger ones overflow to infinity" if error.too_large else FLAG_MEANINGS[error.name]
+        raise ValueError(f"{flag} must be {error.bound} ({meaning}), got {error.value}") from None
     check_at_least("--max-new-tokens", max_new_tokens)
     check_at_least("--batch-size", batch_size)
 

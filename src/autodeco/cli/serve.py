@@ -60,7 +60,7 @@ def serve(
         api_key: answer only requests sending 'Authorization: Bearer KEY' (default: $AUTODECO_API_KEY; prefer the variable: a flag shows in the process list).
         timeout: seconds a client has to send a whole request, or may leave its answer unread, before its connection is closed (idle connections too).
     """
-    from autodeco.pretrained import default_heads_for
+    from autodeco.model.shipped import heads_or_default
 
     if len(heads) > 1:
         raise ValueError(f"serve takes one heads folder, but got {len(heads)}: {' '.join(heads)}")
@@ -76,7 +76,7 @@ def serve(
     try:
         chosen = engine or ("vllm" if _vllm_imports() else "hf")
         given = heads[0] if heads else None
-        folder = given or default_heads_for(base)
+        folder = heads_or_default(given, base)
         name = model_name or given or (Path(folder).name if folder else base)
         served = _load_engine(chosen, folder, base, name, seed)
         server.start(served)

@@ -96,7 +96,7 @@ def heldout(
     from autodeco.evaluation.heldout import heldout_report
     from autodeco.model.base_model import load_tokenizer
     from autodeco.model.modeling import AutoDecoForCausalLM
-    from autodeco.training.data import read_trajectories
+    from autodeco.data.trajectories import read_trajectories
 
     check_at_least("--max-examples", max_examples)
     check_at_least("--batch-size", batch_size)
@@ -104,7 +104,7 @@ def heldout(
     trajectories = read_trajectories([data], on_bad_line=on_bad_line)[:max_examples]
     if not trajectories:
         raise ValueError(f"{data!r} holds no trajectory to evaluate")
-    from autodeco.pretrained import resolve_heads_reference
+    from autodeco.model.shipped import resolve_heads_reference
 
     if not resolve_heads_reference(heads).exists():
         raise FileNotFoundError(f"heads checkpoint {heads!r} does not exist")

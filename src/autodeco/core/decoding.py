@@ -1,7 +1,7 @@
 """Per-row temperature and top-p: the final sampling distribution of a decoding step.
 
 Pure tensor code: imports torch only. Every path that applies a per-row top-p runs the code here
-(``generate()``'s step :func:`autodeco.model.generation.dynamic_step`, the compacting decode loop, the
+(``generate()``'s step :func:`autodeco.core.dynamic.dynamic_step`, the compacting decode loop, the
 vLLM plugin, the comparison methods): :func:`warp_logits`, or :func:`mask_outside_nucleus` on logits
 already divided by T and their softmax.
 

@@ -1,7 +1,9 @@
-"""The engine contract: a :class:`GenerationRequest` in, a stream of :class:`TokenEvent` out.
+"""The engine contracts: a :class:`GenerationRequest` in, a stream of :class:`TokenEvent` out (:class:`Engine`);
+prompts in, completions out (:class:`RolloutEngine`).
 
-Small and stable on purpose: the OpenAI-compatible server (``autodeco.serving``) speaks only this,
-and each engine (``engines.hf`` on Hugging Face ``generate()``, ``engines.vllm`` on vLLM) implements it.
+Small and stable on purpose: the OpenAI-compatible server (``autodeco.serving``) speaks only :class:`Engine`,
+and each engine (``engines.hf`` on Hugging Face ``generate()``, ``engines.vllm`` on vLLM) implements it;
+``autodeco sample`` and ``autodeco eval`` speak only :class:`RolloutEngine`.
 
 Example:
     >>> request = GenerationRequest(prompt_ids=[1, 2, 3], max_tokens=4, temperature=0.5, stop=["\\n"])
@@ -17,14 +19,10 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
-from autodeco.model.generation import check_multiplier
+from autodeco.core.multipliers import Multipliers
 
 FINISH_REASONS = ("stop", "length")
 """Why a generation ended, on its last event: ``stop`` (end-of-sequence token or a stop string) or ``length``."""
-MAX_MULTIPLIER = 1e4
-"""Largest ``temperature`` and ``top_p`` multiplier accepted. The heads predict ``T_head`` in (0, 2) and
-``P_head`` in (0, 1), so ``T_head * temperature`` stays below 2e4 (finite even in float16, whose largest value
-is 65504) and ``P_head * top_p`` never turns into ``0 * inf = NaN``; 1e4 is already a uniform draw in effect."""
 
 
 @dataclasses.dataclass
@@ -32,9 +30,10 @@ class GenerationRequest:
     """One prompt to continue, with the user's decoding multipliers.
 
     Raises:
-        ValueError: (in ``__post_init__``) an empty prompt, ``max_tokens`` < 1, a NaN, infinite or negative
-            ``temperature``, a ``top_p`` <= 0, a multiplier above :data:`MAX_MULTIPLIER`, or a stop that is not a
-            non-empty string; quoting the value.
+        ValueError: (in ``__post_init__``) an empty prompt, ``max_tokens`` < 1, a multiplier that
+            :class:`~autodeco.core.multipliers.Multipliers` refuses (NaN, infinite, negative, a ``top_p`` of 0,
+            above :data:`~autodeco.core.multipliers.MAX_MULTIPLIER`), or a stop that is not a non-empty string;
+            quoting the value.
     """
 
     prompt_ids: list[int]
@@ -58,12 +57,8 @@ class GenerationRequest:
             raise ValueError("prompt_ids is empty; give at least one prompt token")
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be an integer >= 1, but is {self.max_tokens!r}")
-        self.temperature = check_multiplier("temperature", self.temperature, zero_allowed=True)
-        self.top_p = check_multiplier("top_p", self.top_p, zero_allowed=False)
-        for name in ("temperature", "top_p"):
-            if getattr(self, name) > MAX_MULTIPLIER:
-                raise ValueError(f"{name} must be at most {MAX_MULTIPLIER:g} (a multiplier on the heads' value; larger "
-                                 f"ones overflow to infinity), but is {getattr(self, name)!r}")
+        multipliers = Multipliers(self.temperature, self.top_p)
+        self.temperature, self.top_p = multipliers.temperature, multipliers.top_p
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
         for value in stop:
             if not isinstance(value, str) or not value:
@@ -71,9 +66,14 @@ class GenerationRequest:
         self.stop = stop
 
     @property
+    def multipliers(self) -> Multipliers:
+        """The request's ``temperature`` and ``top_p`` as the one typed value the decoding code takes."""
+        return Multipliers(self.temperature, self.top_p)
+
+    @property
     def greedy(self) -> bool:
         """Whether the request decodes greedily (``temperature == 0``)."""
-        return self.temperature == 0.0
+        return self.multipliers.greedy
 
 
 @dataclasses.dataclass
@@ -119,3 +119,25 @@ class Engine(Protocol):
     """Positions of the context the engine runs (prompt + generated tokens); None when unknown."""
 
     def stream(self, request: GenerationRequest) -> Iterator[TokenEvent]: ...
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """What ``autodeco sample`` and ``autodeco eval`` need to draw completions (``--engine hf|vllm``).
+
+    :class:`autodeco.sampling.rollouts.HFRollouts` and :class:`autodeco.engines.vllm.VllmRollouts` implement it:
+    ``prefill`` encodes rendered prompts once (a ``PromptBatch``), ``complete`` draws ``num_samples`` completions
+    of each under one decoding setting, as ``completions[prompt][sample]``
+    (:class:`~autodeco.sampling.rollouts.Completion` records).
+    """
+
+    max_model_len: int | None
+    """Positions of the context the engine runs (prompt + generated tokens); None when unknown."""
+
+    def prefill(self, rendered_prompts: list[str]): ...
+
+    def complete(self, batch, setting, *, num_samples: int = 1, max_new_tokens: int = 256, seed: int = 0,
+                 value_pools=None, **options) -> list[list]: ...
+
+    def close(self) -> None:
+        """Free the engine's resources (a vLLM engine's thread and device memory); the HF engine has none."""

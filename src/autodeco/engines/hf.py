@@ -9,10 +9,10 @@ Two ways to run requests, both with exactly the decoding of
   per step, each row with its own multipliers and its own seeded generator, and drops the rows that end or
   whose client left. A request's tokens and values in a crowd equal its solo run to float32 rounding (the
   module's docstring says what is exact and what is not).
-- ``HFEngine(...)`` (``batching=False``, the default) **serializes** requests: each runs the base's
-  ``generate()`` with :class:`~autodeco.model.generation.AutoDecoLogitsProcessor` in a worker thread, one at
-  a time in arrival order (a lock), and a streamer hands each token, with the T and P the processor used for
-  it, to the caller as it comes. Concurrent requests wait, and get bitwise their sequential answers.
+- ``HFEngine(...)`` (``batching=False``, the default) **serializes** requests: each runs the model's own token
+  stream (:meth:`~autodeco.model.modeling.AutoDecoForCausalLM.generate_dynamic`, what ``generate()`` runs) in a
+  worker thread, one at a time in arrival order (a lock), and a streamer hands each token, with the T and P
+  used for it, to the caller as it comes. Concurrent requests wait, and get bitwise their sequential answers.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterator
 
 import torch
-from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from autodeco.engines.base import GenerationRequest, TokenEvent
 from autodeco.engines.hf_batching import (
@@ -36,9 +36,7 @@ from autodeco.engines.hf_batching import (
     queued_items,
 )
 from autodeco.engines.text import IncrementalText, StopStrings
-from autodeco.model.base_model import check_token_ids, context_length
-from autodeco.model.generation import AutoDecoLogitsProcessor, capture_output_head_input, generate_with_base
-
+from autodeco.model.base_model import check_token_ids, context_length, end_token_ids, room_after_prompt
 
 
 class HFEngine:
@@ -122,15 +120,8 @@ class HFEngine:
         Raises:
             ValueError: when the prompt alone fills the context.
         """
-        prompt_length = len(request.prompt_ids)
-        if self.max_model_len is None:
-            return request.max_tokens
-        if prompt_length >= self.max_model_len:
-            raise ValueError(
-                f"the prompt is {prompt_length} tokens but the model's context holds {self.max_model_len}, "
-                f"leaving no room to generate; shorten the prompt below {self.max_model_len} tokens"
-            )
-        return min(request.max_tokens, self.max_model_len - prompt_length)
+        room = room_after_prompt(len(request.prompt_ids), self.max_model_len, whose="the model's")
+        return request.max_tokens if room is None else min(request.max_tokens, room)
 
     def _events(self, request: GenerationRequest, max_tokens: int) -> Iterator[TokenEvent]:
         batched = self.scheduler is not None
@@ -215,33 +206,32 @@ class _Generation:
 
     def _generate(self) -> None:
         model, request = self.engine.model, self.request
-        sample = not request.greedy
         input_ids = torch.tensor([request.prompt_ids], device=model.device)  # (1, L)
-        with _seeded(request.seed, model.device), capture_output_head_input(model.llm) as capture:
-            # Exactly what AutoDecoForCausalLM.generate builds: the heads' processor, the multiplier unused when greedy.
-            processor = AutoDecoLogitsProcessor(
-                model, capture, request.temperature if sample else 1.0, request.top_p, sample
-            )
-            generate_with_base(
-                model.llm, input_ids, torch.ones_like(input_ids), sample=sample,
-                logits_processor=LogitsProcessorList([processor]),
-                stopping_criteria=StoppingCriteriaList([_Cancelled(self.cancelled)]),
-                streamer=_QueueStreamer(processor, self.queue, self.max_tokens, self.engine.eos_token_ids),
+        streamer = _QueueStreamer(self.queue, self.max_tokens, self.engine.eos_token_ids)
+        with _seeded(request.seed, model.device):
+            model.generate_dynamic(  # the model's own token stream, as generate() runs it
+                input_ids, torch.ones_like(input_ids), request.multipliers.applied(), sample=not request.greedy,
+                on_step=streamer.step_values,
+                stopping_criteria=StoppingCriteriaList([_Cancelled(self.cancelled)]), streamer=streamer,
                 max_new_tokens=self.max_tokens, eos_token_id=self.engine.eos_token_ids,
                 pad_token_id=self.engine.pad_token_id,
             )
 
 
 class _QueueStreamer:
-    """A transformers streamer that puts each new token, with the T and P just recorded for it, on a queue."""
+    """A transformers streamer that puts each new token, with the T and P just computed for it, on a queue."""
 
-    def __init__(self, processor: AutoDecoLogitsProcessor, tokens: queue.Queue, max_tokens: int, end_ids: list[int]):
-        self.processor = processor
+    def __init__(self, tokens: queue.Queue, max_tokens: int, end_ids: list[int]):
         self.tokens = tokens
         self.max_tokens = max_tokens
         self.end_ids = end_ids
         self.count = 0
         self.prompt_seen = False
+        self.values: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def step_values(self, temperature: torch.Tensor, top_p: torch.Tensor) -> None:
+        """Keep the step's ``(temperature (1,), top_p (1,))``: the next token put is drawn with them."""
+        self.values = (temperature, top_p)
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:  # generate() first puts the prompt
@@ -249,8 +239,7 @@ class _QueueStreamer:
             return
         token_id = int(value.reshape(-1)[0])
         self.count += 1
-        temperature = float(self.processor.temperatures[-1][0])
-        top_p = float(self.processor.top_ps[-1][0])
+        temperature, top_p = (float(value[0]) for value in self.values)
         finish = finish_reason_for(token_id, self.count, self.max_tokens, self.end_ids)
         self.tokens.put(Drawn(token_id, temperature, top_p, finish))
 
@@ -278,22 +267,6 @@ def _seeded(seed: int | None, device: torch.device):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
-
-
-def end_token_ids(llm, tokenizer) -> list[int]:
-    """The ids that end a generation: the base's ``generation_config.eos_token_id`` (one or several) and the
-    tokenizer's ``eos_token_id``.
-
-    Example:
-        >>> from types import SimpleNamespace as Namespace
-        >>> llm = Namespace(generation_config=Namespace(eos_token_id=[2, 7]))
-        >>> end_token_ids(llm, Namespace(eos_token_id=9))
-        [2, 7, 9]
-    """
-    configured = getattr(getattr(llm, "generation_config", None), "eos_token_id", None)
-    ids = list(configured) if isinstance(configured, (list, tuple)) else [configured]
-    ids.append(getattr(tokenizer, "eos_token_id", None))
-    return list(dict.fromkeys(int(token) for token in ids if token is not None))
 
 
 def _pad_token_id(tokenizer, eos_token_ids: list[int]) -> int | None:

@@ -1,20 +1,19 @@
 """Continuous batching for the HF engine: concurrent requests share each decoding step.
 
-One scheduler thread per engine (started by the first request, gone once no request is left) runs
-rounds; requests join and leave only between two rounds (step boundaries):
+One scheduler thread per engine (started by the first request, gone once none is left) runs rounds;
+requests join and leave only between two rounds (step boundaries):
 
 1. **Admit** at most one waiting request: its prompt is prefilled **alone** (a batch of one, no
    padding: ``generate()``'s own prefill, with ``logits_to_keep=1``) and its first token drawn from
-   that prefill; unless that token ends it, the row joins the running batch. So a new request stalls
-   the running ones for one prefill at most (a burst of requests joins one per round).
+   that prefill; unless that token ends it, the row joins the running batch (so a new request stalls
+   the running ones for one prefill at most).
 2. **Step** the running batch: the base runs once on every row's pending token ``(B, 1)``,
-   :func:`~autodeco.model.generation.dynamic_step` once on ``(B, V)`` with each row's own
-   multipliers, then each row draws its token from its own ``torch.Generator`` (the argmax of the
-   float32 logits for a greedy row) exactly as ``generate()`` draws for a batch of one
-   (:func:`draw_tokens`).
-3. **Drop** the rows that ended (an end token, their ``max_tokens``), failed, or whose client left
-   (checked before the step too): the cache, the mask and the per-row state keep the others, and the
-   columns that are padding in every remaining row are cut off.
+   :func:`~autodeco.core.dynamic.dynamic_step` once on ``(B, V)`` with each row's own multipliers, then
+   each row draws its token from its own ``torch.Generator`` (the argmax of the float32 logits for a
+   greedy row) exactly as ``generate()`` draws for a batch of one (:func:`draw_tokens`).
+3. **Drop** the rows that ended (an end token, their ``max_tokens``), failed, or whose client left (checked
+   before the step too) from the cache, the mask and the per-row state; columns that are padding in every
+   remaining row are cut off.
 
 **The running batch's cache** is one ``DynamicCache`` of ``S`` columns with rows aligned on the
 right: row ``i``'s ``n_i`` tokens fill its last ``n_i`` columns, the attention mask is 0 on the
@@ -34,11 +33,10 @@ later steps run in a batch whose size and padding depend on the crowd, and there
 kernel and, below twelve rows, the rows left over from blocks of four with yet other kernels, and
 attention over a left-padded cache sums in another order. So in a crowd a request's T and P agree
 with its solo run to float32 rounding (up to 2e-6 apart on SmolLM2-135M), and its tokens are the same
-unless a draw falls within that rounding of a boundary (two tokens' chances, or the nucleus cut):
-none differed in the thousands of tokens ``benchmarks/serve_batching.py`` compares (its README
-gives the figures). Bitwise rows would need every step padded to at least twelve rows and attention
-computed row by row: a lone request's step would cost two to three times as much on this CPU (MKL's
-product of 2 to 16 rows with the 49,152 x 576 output layer takes 2.3 to 3.5 times that of one row).
+unless a draw falls within that rounding of a boundary (two tokens' chances, or the nucleus cut): none
+differed in the thousands of tokens ``benchmarks/serve_batching.py`` compares (figures in its README).
+Bitwise rows would need every step padded to at least twelve rows and attention computed row by row,
+two to three times the cost of a lone request's step on this CPU.
 """
 
 from __future__ import annotations
@@ -54,9 +52,10 @@ from typing import NamedTuple
 import torch
 from transformers.cache_utils import DynamicLayer
 
+from autodeco.core.dynamic import dynamic_step
 from autodeco.engines.base import GenerationRequest
 from autodeco.model.compat import CACHE_ARGUMENT, output_cache
-from autodeco.model.generation import capture_output_head_input, dynamic_step
+from autodeco.model.generation import capture_output_head_input
 
 DEFAULT_MAX_BATCH_SIZE = 32
 """Rows decoded together at most; further requests wait until a row ends."""
@@ -91,9 +90,7 @@ def finish_reason_for(token_id: int, count: int, max_tokens: int, end_ids) -> st
         >>> finish_reason_for(2, 3, 8, [2]), finish_reason_for(5, 8, 8, [2]), finish_reason_for(5, 3, 8, [2])
         ('stop', 'length', None)
     """
-    if token_id in end_ids:
-        return "stop"
-    return "length" if count >= max_tokens else None
+    return "stop" if token_id in end_ids else ("length" if count >= max_tokens else None)
 
 
 def pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -123,7 +120,7 @@ def grouped_sdpa_attention(module, query, key, value, attention_mask, dropout=0.
     Under a mask, transformers first repeats them to one per query head (on CPU), copying the layer's whole cache
     at every step: for 16 rows of SmolLM2-135M at 100 positions (3 key/value heads for 9 query heads), 1.3 ms per
     layer against 0.6 ms, about 20 ms a step. torch's CPU kernel reads each group in place and returns the same
-    values (``tests/test_hf_batching.py`` checks them bitwise). Every other call (no mask, several query
+    values (``tests/engines/test_hf_batching.py`` checks them bitwise). Every other call (no mask, several query
     positions, a position bias, one group) is transformers' own. Used on CPU only: on CUDA, transformers repeats
     the heads on purpose (a mask with ``enable_gqa`` falls back to the slow kernel there).
 
@@ -198,9 +195,9 @@ class RowSampling:
     """
 
     def __init__(self, request: GenerationRequest, device: torch.device | str):
+        applied = request.multipliers.applied()  # a greedy row's T is recorded, not used
         self.greedy = request.greedy
-        self.temperature = 1.0 if request.greedy else request.temperature  # a greedy row's T is recorded, not used
-        self.top_p = request.top_p
+        self.temperature, self.top_p = applied.temperature, applied.top_p
         self.generator = torch.Generator(device=device)
         if request.seed is None:
             self.generator.seed()  # a fresh random seed
@@ -218,7 +215,7 @@ def draw_tokens(logits: torch.Tensor, warped: torch.Tensor | None, samplings: li
 
     Args:
         logits: ``(B, V)`` float32 logits of the step.
-        warped: ``(B, V)`` the sampling logits (:func:`~autodeco.model.generation.dynamic_step`'s), or None when
+        warped: ``(B, V)`` the sampling logits (:func:`~autodeco.core.dynamic.dynamic_step`'s), or None when
             every row is greedy.
         samplings: each row's :class:`RowSampling`.
 
@@ -256,8 +253,7 @@ class BatchRow:
         self.request = request
         self.max_tokens = max_tokens
         self.sampling = RowSampling(request, device)
-        self.count = 0
-        """Tokens generated so far."""
+        self.count = 0  # tokens generated so far
         self.queue: queue.Queue = queue.Queue()
         self.cancelled = threading.Event()
         """Set by the consumer (its client left, or it has what it needs): the row leaves at the next boundary."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from autodeco.engines.base import RolloutEngine
 from autodeco.sampling.settings import ENGINES
 
 
@@ -20,7 +21,9 @@ def check_engine(name: str) -> str:
     return name
 
 
-def rollout_engine(name: str, loaded, *, heads: str | None = None, base: str | None = None, **engine_args):
+def rollout_engine(
+    name: str, loaded, *, heads: str | None = None, base: str | None = None, **engine_args
+) -> RolloutEngine:
     """The rollout engine ``name`` for a loaded model (see :func:`autodeco.sampling.inference.load_for_generation`).
 
     Args:

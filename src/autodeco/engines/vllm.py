@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from autodeco.core.multipliers import Multipliers
 from autodeco.engines.base import GenerationRequest, TokenEvent
 from autodeco.engines.vllm_models import ENABLE_KEY, RECORD_KEY, TOP_P_KEY, close_record, open_record
 
@@ -40,19 +41,51 @@ ENGINE_DEFAULTS = {"enforce_eager": True, "enable_prefix_caching": True, "enable
 vLLM 0.32 rewinds a seeded request's generator after a partial prefill step, which its CPU generators
 refuse (``RuntimeError: CPU Generator does not use offset``); whole prompts per step avoid that step."""
 
+@dataclasses.dataclass(frozen=True)
+class BaseSampling:
+    """How a row decoded by the base model alone samples: absolute values, vLLM's own sampler (no heads).
+
+    Raises:
+        ValueError: a temperature that is negative or not finite, or a top-p outside ``(0, 1]``.
+    """
+
+    temperature: float = 1.0
+    """Absolute temperature (0: greedy)."""
+    top_p: float = 1.0
+    """Absolute top-p (ignored when greedy)."""
+
+    def __post_init__(self):
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"a base row's temperature must be a finite number >= 0 (0: greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"a base row's top_p must be in (0, 1], got {self.top_p}")
+
+
 @dataclasses.dataclass
 class RowRequest:
-    """One generation of a batch: the rollouts' lower-level request (static and greedy rows use the base alone)."""
+    """One generation of a batch: the rollouts' lower-level request.
+
+    ``decoding`` says who picks T and P: :class:`~autodeco.core.multipliers.Multipliers` for an AutoDeco row
+    (the heads' values, scaled; their values are recorded), :class:`BaseSampling` for a row of the base
+    alone at absolute values (static and greedy settings).
+    """
 
     prompt_ids: list[int]
     max_tokens: int
-    temperature: float = 1.0
-    """AutoDeco rows: multiplier on the heads' T; base rows: the absolute temperature (0 greedy)."""
-    top_p: float = 1.0
-    """AutoDeco rows: multiplier on the heads' P; base rows: the absolute top-p."""
-    autodeco: bool = True
-    """Decode with the heads (record their values) or sample the base model."""
+    decoding: Multipliers | BaseSampling = Multipliers()
     seed: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.decoding, (Multipliers, BaseSampling)):
+            raise TypeError(
+                f"RowRequest.decoding must be Multipliers (AutoDeco) or BaseSampling (the base alone), "
+                f"got {type(self.decoding).__name__}"
+            )
+
+    @property
+    def autodeco(self) -> bool:
+        """Whether the heads decode this row (and their per-token values are recorded)."""
+        return isinstance(self.decoding, Multipliers)
 
 
 @dataclasses.dataclass
@@ -112,8 +145,8 @@ class VllmEngine:
         key = f"{request.request_id or 'request'}-{uuid.uuid4().hex}"
         record = open_record(key)
         params = self._sampling_params(
-            temperature=request.temperature, top_p=request.top_p, autodeco=True, seed=request.seed,
-            max_tokens=request.max_tokens, stop=list(request.stop), record=key, stream=True,
+            request.multipliers, seed=request.seed, max_tokens=request.max_tokens, stop=list(request.stop),
+            record=key, stream=True,
         )
         outputs = self._submit(key, request.prompt_ids, params)
         emitted, finished = 0, False
@@ -143,8 +176,8 @@ class VllmEngine:
             pending = []
             for key, row in zip(keys, rows):
                 params = self._sampling_params(
-                    temperature=row.temperature, top_p=row.top_p, autodeco=row.autodeco, seed=row.seed,
-                    max_tokens=row.max_tokens, stop=None, record=key if row.autodeco else None, stream=False,
+                    row.decoding, seed=row.seed, max_tokens=row.max_tokens, stop=None,
+                    record=key if row.autodeco else None, stream=False,
                 )
                 pending.append(self._submit(key, row.prompt_ids, params))
             results = []
@@ -171,18 +204,19 @@ class VllmEngine:
 
     # ------------------------------------------------------------------------------------------- internals
 
-    def _sampling_params(self, *, temperature, top_p, autodeco, seed, max_tokens, stop, record, stream):
+    def _sampling_params(self, decoding: Multipliers | BaseSampling, *, seed, max_tokens, stop, record, stream):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        if autodeco:
-            extra = {TOP_P_KEY: float(top_p)}
+        temperature = float(decoding.temperature)
+        if isinstance(decoding, Multipliers):  # vLLM's temperature field carries the multiplier; the plugin reads it
+            extra = {TOP_P_KEY: float(decoding.top_p)}
             if record is not None:
                 extra[RECORD_KEY] = record
-            sampling = {"temperature": float(temperature), "top_p": 1.0}
+            sampling = {"temperature": temperature, "top_p": 1.0}
         else:
             extra = {ENABLE_KEY: False}
-            sampling = {"temperature": float(temperature), "top_p": float(top_p) if temperature > 0 else 1.0}
+            sampling = {"temperature": temperature, "top_p": float(decoding.top_p) if temperature > 0 else 1.0}
         kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
         return SamplingParams(
             **sampling, top_k=0, seed=seed, max_tokens=max_tokens, stop=stop or None, extra_args=extra,
@@ -255,10 +289,9 @@ def load_engine(
         model_name: the id served in ``/v1/models``.
         **engine_args: vLLM engine arguments.
     """
-    if heads is None:
-        from autodeco.pretrained import default_heads_for
+    from autodeco.model.shipped import heads_or_default
 
-        heads = default_heads_for(base)
+    heads = heads_or_default(heads, base)
     if heads is None:
         from autodeco.engines.vllm_export import saved_heads
         from autodeco.model.base_model import EMBEDDED_MODEL
@@ -293,8 +326,8 @@ def _finish_reason(reason: str | None) -> str:
 
 
 class VllmRollouts:
-    """vLLM as the rollout engine of ``autodeco sample``/``eval``: the same two calls as
-    :class:`autodeco.sampling.rollouts.HFRollouts`, and :class:`~autodeco.sampling.rollouts.Completion` records
+    """vLLM as the rollout engine of ``autodeco sample``/``eval`` (:class:`~autodeco.engines.base.RolloutEngine`), as
+    :class:`autodeco.sampling.rollouts.HFRollouts`, with :class:`~autodeco.sampling.rollouts.Completion` records
     of the same form (text, ids up to the end-of-sequence token, per-token T and P for AutoDeco).
 
     Greedy and static settings sample the base model (``autodeco: false``), AutoDeco uses the heads with
@@ -304,6 +337,12 @@ class VllmRollouts:
 
     def __init__(self, engine: VllmEngine, tokenizer):
         self.engine, self.tokenizer = engine, tokenizer
+        self.max_model_len = engine.max_model_len
+        """Positions of the context vLLM runs."""
+
+    def close(self) -> None:
+        """Stop the vLLM engine's thread."""
+        self.engine.close()
 
     def prefill(self, rendered_prompts: list[str]):
         """Encode the prompts (left-padded, as the HF engine's batch); vLLM caches their prefixes itself."""
@@ -333,11 +372,11 @@ class VllmRollouts:
             for sample in range(num_samples):
                 row_seed = derived_seed("vllm-row", seed, prompt_index, sample)
                 if setting.kind == AUTODECO:
-                    rows.append(RowRequest(prompt, max_new_tokens, 1.0, 1.0, True, row_seed))
+                    rows.append(RowRequest(prompt, max_new_tokens, Multipliers(), row_seed))
                 elif setting.kind == STATIC:
-                    rows.append(RowRequest(prompt, max_new_tokens, setting.temperature, setting.top_p, False, row_seed))
+                    rows.append(RowRequest(prompt, max_new_tokens, BaseSampling(setting.temperature, setting.top_p), row_seed))
                 else:
-                    rows.append(RowRequest(prompt, max_new_tokens, 0.0, 1.0, False, None))
+                    rows.append(RowRequest(prompt, max_new_tokens, BaseSampling(0.0, 1.0), None))
         flat = [
             Completion(self.tokenizer.decode(result.token_ids, skip_special_tokens=True), result.token_ids,
                        result.temperatures, result.top_ps)

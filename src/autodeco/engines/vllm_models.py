@@ -10,7 +10,8 @@ How one decoding step runs (PAPER.md section 4):
    of the running batch, the request's settings (from its ``SamplingParams``) and where to record the
    values used.
 2. The model's ``compute_logits`` turns the sampled rows' hidden states into logits (the base's own
-   code), then runs :func:`autodeco.model.generation.dynamic_step` on them: the heads predict T and P,
+   code), then runs :func:`autodeco.core.dynamic.dynamic_step` on them, with the heads of
+   :class:`autodeco.model.heads.AutoDecoHeads` (the Hugging Face model's own): the heads predict T and P,
    the user's multipliers apply (``T = T_head * temperature``, ``P = min(1, P_head * top_p)``), and
    the logits come back divided by T with ``-inf`` outside the top-P nucleus. vLLM divides the logits
    by the request's ``temperature`` afterwards, so the row is multiplied by it first: vLLM's sampler
@@ -36,68 +37,18 @@ import dataclasses
 import threading
 
 import torch
-from torch import nn
 
-from autodeco.core.heads import TemperatureHead, TopPHead
+from autodeco.core.dynamic import dynamic_step
+from autodeco.core.multipliers import MultiplierError, Multipliers
 from autodeco.engines.vllm_export import CONFIG_KEY, HeadsSettings, base_architecture
-from autodeco.model.checkpoint import BASE_PREFIX, HEAD_PREFIXES, CheckpointError, check_finite
-from autodeco.model.config import AutoDecoConfig
-from autodeco.model.generation import check_multiplier, dynamic_step
-from autodeco.model.modeling import AutoDecoForCausalLM
+from autodeco.model.checkpoint import BASE_PREFIX, HEAD_PREFIXES
+from autodeco.model.heads import AutoDecoHeads
 
 ENABLE_KEY = "autodeco"
 TOP_P_KEY = "autodeco_top_p"
 RECORD_KEY = "autodeco_record"
 GREEDY_TEMPERATURE = 1e-5
 """vLLM decodes a request greedily below this temperature (its ``_SAMPLING_EPS``)."""
-
-
-class AutoDecoHeads(nn.Module):
-    """The two heads with :class:`~autodeco.model.modeling.AutoDecoForCausalLM`'s own policy, without a base.
-
-    ``predict_temperature``, ``predict_top_p`` and ``reads_probability_features`` are that class's
-    methods (the one head policy), so :func:`~autodeco.model.generation.dynamic_step` runs on this object.
-
-    Example:
-        >>> heads = AutoDecoHeads(HeadsSettings(hidden_size=8, vocab_size=16))
-        >>> heads.predict_temperature(torch.zeros(3, 8)).shape
-        torch.Size([3])
-    """
-
-    to_head_dtype = AutoDecoForCausalLM.to_head_dtype
-    predict_temperature = AutoDecoForCausalLM.predict_temperature
-    predict_top_p = AutoDecoForCausalLM.predict_top_p
-    reads_probability_features = AutoDecoForCausalLM.reads_probability_features
-
-    def __init__(self, settings: HeadsSettings):
-        super().__init__()
-        self.config = AutoDecoConfig(
-            hidden_size=settings.hidden_size, vocab_size=settings.vocab_size,
-            enable_temperature_head=settings.enable_temperature_head, enable_top_p_head=settings.enable_top_p_head,
-            use_enhanced_features=settings.use_enhanced_features,
-        )
-        self.temp_head = TemperatureHead(settings.hidden_size)
-        self.top_p_head = TopPHead(settings.hidden_size, use_enhanced_features=settings.use_enhanced_features)
-
-    def load_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> set[str]:
-        """Load ``temp_head.*`` / ``top_p_head.*`` tensors; returns the names loaded.
-
-        Raises:
-            CheckpointError: missing, misshapen or non-finite head tensors.
-        """
-        expected = self.state_dict()
-        missing = sorted(set(expected) - set(tensors))
-        if missing:
-            raise CheckpointError(f"{source}: the weights hold no {missing}; export the folder again from the heads")
-        check_finite(tensors, source)
-        for name, tensor in tensors.items():
-            if name in expected and tensor.shape != expected[name].shape:
-                raise CheckpointError(
-                    f"{source}: {name} has shape {tuple(tensor.shape)} but the base needs {tuple(expected[name].shape)}; "
-                    "these heads were made for another base model"
-                )
-        self.load_state_dict({name: tensors[name] for name in expected})
-        return set(expected)
 
 
 # ------------------------------------------------------------------------------------- per-request state
@@ -249,7 +200,10 @@ def validate_params(params) -> None:
     extra = params.extra_args or {}
     if not any(key in extra for key in (TOP_P_KEY, RECORD_KEY)) or not bool(extra.get(ENABLE_KEY, True)):
         return  # not an AutoDeco request (the processor is installed for every model vLLM serves)
-    check_multiplier(TOP_P_KEY, extra.get(TOP_P_KEY, 1.0), zero_allowed=False)
+    try:
+        Multipliers(top_p=extra.get(TOP_P_KEY, 1.0))
+    except MultiplierError as error:  # the multiplier's vLLM name, at vLLM's boundary
+        raise ValueError(str(error).replace(error.name, TOP_P_KEY, 1)) from None
     if params.top_p != 1.0:
         raise ValueError(
             f"top_p={params.top_p} would cut AutoDeco's nucleus a second time: keep top_p=1 and pass the multiplier "
@@ -320,7 +274,7 @@ def _model_class(architecture: str) -> type:
                 yield (name[len(BASE_PREFIX) :] if name.startswith(BASE_PREFIX) else name), tensor
 
         loaded = set(base_class.load_weights(self, base_weights()) or ())
-        names = self.autodeco_heads.load_tensors(heads, self.autodeco_source)
+        names = self.autodeco_heads.load_head_tensors(heads, self.autodeco_source)
         return loaded | {f"autodeco_heads.{name}" for name in names}
 
     namespace = {"__init__": __init__, "compute_logits": compute_logits, "load_weights": load_weights,
@@ -342,7 +296,7 @@ def _base_class(architecture: str) -> type:
 
 def __getattr__(name: str):
     """Build the vLLM classes on first access (``AutoDecoRequests``, ``AutoDeco<BaseArchitecture>``)."""
-    if name.startswith("__") or not name.startswith("AutoDeco") or name == "AutoDecoHeads":
+    if name.startswith("__") or not name.startswith("AutoDeco"):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if name not in _CLASSES:
         _CLASSES[name] = _requests_class() if name == "AutoDecoRequests" else _model_class(name)

@@ -6,7 +6,14 @@
   bootstrap, and the expert-guided oracle search.
 - :mod:`autodeco.evaluation.summary`: every method's scores, the oracle and the paired comparisons
   as one JSON-ready dict (rendered as ``report.md`` and figures by :mod:`autodeco.views.report`).
-- :mod:`autodeco.evaluation.runner`: ``autodeco eval``, every method on the same problems.
+- :mod:`autodeco.evaluation.methods`: the methods ``autodeco eval`` compares (the comparison methods'
+  rows live in :data:`autodeco.sampling.settings.COMPARISON_METHODS`).
+- :mod:`autodeco.evaluation.config`: :class:`~autodeco.evaluation.config.EvalConfig`, what to evaluate
+  (its fields are ``autodeco eval``'s flags).
+- :mod:`autodeco.evaluation.runner`: ``autodeco eval``, every method on the same problems, in stages
+  planned by :mod:`~autodeco.evaluation.plan`, on the model of :mod:`~autodeco.evaluation.loading`,
+  recorded in ``run.json`` (:mod:`~autodeco.evaluation.run_record`) and ``samples.jsonl``
+  (:mod:`~autodeco.evaluation.store`).
 """
 
 from autodeco.evaluation.metrics import (

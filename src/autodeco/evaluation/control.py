@@ -32,7 +32,6 @@ Given a run folder it records every finished batch there (``control_run.json`` h
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import statistics
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ from pathlib import Path
 
 from autodeco.common.seeds import derived_seed
 from autodeco.evaluation.metrics import BOOTSTRAP_RESAMPLES, paired_bootstrap
-from autodeco.training.control import DIRECTIONS, HIGH, LOW, append_command, load_phrasings
+from autodeco.data.phrasings import DIRECTIONS, HIGH, LOW, append_command, load_phrasings
 
 CONDITIONS = ("none", LOW, HIGH)
 """The three prompts of each question: plain, with a low-diversity command, with a high-diversity command."""
@@ -242,10 +241,10 @@ class _Progress:
 
 
 def _load(heads: str | None, base: str | None, llm=None):
-    from autodeco.pretrained import default_heads_for
+    from autodeco.model.shipped import heads_or_default
     from autodeco.sampling.inference import load_for_generation
 
-    reference = heads or default_heads_for(base)
+    reference = heads_or_default(heads, base)
     if reference is None:
         raise ValueError("no heads to evaluate: pass --heads (a trained heads folder or shipped:<name>)")
     if llm is None:
@@ -320,20 +319,20 @@ def _same_answers(model, tokenizer, problems, commands, questions, rows, start: 
     for row in rows:
         answers = questions[row]["heads"]["none"]["token_ids"]
         questions[row]["same_answer"] = {
-            condition: teacher_forced_means(model, tokenizer, _prompt(problems[row], condition, commands, row), answers)
+            condition: same_answer_means(model, tokenizer, _prompt(problems[row], condition, commands, row), answers)
             for condition in CONDITIONS
         }
     if record is not None:
         record.add(start, SAME_ANSWER, "all", [questions[row]["same_answer"] for row in rows])
 
 
-def teacher_forced_means(model, tokenizer, prompt: str, answers: Sequence[Sequence[int]]) -> dict[str, float]:
+def same_answer_means(model, tokenizer, prompt: str, answers: Sequence[Sequence[int]]) -> dict[str, float]:
     """The heads' mean T and P over the tokens of ``answers``, each fed after ``prompt`` (chat-rendered).
 
     The values at the positions that predict the answer tokens are the ones ``generate()`` would
     have sampled those tokens with; they are pooled over all answers' tokens, as for generated answers.
-    Logits and heads are computed from the last prompt position on only (the prompt's own
-    positions predict nothing that is measured).
+    One teacher-forced pass (:func:`autodeco.evaluation.teacher_forcing.teacher_forced_means`) over all
+    answers at once, computing logits and heads from the last prompt position on only.
 
     Returns:
         ``{"temperature", "top_p", "tokens"}`` (NaN means when the answers hold no token).
@@ -341,7 +340,8 @@ def teacher_forced_means(model, tokenizer, prompt: str, answers: Sequence[Sequen
     import torch
 
     from autodeco.core.defaults import IGNORE_INDEX
-    from autodeco.training.data import TrainingExample, collate, pad_token_id, tokenize_prompt
+    from autodeco.data.tokens import TrainingExample, tokenize_prompt
+    from autodeco.evaluation.teacher_forcing import teacher_forced_means
 
     answers = [list(answer) for answer in answers if len(answer)]
     if not answers:
@@ -349,17 +349,8 @@ def teacher_forced_means(model, tokenizer, prompt: str, answers: Sequence[Sequen
     prompt_ids = tokenize_prompt(tokenizer, prompt)
     unlabelled = [IGNORE_INDEX] * len(prompt_ids)
     examples = [TrainingExample(torch.tensor(prompt_ids + answer), torch.tensor(unlabelled + answer)) for answer in answers]
-    batch = {key: value.to(model.device) for key, value in collate(examples, pad_token_id(tokenizer)).items()}
-    keep = batch["input_ids"].shape[1] - len(prompt_ids) + 1  # the last prompt position and every answer position
-    extra = {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(model.llm.forward).parameters else {}
-    with torch.no_grad():
-        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra)
-    predicting = batch["labels"][:, len(prompt_ids):] != IGNORE_INDEX  # (B, keep-1): those predicting an answer token
-    tokens = int(predicting.sum())
-    return {
-        measure: float(values[:, -keep:-1].float()[predicting].sum()) / tokens
-        for measure, values in (("temperature", output.temperature), ("top_p", output.top_p))
-    } | {"tokens": tokens}
+    temperature, top_p, tokens = teacher_forced_means(model, tokenizer, examples, len(examples), from_first_label=True)
+    return {"temperature": temperature, "top_p": top_p, "tokens": tokens}
 
 
 def _complete(model, tokenizer, batch, config: ControlEvalConfig, seed: int, setting):

@@ -1,7 +1,7 @@
 """Diagnose heads on held-out verified trajectories: token-level control, or just a better mean?
 
 Teacher-forced on the completion tokens (the positions at which the heads chose T and P while the
-completion was sampled, see :func:`autodeco.evaluation.heldout.completion_predictions`), in two passes
+completion was sampled, see :func:`autodeco.evaluation.teacher_forcing.completion_predictions`), in two passes
 (the second reuses the first's logits when they fit in :data:`LOGIT_CACHE_BYTES`):
 
 1. the mean inverse temperature ``beta_bar`` = mean of ``1 / T_t`` over every diagnosed token;
@@ -27,7 +27,7 @@ import torch
 from autodeco.core.decoding import warp_logits
 from autodeco.core.inverse_temperature import inverse_temperature_terms
 from autodeco.core.statistics import bootstrap_ratio_interval, entropy, pearson, spearman
-from autodeco.evaluation.heldout import HELDOUT_BATCH_SIZE, as_examples, completion_predictions
+from autodeco.evaluation.teacher_forcing import HELDOUT_BATCH_SIZE, as_examples, completion_predictions
 
 __all__ = ["BOOTSTRAP_RESAMPLES", "CONFIDENCE", "QUANTILES", "TOKEN_COLUMNS", "diagnose", "diagnose_tokens",
            "summarise_diagnosis", "verdict"]

@@ -5,12 +5,13 @@ Answers three questions on completion tokens the heads were not trained on:
 1. Is the heads' soft top-p NLL (the training objective) lower than fresh heads' and lower than
    the best *static* (T, P) pair found by grid search on the same held-out tokens?
 2. Where do the predictions sit on average? The mean predicted T and P are the **MeanShift**
-   operating point of PAPER.md section 8 (:func:`teacher_forced_means`).
+   operating point of PAPER.md section 8
+   (:func:`autodeco.evaluation.teacher_forcing.teacher_forced_means`).
 3. Does predicted T follow the base model's uncertainty? Pearson and Spearman correlation of
    the predicted T with the base model's entropy at T = 1, token by token.
 
 "Completion tokens" are the positions whose *next* token is a completion token (or the final
-EOS): exactly the positions at which the heads chose T and P while the completion was sampled.
+EOS): the teacher-forced pass of :mod:`autodeco.evaluation.teacher_forcing`.
 
 The static grid reuses each batch's base logits for every (T, P)
 (:func:`autodeco.core.losses.static_grid_nll`); entropy and correlations come from
@@ -21,14 +22,15 @@ Shapes: ``N`` tokens, ``V`` vocabulary, ``G_T`` / ``G_P`` grid sizes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import torch
 
 from autodeco.core import losses
+from autodeco.core.defaults import STEEPNESS
 from autodeco.core.losses import static_grid_nll
 from autodeco.core.statistics import entropy, pearson, spearman
-from autodeco.training.data import TrainingExample, collate, fit_to_length, pad_token_id, tokenize_trajectory
+from autodeco.evaluation.teacher_forcing import HELDOUT_BATCH_SIZE, as_examples, completion_predictions
 
 GRID_TEMPERATURES = tuple(round(0.1 * step, 1) for step in range(1, 16))
 """Static temperatures searched: 0.1, 0.2, ..., 1.5."""
@@ -39,99 +41,6 @@ GRID_TOP_PS = tuple(round(0.1 * step, 1) for step in range(1, 11))
 GRID_CHUNK_ROWS = 64
 """Tokens per chunk in the static-grid computation (float64 ``(64, V)`` blocks)."""
 
-HELDOUT_BATCH_SIZE = 4
-"""Sequences per teacher-forced forward pass."""
-
-
-# ---------------------------------------------------------------------------------- teacher forcing
-
-
-def as_examples(tokenizer, examples: Iterable, max_length: int | None = None) -> list[TrainingExample]:
-    """Tokenize trajectories (objects or dicts with ``prompt`` and ``completion``); pass examples through.
-
-    With ``max_length``, completions are truncated to fit; trajectories whose prompt alone does
-    not fit are left out.
-    """
-    tokenized = []
-    for item in examples:
-        if isinstance(item, TrainingExample):
-            tokenized.append(item)
-            continue
-        prompt = item["prompt"] if isinstance(item, dict) else item.prompt
-        completion = item["completion"] if isinstance(item, dict) else item.completion
-        prompt_ids, completion_ids = tokenize_trajectory(tokenizer, prompt, completion)
-        fitted = fit_to_length(prompt_ids, completion_ids, max_length or len(prompt_ids) + len(completion_ids))
-        if fitted is not None:
-            tokenized.append(TrainingExample(torch.tensor(fitted[0]), torch.tensor(fitted[1])))
-    if not tokenized:
-        raise ValueError("no held-out trajectory to evaluate (the list is empty, or nothing fits max_length)")
-    return tokenized
-
-
-@torch.no_grad()
-def completion_predictions(
-    model, tokenizer, examples: Iterable, batch_size: int = HELDOUT_BATCH_SIZE, max_length: int | None = None
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Teacher-forced forward passes, yielding each batch's completion tokens.
-
-    Yields:
-        dicts with ``logits`` ``(N, V)`` float32, ``labels`` ``(N,)``, ``temperature`` ``(N,)``
-        and ``top_p`` ``(N,)`` at the positions that predict a completion token, and ``example``
-        ``(N,)``: the index in ``examples`` of the trajectory each token belongs to.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    tokenized = as_examples(tokenizer, examples, max_length)
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(tokenized), batch_size):
-            batch = collate(tokenized[start : start + batch_size], pad_token_id(tokenizer))
-            batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
-            output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            next_labels = batch["labels"][:, 1:]  # (B, L-1)
-            predicting = next_labels != losses.IGNORE_INDEX
-            example_index = torch.arange(start, start + len(next_labels), device=next_labels.device)  # (B,)
-            yield {
-                "logits": output.logits[:, :-1][predicting].float(),  # (N, V)
-                "labels": next_labels[predicting],
-                "temperature": output.temperature[:, :-1][predicting].float(),
-                "top_p": output.top_p[:, :-1][predicting].float(),
-                "example": example_index[:, None].expand_as(next_labels)[predicting],
-            }
-    finally:
-        model.train(was_training)
-
-
-def teacher_forced_means(
-    model, tokenizer, examples: Iterable, batch_size: int = HELDOUT_BATCH_SIZE, max_length: int | None = None
-) -> tuple[float, float, int]:
-    """Mean predicted T and P over the completion tokens of ``examples``: the MeanShift operating point.
-
-    Args:
-        model: an ``AutoDecoForCausalLM``.
-        tokenizer: its tokenizer (with the chat template).
-        examples: trajectories (``prompt``/``completion``) or tokenized :class:`TrainingExample` s.
-        batch_size: sequences per forward pass.
-        max_length: truncate longer trajectories (None: no limit).
-
-    Returns:
-        ``(mean_temperature, mean_top_p, num_tokens)``.
-
-    Example:
-        >>> teacher_forced_means(model, tokenizer, [{"prompt": "1+1?", "completion": "2"}])  # doctest: +SKIP
-        (0.81, 0.9, 2)
-    """
-    temperature_sum = top_p_sum = 0.0
-    count = 0
-    for tokens in completion_predictions(model, tokenizer, examples, batch_size, max_length):
-        temperature_sum += float(tokens["temperature"].double().sum())
-        top_p_sum += float(tokens["top_p"].double().sum())
-        count += tokens["temperature"].numel()
-    if count == 0:
-        raise ValueError("the held-out trajectories hold no completion token")
-    return temperature_sum / count, top_p_sum / count, count
-
 
 def heldout_report(
     model,
@@ -141,7 +50,7 @@ def heldout_report(
     grid_temperatures: Iterable[float] = GRID_TEMPERATURES,
     grid_top_ps: Iterable[float] = GRID_TOP_PS,
     batch_size: int = HELDOUT_BATCH_SIZE,
-    steepness: float = losses.STEEPNESS,
+    steepness: float = STEEPNESS,
     max_length: int | None = None,
 ) -> dict:
     """Teacher-forced held-out metrics of the heads and of every static (T, P) on a grid.

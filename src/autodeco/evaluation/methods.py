@@ -14,6 +14,10 @@ Four groups (PAPER.md sections 5 and 8):
   ``shuffle`` (values drawn from AutoDeco's recorded values on other problems) and ``bin-shuffle``
   (the same within entropy bins).
 
+Every group but the paper's is read from the table of comparison methods
+(:data:`autodeco.sampling.settings.COMPARISON_METHODS`): a method added there is a ``--methods`` choice,
+with its tuning grid and untuned defaults, without a change here.
+
 Example:
     >>> check_methods(["autodeco", "edt"])
     ('autodeco', 'edt')
@@ -25,18 +29,29 @@ from __future__ import annotations
 
 import itertools
 
-from autodeco.sampling.settings import DecodingSetting
+from autodeco.sampling.settings import (
+    COMPARISON_METHODS,
+    CONTROL,
+    FACTORIZATION,
+    HEURISTIC,
+    DecodingSetting,
+)
 
 PAPER_METHODS = ("greedy", "default", "autodeco", "meanshift", "oracle")
 """The paper's rows (and the quickstart's)."""
 
-HEURISTIC_METHODS = ("edt", "entropy-shift", "confidence-gated", "min-p", "eta", "top-n-sigma")
+
+def _group(group: str) -> tuple[str, ...]:
+    return tuple(kind for kind, method in COMPARISON_METHODS.items() if method.group == group)
+
+
+HEURISTIC_METHODS = _group(HEURISTIC)
 """Heuristic adaptive and truncation samplers, with parameters tuned on the training split."""
 
-FACTORIZATION_METHODS = ("temperature-head", "top-p-head")
+FACTORIZATION_METHODS = _group(FACTORIZATION)
 """One head's per-token values with the other value fixed at MeanShift's."""
 
-CONTROL_METHODS = ("shuffle", "bin-shuffle")
+CONTROL_METHODS = _group(CONTROL)
 """AutoDeco's per-token values reassigned across tokens (globally, or within entropy bins)."""
 
 METHODS = PAPER_METHODS + HEURISTIC_METHODS + FACTORIZATION_METHODS + CONTROL_METHODS
@@ -48,29 +63,17 @@ NEEDS_MEANSHIFT = ("meanshift", *FACTORIZATION_METHODS)
 NEEDS_AUTODECO_RECORDS = CONTROL_METHODS
 """Methods that draw from AutoDeco's recorded per-token values (AutoDeco runs first)."""
 
-ENTROPY_SHIFT_LIMITS = (0.05, 1.5)
-"""The entropy-shift rule's temperature clamp ``[T_min, T_max]``."""
-
 TUNING_GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
-    "edt": {"t0": (0.5, 0.7, 1.0), "n": (0.8,), "theta": (0.5, 1.0)},
-    "entropy-shift": {"t_base": (0.3, 0.5, 0.7), "delta": (0.5, 1.0)},
-    "confidence-gated": {"threshold": (0.5, 0.7, 0.9), "temperature": (0.7, 1.0)},
-    "min-p": {"temperature": (0.7, 1.0), "min_p": (0.05, 0.1, 0.2)},
-    "eta": {"temperature": (0.7, 1.0), "epsilon": (0.0009, 0.004)},
-    "top-n-sigma": {"temperature": (0.7, 1.0), "n": (0.5, 1.0)},
+    name: COMPARISON_METHODS[name].tuning_grid for name in HEURISTIC_METHODS
 }
-"""Each heuristic's parameter grid searched on the training split (the keyword arguments of its
-:class:`~autodeco.sampling.settings.DecodingSetting` constructor; the top-p of the temperature rules stays 1)."""
+"""Each heuristic's parameter grid searched on the training split, by setting-key parameter name (the
+parameters left out keep their default: the top-p of the temperature rules stays 1)."""
 
-UNTUNED_DEFAULTS: dict[str, dict[str, float]] = {
-    "edt": {"t0": 0.7, "n": 0.8, "theta": 1.0},
-    "entropy-shift": {"t_base": 0.7, "delta": 1.0},
-    "confidence-gated": {"threshold": 0.9, "temperature": 1.0},
-    "min-p": {"temperature": 1.0, "min_p": 0.1},
-    "eta": {"temperature": 1.0, "epsilon": 0.0009},
-    "top-n-sigma": {"temperature": 1.0, "n": 1.0},
-}
+UNTUNED_DEFAULTS: dict[str, dict[str, float]] = {name: COMPARISON_METHODS[name].untuned for name in HEURISTIC_METHODS}
 """Parameters used when no tuning problems are given (values common in the methods' own papers)."""
+
+MEAN_ENTROPY_PARAMETER = "mean_H"
+"""The parameter a heuristic centres on the mean normalized entropy measured on the tuning problems."""
 
 DEFAULT_MEAN_ENTROPY = 0.1
 """Mean normalized entropy assumed by entropy-shift when none was measured (tuning off)."""
@@ -92,28 +95,36 @@ def check_methods(methods) -> tuple[str, ...]:
     return methods
 
 
-def heuristic_setting(method: str, parameters: dict[str, float], mean_entropy: float | None = None) -> DecodingSetting:
-    """The setting of a heuristic method from its tuned (or default) parameters.
+def uses_mean_entropy(method: str) -> bool:
+    """Whether the heuristic ``method`` is centred on the measured mean entropy (tuned after the others).
 
     Example:
-        >>> heuristic_setting("min-p", {"temperature": 1.0, "min_p": 0.1}).key
+        >>> uses_mean_entropy("entropy-shift"), uses_mean_entropy("edt")
+        (True, False)
+    """
+    return MEAN_ENTROPY_PARAMETER in COMPARISON_METHODS[method].parameter_names
+
+
+def heuristic_setting(method: str, parameters: dict[str, float], mean_entropy: float | None = None) -> DecodingSetting:
+    """The setting of a heuristic method from its tuned (or default) parameters, named as in setting keys.
+
+    Args:
+        method: one of :data:`HEURISTIC_METHODS`.
+        parameters: values by parameter name (a grid point or :data:`UNTUNED_DEFAULTS`); the row's fixed
+            values and the parameters' defaults fill the rest.
+        mean_entropy: the measured mean normalized entropy (None: :data:`DEFAULT_MEAN_ENTROPY`), for the
+            methods that use it.
+
+    Example:
+        >>> heuristic_setting("min-p", {"T": 1.0, "min_p": 0.1}).key
         'min-p:T=1,min_p=0.1'
     """
-    if method == "edt":
-        return DecodingSetting.edt(**parameters)
-    if method == "entropy-shift":
-        mean = DEFAULT_MEAN_ENTROPY if mean_entropy is None else mean_entropy
-        return DecodingSetting.entropy_shift(**parameters, mean_entropy=mean, t_min=ENTROPY_SHIFT_LIMITS[0],
-                                             t_max=ENTROPY_SHIFT_LIMITS[1])
-    if method == "confidence-gated":
-        return DecodingSetting.confidence_gated(**parameters)
-    if method == "min-p":
-        return DecodingSetting.min_p(**parameters)
-    if method == "eta":
-        return DecodingSetting.eta(**parameters)
-    if method == "top-n-sigma":
-        return DecodingSetting.top_n_sigma(**parameters)
-    raise ValueError(f"{method!r} is not a heuristic method; heuristics: {', '.join(HEURISTIC_METHODS)}")
+    if method not in HEURISTIC_METHODS:
+        raise ValueError(f"{method!r} is not a heuristic method; heuristics: {', '.join(HEURISTIC_METHODS)}")
+    values = {**COMPARISON_METHODS[method].fixed, **parameters}
+    if uses_mean_entropy(method):
+        values[MEAN_ENTROPY_PARAMETER] = DEFAULT_MEAN_ENTROPY if mean_entropy is None else mean_entropy
+    return DecodingSetting.of_method(method, values)
 
 
 def tuning_candidates(method: str, mean_entropy: float | None = None) -> list[DecodingSetting]:

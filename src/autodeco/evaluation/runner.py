@@ -3,9 +3,9 @@
 Methods (:mod:`autodeco.evaluation.methods`; PAPER.md sections 5 and 8): the paper's rows (``greedy``,
 ``default``, ``autodeco``, ``meanshift`` and the test-set-tuned ``oracle``), heuristic adaptive and
 truncation samplers whose parameters are tuned on the training split, head factorization, shuffle
-controls, and any static pair the user gives.
+controls, and any static pair the user gives. What to run is an :class:`~autodeco.evaluation.config.EvalConfig`.
 
-The run goes in stages, each planned and costed before anything is generated (:func:`plan_stages`):
+The run goes in stages, each planned and costed before anything is generated (:mod:`autodeco.evaluation.plan`):
 
 1. ``tune``: each heuristic's parameter grid on problems of the training split (``tuning.jsonl``);
 2. ``methods``: every method on the test problems, with the oracle's temperature grid at P = 1.0;
@@ -15,173 +15,80 @@ The run goes in stages, each planned and costed before anything is generated (:f
 Sampled methods draw ``samples_per_seed`` answers per problem for each seed. Each prompt is
 prefilled once per batch and its cache shared by every setting and seed (:mod:`autodeco.sampling.rollouts`);
 settings that coincide (default and the grid's T = 1.0, P = 1.0) are generated once. Every answer
-is appended to ``samples.jsonl`` as it is produced, so a killed evaluation resumes where it stopped.
+is appended to ``samples.jsonl`` as it is produced (:mod:`autodeco.evaluation.store`), so a killed
+evaluation resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from autodeco.common.fingerprint import files_fingerprint, model_reference_fingerprint, tensors_fingerprint
+import torch
+from tqdm.auto import tqdm
+
 from autodeco.common.jsonl import check_resume_config, read_json, write_json_atomic
 from autodeco.common.runlock import run_lock
 from autodeco.common.seeds import derived_seed
+from autodeco.evaluation.config import EvalConfig
+from autodeco.evaluation.loading import EvalModel, load_eval_model
 from autodeco.evaluation.methods import (
     CONTROL_METHODS,
     HEURISTIC_METHODS,
-    METHODS,
     NEEDS_MEANSHIFT,
-    PAPER_METHODS,
     UNTUNED_DEFAULTS,
-    check_methods,
     heuristic_setting,
     tuning_candidates,
+    uses_mean_entropy,
 )
-from autodeco.evaluation.records import RecordWriter, SampleRecord, read_records
-from autodeco.sampling.settings import AUTODECO, GREEDY, DecodingSetting, static_setting
+from autodeco.evaluation.metrics import (
+    mean_and_std,
+    oracle_from_outcomes,
+    pass_at_1_by_seed,
+)
+from autodeco.evaluation.plan import format_plan, plan_stages
+from autodeco.evaluation.records import SampleRecord
+from autodeco.evaluation.run_record import check_same_problems, comparable, run_record
+from autodeco.evaluation.store import SampleStore, sample_record
+from autodeco.evaluation.summary import (
+    build_summary,
+    outcomes_by_setting,
+    static_outcomes,
+    strictly_scored,
+)
+from autodeco.evaluation.teacher_forcing import teacher_forced_means
+from autodeco.model.base_model import end_token_ids as end_of_sequence_ids
+from autodeco.model.generation import output_head_shape
+from autodeco.problems import load_problems
+from autodeco.problems.answers import score
+from autodeco.problems.problem import question_key
+from autodeco.sampling.inference import render_prompt, token_pieces
+from autodeco.sampling.rollouts import PromptBatch
+from autodeco.sampling.settings import (
+    AUTODECO,
+    GREEDY,
+    POOL_KINDS,
+    DecodingSetting,
+    static_setting,
+)
+from autodeco.sampling.shuffle import ValuePool, stream_factory
 
-__all__ = ["METHODS", "PAPER_METHODS", "EvalConfig", "EvalResult", "evaluate", "oracle_grid", "plan_stages"]
-
-DEFAULT_TEMPERATURE_GRID = tuple(round(0.1 * step, 1) for step in range(1, 11))
-"""The oracle's temperature grid: 0.1, 0.2, ..., 1.0 (searched at P = 1.0)."""
-
-DEFAULT_TOP_P_GRID = tuple(round(0.1 * step, 1) for step in range(1, 11))
-"""The oracle's top-p grid: 0.1, ..., 1.0 (searched at the best temperature)."""
-
-
-
-def oracle_grid(step: float = 0.1) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The oracle's temperature and top-p grids with the given step: ``step, 2 * step, ..., 1.0``.
-
-    Example:
-        >>> oracle_grid(0.25)
-        ((0.25, 0.5, 0.75, 1.0), (0.25, 0.5, 0.75, 1.0))
-    """
-    if not 0 < step <= 0.5:
-        raise ValueError(f"the oracle grid step must be in (0, 0.5], got {step}")
-    count = round(1.0 / step)
-    if abs(count * step - 1.0) > 1e-6:
-        raise ValueError(f"the oracle grid step must divide 1.0 evenly (0.1, 0.2, 0.25, 0.5), got {step}")
-    grid = tuple(round(step * index, 4) for index in range(1, count + 1))
-    return grid, grid
-
+__all__ = ["EvalResult", "evaluate"]
 
 CONFIG_FILE = "run.json"
 SAMPLES_FILE = "samples.jsonl"
 MEANSHIFT_FILE = "meanshift.json"
 TUNING_FILE = "tuning.jsonl"
 
+ENTROPY_PROBE = "edt"
+"""The heuristic run at its untuned defaults to measure the mean entropy when no other heuristic recorded any."""
+
 WARM_UP_TOKENS = 8
 """New tokens generated by the warm-up batch whose speed gives the time estimate."""
-
-
-@dataclasses.dataclass
-class EvalConfig:
-    """What to evaluate and with how many samples."""
-
-    dataset: str = "arithmetic"
-    """Dataset: ``arithmetic`` (built-in), a known name (``gsm8k``, ``math500``, ``aime24``, ...), a JSONL path or ``hf:...``."""
-    split: str = "test"
-    """Dataset split."""
-    limit: int | None = None
-    """Number of problems: the first LIMIT in file order (the built-in arithmetic generator: the first LIMIT it
-    makes for --seed, so a smaller limit is a prefix of a larger one); None: all (arithmetic test split: 200)."""
-    heads: str | None = None
-    """Heads checkpoint; None: the heads shipped for the embedded default model."""
-    base: str | None = None
-    """Base model; None: the one the heads record."""
-    methods: tuple[str, ...] = METHODS
-    """Which methods to run (subset of :data:`~autodeco.evaluation.methods.METHODS`)."""
-    static: tuple[tuple[float, float], ...] = ()
-    """Extra user static (T, P) pairs."""
-    seeds: tuple[int, ...] = (0, 1, 2, 3)
-    """Seeds; each draws ``samples_per_seed`` answers per problem (paper: 8 seeds x 16)."""
-    samples_per_seed: int = 4
-    """Answers per problem per seed."""
-    max_new_tokens: int | None = None
-    """Generation length limit (None: 32 for arithmetic, 1024 for other datasets)."""
-    batch_size: int = 16
-    """Problems per generation batch (each with ``samples_per_seed`` rows)."""
-    scorer: str = "math-verify"
-    """Answer checker: ``math-verify`` or ``exact`` (the paper's string match)."""
-    oracle_temperatures: tuple[float, ...] = DEFAULT_TEMPERATURE_GRID
-    """Oracle temperature grid (searched at P = 1.0)."""
-    oracle_top_ps: tuple[float, ...] = DEFAULT_TOP_P_GRID
-    """Oracle top-p grid (searched at the best temperature)."""
-    meanshift: tuple[float, float] | None = None
-    """MeanShift's (T, P) given directly; None: computed from ``meanshift_data`` or recorded with the heads."""
-    meanshift_data: str | None = None
-    """Held-out verified trajectories (JSONL from ``autodeco sample``) for MeanShift's teacher-forced means."""
-    data_dir: str | None = None
-    """Folder of dataset files for known names (default: $AUTODECO_DATA_DIR)."""
-    seed: int = 0
-    """Seed of the arithmetic generator (the problems), independent of the sampling seeds."""
-    scoring: str = "lenient"
-    """``lenient`` scores the answer found in a text cut off at the token limit (the paper's practice);
-    ``strict`` counts it as wrong. The report shows both; this one ranks the table and the oracle."""
-    tune_problems: int = 32
-    """Problems of the training split on which the heuristics' parameters are tuned (0: untuned defaults)."""
-    tune_dataset: str | None = None
-    """Dataset of the tuning problems (None: ``dataset``); must share no problem with the evaluated ones."""
-    tune_split: str = "train"
-    """Split of the tuning problems."""
-    engine: str = "hf"
-    """Rollout engine: ``hf`` (Hugging Face generate) or ``vllm`` (needs vLLM; greedy, static and autodeco settings)."""
-
-    def __post_init__(self):
-        if self.max_new_tokens is None:
-            from autodeco.problems import default_max_new_tokens
-
-            self.max_new_tokens = default_max_new_tokens(self.dataset)
-        self.methods = check_methods(self.methods)
-        from autodeco.engines.rollouts import check_engine
-
-        check_engine(self.engine)
-        per_step = [name for name in self.methods if name not in PAPER_METHODS]
-        if self.engine == "vllm" and per_step:
-            raise ValueError(
-                f"the vLLM engine runs the paper's methods ({', '.join(PAPER_METHODS)}) and static pairs; "
-                f"{', '.join(per_step)} need per-step logic outside the model: run them with --engine hf, or pass "
-                f"--methods {' '.join(PAPER_METHODS)}"
-            )
-        if self.scoring not in ("lenient", "strict"):
-            raise ValueError(f"unknown scoring {self.scoring!r}; use lenient or strict")
-        controls = [name for name in CONTROL_METHODS if name in self.methods]
-        if controls and "autodeco" not in self.methods:
-            raise ValueError(f"{' and '.join(controls)} draw AutoDeco's per-token values from its samples: add autodeco "
-                             "to --methods")
-        if self.tune_problems < 0:
-            raise ValueError(f"tune_problems must be >= 0 (0: untuned defaults), got {self.tune_problems}")
-        if not self.methods and not self.static:
-            raise ValueError(f"no methods to run; choose some of {', '.join(METHODS)} or give static pairs")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct and at least one, got {list(self.seeds)}")
-        for name, value in (("samples_per_seed", self.samples_per_seed), ("max_new_tokens", self.max_new_tokens),
-                            ("batch_size", self.batch_size)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be >= 1, got {self.limit}")
-        from autodeco.problems.answers import SCORERS
-
-        if self.scorer not in SCORERS:
-            raise ValueError(f"unknown scorer {self.scorer!r}; use one of {', '.join(SCORERS)}")
-        for temperature, top_p in self.static:
-            static_setting(temperature, top_p)  # validates
-        if "oracle" in self.methods:
-            for name, grid in (("oracle_temperatures", self.oracle_temperatures), ("oracle_top_ps", self.oracle_top_ps)):
-                if not grid or any(not 0 < value <= (1.0 if name == "oracle_top_ps" else 100) for value in grid):
-                    raise ValueError(f"{name} must be a non-empty grid of positive values (top-p <= 1), got {list(grid)}")
-            if 1.0 not in self.oracle_top_ps:
-                raise ValueError(f"oracle_top_ps must contain 1.0 (the temperature search runs at P = 1.0), got {list(self.oracle_top_ps)}")
-
-    @property
-    def samples_per_problem(self) -> int:
-        return len(self.seeds) * self.samples_per_seed
 
 
 @dataclasses.dataclass
@@ -218,14 +125,12 @@ def evaluate(
             (``autodeco eval`` passes :func:`autodeco.views.report.write_report`); the files it
             returns become :attr:`EvalResult.files`. None: no report is written.
     """
-    from autodeco.problems import load_problems
-
     output = Path(output)
     problems = load_problems(config.dataset, split=config.split, limit=config.limit, seed=config.seed,
                              data_dir=config.data_dir)
     tuning_problems = _tuning_problems(config, problems)
     meanshift_trajectories = _meanshift_trajectories(config)
-    loaded = _load_model(config)
+    loaded = load_eval_model(config)
     inputs = {"heads": config.heads, "dataset": config.dataset, "data folder": config.data_dir,
               "MeanShift data": config.meanshift_data, "tuning dataset": config.tune_dataset, "base model": config.base}
     with run_lock(output, "eval", inputs=inputs):
@@ -236,38 +141,38 @@ def evaluate(
             _meanshift_pair(config, loaded, output, meanshift_trajectories)
             if any(name in config.methods for name in NEEDS_MEANSHIFT) else None
         )
-        run_config = _run_config(config, loaded, problems, meanshift, tuning_problems)
-        _check_same_problems(output / CONFIG_FILE, run_config)
+        run_config = run_record(config, loaded, problems, meanshift, tuning_problems)
+        check_same_problems(output / CONFIG_FILE, run_config)
         fix = "choose another output folder or pass --overwrite to start again"
-        if not check_resume_config(output / CONFIG_FILE, _comparable(run_config), what="evaluation", fix=fix):
-            write_json_atomic(output / CONFIG_FILE, _comparable(run_config))
+        if not check_resume_config(output / CONFIG_FILE, comparable(run_config), what="evaluation", fix=fix):
+            write_json_atomic(output / CONFIG_FILE, comparable(run_config))
         if meanshift is not None and config.meanshift is None and not (output / MEANSHIFT_FILE).exists():
             write_json_atomic(output / MEANSHIFT_FILE, dict(zip(("temperature", "top_p", "source"), meanshift)))
         return _generate_and_summarise(config, loaded, problems, tuning_problems, run_config, output, progress,
                                        write_report)
 
 
-def _generate_and_summarise(config, loaded, problems, tuning_problems, run_config, output: Path, progress: bool,
-                            write_report):
-    from autodeco.evaluation.summary import build_summary
-
-    generator = _Generator(config, loaded, problems, output / SAMPLES_FILE, progress)
-    tuner = _Generator(config, loaded, tuning_problems, output / TUNING_FILE, progress, seeds=(0,))
+def _generate_and_summarise(config: EvalConfig, loaded: EvalModel, problems, tuning_problems, run_config: dict,
+                            output: Path, progress: bool, write_report) -> EvalResult:
+    generator = _Generator(config, loaded, problems, SampleStore(output / SAMPLES_FILE, config.samples_per_seed),
+                           progress)
+    tuner = _Generator(config, loaded, tuning_problems, SampleStore(output / TUNING_FILE, config.samples_per_seed),
+                       progress, seeds=(0,))
     stages = plan_stages(config, run_config["methods"], len(problems), len(tuning_problems))
     if progress:
         print(format_plan(stages, generator.warm_up_seconds_per_step()), flush=True)
-    tuning = _tune(config, tuner, loaded) if _heuristics(config) else {}
+    tuning = _tune(config, tuner, loaded) if config.heuristics else {}
     methods = {**run_config["methods"], **{name: entry["setting"] for name, entry in tuning.items()}}
     generator.run(_first_stage_settings(config, methods), stage="methods")
-    if any(name in config.methods for name in CONTROL_METHODS):
-        generator.pools = _value_pools(read_records(output / SAMPLES_FILE))
+    if config.controls:
+        pools = _value_pools(generator.store.records())
         generator.run([DecodingSetting.from_key(methods[name]) for name in CONTROL_METHODS if name in methods],
-                      stage="controls")
+                      stage="controls", pools=pools)
     if "oracle" in config.methods:
-        best_temperature = _best_oracle_temperature(config, output / SAMPLES_FILE, problems)
+        best_temperature = _best_oracle_temperature(config, generator.store, problems)
         second = [DecodingSetting.static(best_temperature, top_p) for top_p in config.oracle_top_ps]
         generator.run(second, stage=f"oracle top-p at T={best_temperature:.2f}")
-    records = read_records(output / SAMPLES_FILE)
+    records = generator.store.records()
     summary = build_summary({**run_config, "methods": methods, "scoring": config.scoring}, records)
     summary["tuning"] = tuning
     summary["throughput"] = generator.throughput(tuner)
@@ -275,98 +180,13 @@ def _generate_and_summarise(config, loaded, problems, tuning_problems, run_confi
     return EvalResult(output, summary, files, generator.seconds + tuner.seconds, generator.generated + tuner.generated)
 
 
-# ------------------------------------------------------------------------------------------------ plan
-
-
-def plan_stages(config: EvalConfig, methods: dict[str, str], num_problems: int, num_tuning: int) -> list[dict]:
-    """Every stage's planned settings, samples, new-token bound and generation steps, before anything is generated.
-
-    Counts are for a fresh run (a resumed one skips what is done). ``methods`` maps the fixed methods to their
-    setting keys (the heuristics are added per stage, as they are chosen). A batch of ``batch_size`` problems
-    runs one ``generate()`` call per setting and seed, of at most ``max_new_tokens`` steps.
-
-    Example:
-        >>> config = EvalConfig(methods=("greedy", "autodeco", "oracle"), seeds=(0, 1), samples_per_seed=2,
-        ...                     oracle_temperatures=(0.5, 1.0), oracle_top_ps=(0.5, 1.0), max_new_tokens=32)
-        >>> [(stage["stage"], stage["settings"], stage["samples"], stage["steps"]) for stage in
-        ...  plan_stages(config, {"greedy": "greedy", "autodeco": "autodeco"}, 10, 0)]
-        [('methods', 4, 130, 224), ('oracle top-p', 1, 40, 64)]
-    """
-    per_problem = len(config.seeds) * config.samples_per_seed
-    seeds = len(config.seeds)
-    stages = []
-    heuristics = _heuristics(config)
-    if heuristics and num_tuning:
-        candidates = sum(len(tuning_candidates(name)) for name in heuristics)
-        stages.append(_stage("tune", candidates, candidates * num_tuning * config.samples_per_seed, candidates,
-                             num_tuning, config, f"{num_tuning} problems of the {config.tune_split} split x "
-                             f"{config.samples_per_seed} samples"))
-    fixed = {key for name, key in methods.items() if name not in CONTROL_METHODS}
-    if "oracle" in config.methods:
-        fixed |= {static_setting(temperature, 1.0) for temperature in config.oracle_temperatures}
-    sampled = sum(1 for key in fixed if key != GREEDY) + len(heuristics)
-    greedy = int(GREEDY in fixed)
-    samples = num_problems * (sampled * per_problem + greedy)
-    stages.append(_stage("methods", sampled + greedy, samples, sampled * seeds + greedy, num_problems, config,
-                         f"{num_problems} problems"))
-    controls = [name for name in CONTROL_METHODS if name in config.methods]
-    if controls:
-        stages.append(_stage("controls", len(controls), len(controls) * num_problems * per_problem,
-                             len(controls) * seeds, num_problems, config,
-                             "values drawn from the methods stage's AutoDeco samples"))
-    if "oracle" in config.methods:
-        second = len([top_p for top_p in config.oracle_top_ps if top_p != 1.0])
-        stages.append(_stage("oracle top-p", second, second * num_problems * per_problem, second * seeds,
-                             num_problems, config, "top-p grid at the best temperature of the methods stage"))
-    return stages
-
-
-def _stage(name: str, settings: int, samples: int, runs_per_batch: int, problems: int, config: EvalConfig,
-           what: str) -> dict:
-    batches = -(-problems // config.batch_size)
-    return {"stage": name, "settings": settings, "samples": samples, "max_tokens": samples * config.max_new_tokens,
-            "steps": runs_per_batch * batches * config.max_new_tokens, "what": what}
-
-
-def format_plan(stages: list[dict], seconds_per_step: float | None) -> str:
-    """The plan as printed before a run: one line per stage, the totals and the time estimate.
-
-    The estimate assumes every generation call runs to ``max_new_tokens`` (a batch stops only when its
-    last row ends), at the step time measured on a full batch of AutoDeco (the slowest method).
-
-    Example:
-        >>> stages = [{"stage": "methods", "settings": 3, "samples": 120, "max_tokens": 3840, "steps": 96,
-        ...            "what": "10 problems"}]
-        >>> print(format_plan(stages, 0.05))
-        plan: methods: 3 settings, 120 samples, <= 3,840 new tokens (10 problems)
-        total: 120 samples, <= 3,840 new tokens in <= 96 decoding steps of a batch
-        estimate: at most about 0 min (5 s) at the warm-up's 50 ms per step; answers that all end early finish sooner
-    """
-    lines = [f"plan: {stage['stage']}: {stage['settings']} settings, {stage['samples']:,} samples, "
-             f"<= {stage['max_tokens']:,} new tokens ({stage['what']})" for stage in stages]
-    samples, tokens = sum(stage["samples"] for stage in stages), sum(stage["max_tokens"] for stage in stages)
-    steps = sum(stage["steps"] for stage in stages)
-    lines.append(f"total: {samples:,} samples, <= {tokens:,} new tokens in <= {steps:,} decoding steps of a batch")
-    if seconds_per_step:
-        seconds = steps * seconds_per_step
-        lines.append(f"estimate: at most about {seconds / 60:.0f} min ({seconds:.0f} s) at the warm-up's "
-                     f"{seconds_per_step * 1000:.0f} ms per step; answers that all end early finish sooner")
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------------------------------------ stages
-
-
-def _heuristics(config: EvalConfig) -> list[str]:
-    return [name for name in HEURISTIC_METHODS if name in config.methods]
 
 
 def _tuning_problems(config: EvalConfig, problems) -> list:
     """The training-split problems the heuristics are tuned on; refused when they overlap the evaluated ones."""
-    if not _heuristics(config) or config.tune_problems == 0:
+    if not config.heuristics or config.tune_problems == 0:
         return []
-    from autodeco.problems import load_problems
-
     source = config.tune_dataset or config.dataset
     try:
         tuning = load_problems(source, split=config.tune_split, limit=config.tune_problems, seed=config.seed,
@@ -376,8 +196,6 @@ def _tuning_problems(config: EvalConfig, problems) -> list:
             f"cannot load the heuristics' tuning problems ({source}, {config.tune_split} split): {error}; "
             "pass --tune-dataset with training problems, or --tune-problems 0 for untuned default parameters"
         ) from error
-    from autodeco.problems.problem import question_key
-
     evaluated = {question_key(problem.question) for problem in problems}  # copies with other case or spacing too
     shared = [problem for problem in tuning if question_key(problem.question) in evaluated]
     if shared:
@@ -389,31 +207,31 @@ def _tuning_problems(config: EvalConfig, problems) -> list:
     return tuning
 
 
-def _tune(config: EvalConfig, tuner: "_Generator", loaded) -> dict[str, dict]:
+def _tune(config: EvalConfig, tuner: _Generator, loaded: EvalModel) -> dict[str, dict]:
     """Each heuristic's setting: the best mean Pass@1 of its grid on the tuning problems (or untuned defaults).
 
-    entropy-shift centres its rule on the mean normalized entropy of the other heuristics' tuning tokens.
+    The methods centred on the mean normalized entropy (entropy-shift) are tuned last, on the mean over the other
+    heuristics' tuning tokens.
     """
-    heuristics = _heuristics(config)
+    heuristics = config.heuristics
     if not tuner.problems:
         return {name: {"setting": heuristic_setting(name, UNTUNED_DEFAULTS[name]).key, "tuned": False,
                        "note": "untuned default parameters (--tune-problems 0)"} for name in heuristics}
-    first = [name for name in heuristics if name != "entropy-shift"]
+    centred = [name for name in heuristics if uses_mean_entropy(name)]
+    first = [name for name in heuristics if name not in centred]
     tuner.run([setting for name in first for setting in tuning_candidates(name)], stage="tune")
     mean_entropy = None
-    if "entropy-shift" in heuristics:
-        mean_entropy = _mean_normalized_entropy(read_records(tuner.samples_path), loaded)
-        if mean_entropy is None:  # no other heuristic recorded entropies: probe with EDT's untuned default
-            tuner.run([heuristic_setting("edt", UNTUNED_DEFAULTS["edt"])], stage="tune: entropy probe")
-            mean_entropy = _mean_normalized_entropy(read_records(tuner.samples_path), loaded)
-        tuner.run(tuning_candidates("entropy-shift", mean_entropy), stage="tune: entropy-shift")
-    return _tuning_choices(config, read_records(tuner.samples_path), heuristics, mean_entropy, len(tuner.problems))
+    if centred:
+        mean_entropy = _mean_normalized_entropy(tuner.store.records(), loaded)
+        if mean_entropy is None:  # no other heuristic recorded entropies: probe with an untuned default
+            tuner.run([heuristic_setting(ENTROPY_PROBE, UNTUNED_DEFAULTS[ENTROPY_PROBE])], stage="tune: entropy probe")
+            mean_entropy = _mean_normalized_entropy(tuner.store.records(), loaded)
+        tuner.run([setting for name in centred for setting in tuning_candidates(name, mean_entropy)],
+                  stage=f"tune: {' and '.join(centred)}")
+    return _tuning_choices(config, tuner.store.records(), heuristics, mean_entropy, len(tuner.problems))
 
 
-def _tuning_choices(config, records, heuristics, mean_entropy, num_problems) -> dict[str, dict]:
-    from autodeco.evaluation.metrics import mean_and_std, pass_at_1_by_seed
-    from autodeco.evaluation.summary import outcomes_by_setting, strictly_scored
-
+def _tuning_choices(config: EvalConfig, records, heuristics, mean_entropy, num_problems) -> dict[str, dict]:
     if config.scoring == "strict":
         records = [strictly_scored(record, config.max_new_tokens) for record in records]
     outcomes = outcomes_by_setting(records)
@@ -429,33 +247,33 @@ def _tuning_choices(config, records, heuristics, mean_entropy, num_problems) -> 
             "note": f"best mean Pass@1 of {len(scores)} grid settings on {num_problems} {config.tune_split}-split "
                     f"problems ({config.samples_per_seed} samples each)",
         }
-    if mean_entropy is not None and "entropy-shift" in choices:
-        choices["entropy-shift"]["mean_normalized_entropy"] = mean_entropy
+    for name in heuristics if mean_entropy is not None else ():
+        if uses_mean_entropy(name):
+            choices[name]["mean_normalized_entropy"] = mean_entropy
     return choices
 
 
-def _mean_normalized_entropy(records, loaded) -> float | None:
+def _mean_normalized_entropy(records, loaded: EvalModel) -> float | None:
     """Mean of H / log V over the recorded tokens of the other heuristics (None when none holds entropies).
 
-    entropy-shift's own tuning records are left out, so that a resumed run computes the same mean (and so the same
-    grid) as the first one.
+    The records of the methods centred on this mean (entropy-shift) are left out, so that a resumed run computes the
+    same mean (and so the same grid) as the first one.
     """
-    import math
-
-    from autodeco.model.generation import output_head_shape
-
-    values = [value for record in records if not record.setting.startswith("entropy-shift")
-              for value in (record.entropies or []) if value == value]  # entropy-shift's own tokens never count
+    values = [value for record in records if not _centred_on_mean_entropy(record.setting)
+              for value in (record.entropies or []) if value == value]  # NaN: steps after the end
     if not values:
         return None
     vocab = output_head_shape(loaded.model.llm)[0]
     return round(sum(values) / len(values) / math.log(vocab), 4)
 
 
-def _value_pools(records) -> dict:
-    """The shuffle controls' pools: AutoDeco's recorded per-token (T, P, base entropy) on each problem."""
-    from autodeco.sampling.shuffle import ValuePool
+def _centred_on_mean_entropy(setting_key: str) -> bool:
+    kind = setting_key.partition(":")[0]
+    return kind in HEURISTIC_METHODS and uses_mean_entropy(kind)
 
+
+def _value_pools(records) -> dict[str, ValuePool]:
+    """The shuffle controls' pools: AutoDeco's recorded per-token (T, P, base entropy) on each problem."""
     by_problem: dict[str, list] = {}
     for record in records:
         if record.setting == AUTODECO and record.temperatures and record.entropies:
@@ -476,30 +294,16 @@ def _value_pools(records) -> dict:
 # ----------------------------------------------------------------------------------------------- setup
 
 
-def _load_model(config: EvalConfig):
-    from autodeco.pretrained import default_heads_for
-    from autodeco.sampling.inference import load_for_generation
-
-    heads = config.heads or default_heads_for(config.base)
-    loaded = load_for_generation(heads, config.base)
-    loaded.heads_reference = heads or "none: fresh, untrained heads"
-    # The rollout engine (--engine): every prefill()/complete() of the generators below goes through it.
-    from autodeco.engines.rollouts import rollout_engine
-
-    loaded.rollouts = rollout_engine(config.engine, loaded, heads=heads, base=config.base)
-    return loaded
-
-
 def _meanshift_trajectories(config: EvalConfig) -> list | None:
     """The trajectories of ``--meanshift-data`` (read and checked before anything is loaded), or None."""
     if "meanshift" not in config.methods or config.meanshift is not None or config.meanshift_data is None:
         return None
-    from autodeco.training.data import read_trajectories
+    from autodeco.data.trajectories import read_trajectories
 
     return read_trajectories([config.meanshift_data], what="--meanshift-data file")
 
 
-def _meanshift_pair(config: EvalConfig, loaded, output: Path, trajectories) -> tuple[float, float, str]:
+def _meanshift_pair(config: EvalConfig, loaded: EvalModel, output: Path, trajectories) -> tuple[float, float, str]:
     """(mean T, mean P, where they come from) for MeanShift: given, cached, measured, or recorded with the heads.
 
     Writes nothing: the caller caches a measured pair in ``meanshift.json`` once the run's
@@ -515,8 +319,6 @@ def _meanshift_pair(config: EvalConfig, loaded, output: Path, trajectories) -> t
             raise ValueError(f"MeanShift cache {cached} lacks temperature, top_p or source; delete it to measure again")
         return stored["temperature"], stored["top_p"], stored["source"]
     if trajectories is not None:
-        from autodeco.evaluation.heldout import teacher_forced_means
-
         temperature, top_p, tokens = teacher_forced_means(loaded.model, loaded.tokenizer, trajectories)
         source = f"teacher-forced means over {tokens} completion tokens of {config.meanshift_data}"
     else:
@@ -534,84 +336,6 @@ def _meanshift_pair(config: EvalConfig, loaded, output: Path, trajectories) -> t
     return applied.temperature, applied.top_p, source
 
 
-def _check_same_problems(stored_file: Path, run_config: dict) -> None:
-    """Refuse a resume whose problems changed (ids follow question and answer), naming a few of them."""
-    if not stored_file.exists():
-        return
-    fix = "choose another --output or pass --overwrite to start again"
-    stored = read_json(stored_file, what="evaluation run configuration", fix=fix)
-    stored = stored.get("problem_ids") if isinstance(stored, dict) else None
-    if stored is None or stored == run_config["problem_ids"]:
-        return
-    current = set(run_config["problem_ids"])
-    gone = [problem_id for problem_id in stored if problem_id not in current]
-    new = [problem_id for problem_id in run_config["problem_ids"] if problem_id not in set(stored)]
-    parts = [f"{len(items)} {label} (e.g. {items[0]!r})" for label, items in
-             (("no longer in the data", gone), ("new", new)) if items] or ["the same problems in another order"]
-    raise ValueError(
-        f"{stored_file.parent} holds an evaluation of other problems than {run_config['dataset']} now has: "
-        f"{'; '.join(parts)}; a question or an answer was edited, or lines were added, removed or moved, so "
-        "stored answers would be scored against other problems; choose another output folder or pass --overwrite "
-        "to start again"
-    )
-
-
-def _fixed_methods(config: EvalConfig, meanshift) -> dict[str, str]:
-    """Setting keys of the methods whose settings are known before any generation (all but the heuristics)."""
-    settings = {
-        "greedy": DecodingSetting.greedy(),
-        "default": DecodingSetting.static(1.0, 1.0),
-        "autodeco": DecodingSetting.autodeco(),
-        "shuffle": DecodingSetting.shuffle(),
-        "bin-shuffle": DecodingSetting.bin_shuffle(),
-    }
-    if meanshift is not None:
-        settings["meanshift"] = DecodingSetting.static(*meanshift[:2])
-        settings["temperature-head"] = DecodingSetting.temperature_head(meanshift[1])
-        settings["top-p-head"] = DecodingSetting.top_p_head(meanshift[0])
-    return {name: settings[name].key for name in config.methods if name in settings}
-
-
-def _run_config(config: EvalConfig, loaded, problems, meanshift, tuning_problems) -> dict:
-    methods = _fixed_methods(config, meanshift)
-    for temperature, top_p in config.static:
-        methods[f"static T={temperature:g} P={top_p:g}"] = static_setting(temperature, top_p)
-    return {
-        "model": loaded.description,
-        "base": loaded.model.config.base_model_name_or_path,
-        "heads": loaded.heads_reference,
-        "dataset": f"{config.dataset} ({config.split} split)",
-        "num_problems": len(problems),
-        "problem_ids": [problem.id for problem in problems],
-        "problem_seed": config.seed,
-        "seeds": list(config.seeds),
-        "samples_per_seed": config.samples_per_seed,
-        "max_new_tokens": config.max_new_tokens,
-        "scorer": config.scorer,
-        "methods": methods,
-        "oracle_grid": (
-            {"temperatures": list(config.oracle_temperatures), "top_ps": list(config.oracle_top_ps)}
-            if "oracle" in config.methods else None
-        ),
-        "meanshift_source": meanshift[2] if meanshift is not None else None,
-        "base_fingerprint": model_reference_fingerprint(loaded.model.config.base_model_name_or_path),
-        "heads_fingerprint": tensors_fingerprint(loaded.model.head_state_dict()),
-        "meanshift_data_fingerprint": (
-            files_fingerprint([config.meanshift_data])
-            if meanshift is not None and config.meanshift is None and config.meanshift_data is not None else None
-        ),
-        "prompt_template": problems[0].template if problems else None,
-        "tuning_problem_ids": [problem.id for problem in tuning_problems],
-        "tuning_source": f"{config.tune_dataset or config.dataset} ({config.tune_split} split)" if tuning_problems else None,
-        "heuristics": _heuristics(config),
-    }
-
-
-def _comparable(run_config: dict) -> dict:
-    """The settings a resumed run must share with the stored one (descriptions may differ)."""
-    return {key: value for key, value in run_config.items() if key not in ("meanshift_source",)}
-
-
 def _first_stage_settings(config: EvalConfig, methods: dict[str, str]) -> list[DecodingSetting]:
     """Every method's setting (AutoDeco first) plus the oracle's temperature grid at P = 1.0, each generated once.
 
@@ -623,36 +347,31 @@ def _first_stage_settings(config: EvalConfig, methods: dict[str, str]) -> list[D
     return [DecodingSetting.from_key(key) for key in dict.fromkeys(keys)]  # default == grid (1.0, 1.0): once
 
 
-def _best_oracle_temperature(config: EvalConfig, samples: Path, problems) -> float:
+def _best_oracle_temperature(config: EvalConfig, store: SampleStore, problems) -> float:
     """Step 1 of the oracle: the temperature with the best mean Pass@1 over seeds at P = 1.0 (as the summary computes it)."""
-    from autodeco.evaluation.metrics import oracle_from_outcomes
-    from autodeco.evaluation.summary import outcomes_by_setting, static_outcomes
-
     wanted = {problem.id for problem in problems}
-    records = [record for record in read_records(samples) if record.problem_id in wanted]
+    records = [record for record in store.records() if record.problem_id in wanted]
     choice, _ = oracle_from_outcomes(static_outcomes(outcomes_by_setting(records)), list(config.oracle_temperatures), [])
     return choice.temperature
+
 
 
 # ---------------------------------------------------------------------------------------------- generation
 
 
 class _Generator:
-    """Generates the missing samples of each setting, batch by batch, appending records as it goes."""
+    """Generates the missing samples of each setting, batch by batch, appending records to its store as it goes."""
 
-    def __init__(self, config: EvalConfig, loaded, problems, samples_path: Path, progress: bool,
+    def __init__(self, config: EvalConfig, loaded: EvalModel, problems, store: SampleStore, progress: bool,
                  seeds: tuple[int, ...] | None = None):
         self.config, self.loaded, self.problems = config, loaded, problems
-        self.samples_path, self.progress = samples_path, progress
+        self.store, self.progress = store, progress
         self.seeds = config.seeds if seeds is None else seeds
         self.seconds, self.generated, self.new_tokens = 0.0, 0, 0
-        self.pools = None
-        """The shuffle controls' value pools (problem id -> :class:`autodeco.sampling.shuffle.ValuePool`)."""
+        self.eos_ids = end_of_sequence_ids(loaded.model.llm, loaded.tokenizer)
 
     def warm_up_seconds_per_step(self) -> float | None:
         """Seconds per decoding step of a full batch of AutoDeco rows, measured on the first problems (not kept)."""
-        from autodeco.sampling.inference import render_prompt
-
         if not self.problems:
             return None
         problems = self.problems[: self.config.batch_size]
@@ -665,12 +384,15 @@ class _Generator:
         taken = max(completion.num_tokens for samples in completions for completion in samples)
         return (time.perf_counter() - started) / max(1, taken)
 
-    def run(self, settings: list[DecodingSetting], *, stage: str) -> None:
-        from tqdm.auto import tqdm
+    def run(self, settings: list[DecodingSetting], *, stage: str, pools: dict[str, ValuePool] | None = None) -> None:
+        """Generate every missing (problem, setting, seed) group of ``settings``.
 
-        from autodeco.sampling.inference import render_prompt
-
-        done = self._finished_groups()
+        Args:
+            settings: the settings to run, in order.
+            stage: the progress bar's name.
+            pools: the shuffle controls' value pools (problem id -> pool; shuffle settings only).
+        """
+        done = self.store.finished_groups()
         plan = [(setting, seed) for setting in settings for seed in self._seeds(setting)]
         work = [
             [(setting, seed) for setting, seed in plan if (problem.id, setting.key, seed) not in done]
@@ -678,90 +400,63 @@ class _Generator:
         ]
         total = sum(self._samples_for(setting) for items in work for setting, _ in items)
         bar = tqdm(total=total, desc=f"eval: {stage}", unit="sample", disable=not self.progress)
-        tokenizer = self.loaded.tokenizer
-        with RecordWriter(self.samples_path) as writer:
-            for start in range(0, len(self.problems), self.config.batch_size):
-                problems = self.problems[start : start + self.config.batch_size]
-                todo = work[start : start + self.config.batch_size]
+        size = self.config.batch_size
+        with self.store.writer() as writer:
+            for start in range(0, len(self.problems), size):
+                problems, todo = self.problems[start : start + size], work[start : start + size]
                 if not any(todo):
                     continue
-                started = time.perf_counter()
-                rendered = [render_prompt(tokenizer, problem.prompt()) for problem in problems]
-                batch = self.loaded.rollouts.prefill(rendered)
-                self.seconds += time.perf_counter() - started
+                batch = self._prefill(problems)
                 for setting, seed in plan:
                     rows = [row for row, items in enumerate(todo) if (setting, seed) in items]
                     if not rows:
                         continue
-                    records = self._generate(batch, [problems[row] for row in rows], rows, setting, seed)
+                    records = self._generate(batch, [problems[row] for row in rows], rows, setting, seed, pools)
                     writer.write_many(records)
                     bar.update(len(records))
         bar.close()
 
+    def _prefill(self, problems) -> PromptBatch:
+        started = time.perf_counter()
+        batch = self.loaded.rollouts.prefill([render_prompt(self.loaded.tokenizer, problem.prompt())
+                                              for problem in problems])
+        self.seconds += time.perf_counter() - started
+        return batch
+
     def _seeds(self, setting: DecodingSetting) -> tuple[int, ...]:
-        return (0,) if setting.kind == "greedy" else self.seeds
+        return (0,) if setting.kind == GREEDY else self.seeds
 
     def _samples_for(self, setting: DecodingSetting) -> int:
-        return 1 if setting.kind == "greedy" else self.config.samples_per_seed
+        return 1 if setting.kind == GREEDY else self.config.samples_per_seed
 
-    def _generate(self, batch, problems, rows, setting: DecodingSetting, seed: int) -> list[SampleRecord]:
-        from autodeco.problems.answers import score
-        from autodeco.sampling.inference import token_pieces
-        from autodeco.sampling.rollouts import PromptBatch, end_of_sequence_ids
-        from autodeco.sampling.settings import POOL_KINDS
-
+    def _generate(self, batch: PromptBatch, problems, rows: list[int], setting: DecodingSetting, seed: int,
+                  pools) -> list[SampleRecord]:
         if len(rows) != len(batch):  # only some problems of the batch still need this setting and seed
-            import torch
-
-            index = torch.tensor(rows)
-            cache = None
-            if batch.cache is not None:
-                import copy
-
-                cache = copy.deepcopy(batch.cache)
-                cache.batch_select_indices(index)
-            batch = PromptBatch(batch.input_ids[index], batch.attention_mask[index], cache)
+            batch = _select_rows(batch, rows)
         started = time.perf_counter()
-        num_samples = self._samples_for(setting)
-        pools = None
-        if setting.kind in POOL_KINDS:
-            from autodeco.sampling.shuffle import stream_factory
-
-            pools = stream_factory(setting, self.pools, [problem.id for problem in problems], seed)
+        streams = (stream_factory(setting, pools, [problem.id for problem in problems], seed)
+                   if setting.kind in POOL_KINDS else None)
         completions = self.loaded.rollouts.complete(
-            batch, setting, num_samples=num_samples, max_new_tokens=self.config.max_new_tokens,
-            seed=derived_seed("eval", seed, setting.key, problems[0].id), value_pools=pools,
+            batch, setting, num_samples=self._samples_for(setting), max_new_tokens=self.config.max_new_tokens,
+            seed=derived_seed("eval", seed, setting.key, problems[0].id), value_pools=streams,
         )
         self.seconds += time.perf_counter() - started
         records = []
-        eos_ids = end_of_sequence_ids(self.loaded.model.llm, self.loaded.tokenizer)
         for problem, samples in zip(problems, completions):
             for index, completion in enumerate(samples):
-                extracted, correct = score(completion.text, problem.answer, self.config.scorer)
-                finished = bool(completion.token_ids) and completion.token_ids[-1] in eos_ids
-                records.append(_record(problem, setting, seed, index, completion, extracted, correct, finished,
-                                       token_pieces(self.loaded.tokenizer, completion.token_ids)
-                                       if setting.kind == "autodeco" else None))
+                records.append(self._record(problem, setting, seed, index, completion))
                 self.generated += 1
                 self.new_tokens += completion.num_tokens
         return records
 
-    def _finished_groups(self) -> set[tuple[str, str, int]]:
-        """(problem, setting, seed) groups already complete; records of incomplete groups (a killed write) are dropped."""
-        if not self.samples_path.exists():
-            return set()
-        records = read_records(self.samples_path)
-        counts = Counter((record.problem_id, record.setting, record.seed) for record in records)
-        needed = {GREEDY: 1}
-        complete = {group for group, count in counts.items() if count >= needed.get(group[1], self.config.samples_per_seed)}
-        kept = [record for record in records if (record.problem_id, record.setting, record.seed) in complete]
-        if len(kept) != len(records):
-            from autodeco.common.jsonl import write_text_atomic
+    def _record(self, problem, setting: DecodingSetting, seed: int, index: int, completion) -> SampleRecord:
+        finished = bool(completion.token_ids) and completion.token_ids[-1] in self.eos_ids
+        pieces = token_pieces(self.loaded.tokenizer, completion.token_ids) if setting.kind == AUTODECO else None
+        return sample_record(problem, setting, seed, index, completion,
+                             score(completion.text, problem.answer, self.config.scorer), finished, pieces,
+                             heuristic_kinds=HEURISTIC_METHODS)
 
-            write_text_atomic(self.samples_path, "".join(record.to_json() + "\n" for record in kept))
-        return complete
-
-    def throughput(self, *others: "_Generator") -> dict:
+    def throughput(self, *others: _Generator) -> dict:
         """Samples, tokens and seconds generated in this process, with any other generators' (the tuning stage)."""
         generated = self.generated + sum(other.generated for other in others)
         tokens = self.new_tokens + sum(other.new_tokens for other in others)
@@ -775,28 +470,11 @@ class _Generator:
         }
 
 
-def _record(problem, setting: DecodingSetting, seed: int, index: int, completion, extracted, correct, finished,
-            pieces):
-    """The sample record of one completion: per-token values (T, P, base entropy) kept for AutoDeco only,
-    means for every method that records them, and the base entropies of the tuning stage's heuristics."""
-    import statistics
-
-    fields = {}
-    if setting.kind == "static":
-        fields = dict(temperature_mean=setting.temperature, temperature_std=0.0, top_p_mean=setting.top_p, top_p_std=0.0)
-    elif completion.temperatures:
-        temperatures, top_ps = completion.temperatures, completion.top_ps
-        fields = dict(
-            temperature_mean=statistics.fmean(temperatures), temperature_std=statistics.pstdev(temperatures),
-            top_p_mean=statistics.fmean(top_ps), top_p_std=statistics.pstdev(top_ps),
-        )
-        entropies = completion.entropies
-        if setting.kind == "autodeco":
-            fields.update(temperatures=[round(value, 4) for value in temperatures],
-                          top_ps=[round(value, 4) for value in top_ps], tokens=pieces)
-        if entropies and setting.kind in ("autodeco", *HEURISTIC_METHODS):  # a heuristic's kind is its name
-            fields.update(entropies=[round(value, 4) for value in entropies])
-    return SampleRecord(
-        problem_id=problem.id, setting=setting.key, seed=seed, sample=index, text=completion.text,
-        extracted=extracted, correct=bool(correct), num_tokens=completion.num_tokens, finished=finished, **fields,
-    )
+def _select_rows(batch: PromptBatch, rows: list[int]) -> PromptBatch:
+    """The prompts ``rows`` of ``batch`` with their slice of the KV cache (the batch's own cache stays whole)."""
+    index = torch.tensor(rows)
+    cache = None
+    if batch.cache is not None:
+        cache = copy.deepcopy(batch.cache)
+        cache.batch_select_indices(index)
+    return PromptBatch(batch.input_ids[index], batch.attention_mask[index], cache)

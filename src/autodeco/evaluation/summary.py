@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import statistics
 from typing import Any
@@ -328,8 +329,6 @@ def problem_halves(problem_ids) -> tuple[list[str], list[str]]:
         >>> len(first) + len(second), 35 < len(first) < 65
         (100, True)
     """
-    import hashlib
-
     halves: tuple[list[str], list[str]] = ([], [])
     for problem_id in sorted(problem_ids):
         halves[hashlib.sha256(problem_id.encode()).digest()[0] % 2].append(problem_id)

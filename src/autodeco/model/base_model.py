@@ -273,3 +273,57 @@ def check_token_ids(llm, input_ids: torch.Tensor, source: str = "the prompt") ->
             f"embeds only ids 0..{vocabulary - 1}: the tokenizer does not belong to this base model (its vocabulary "
             "is larger). Use the base's own tokenizer (pass --base with the folder that holds both)"
         )
+
+
+def room_after_prompt(
+    prompt_length: int, limit: int | None, *, prompt: str = "the prompt", whose: str = "the base model's",
+    fix: str | None = None,
+) -> int | None:
+    """How many tokens can follow a prompt of ``prompt_length`` in a context of ``limit`` positions.
+
+    The one rule for a prompt against a context, whatever runs it: a prompt that fills the context is refused
+    (never truncated: a cut prompt would be answered as if whole), and the room left bounds the answer.
+
+    Args:
+        prompt_length: tokens in the prompt.
+        limit: positions of the context (:func:`context_length`), or None when unknown.
+        prompt, whose: how the message names the prompt and the context's owner.
+        fix: what the message tells the user to do (default: shorten the prompt below ``limit`` tokens).
+
+    Returns:
+        ``limit - prompt_length`` (>= 1), or None when ``limit`` is None.
+
+    Raises:
+        ValueError: the prompt leaves no room, quoting both lengths.
+
+    Example:
+        >>> room_after_prompt(100, 128)
+        28
+        >>> room_after_prompt(128, 128)
+        Traceback (most recent call last):
+        ValueError: the prompt is 128 tokens but the base model's context holds 128 (max_position_embeddings), leaving no room to generate; shorten the prompt below 128 tokens
+    """
+    if limit is None:
+        return None
+    if prompt_length >= limit:
+        raise ValueError(
+            f"{prompt} is {prompt_length} tokens but {whose} context holds {limit} (max_position_embeddings), "
+            f"leaving no room to generate; {fix or f'shorten the prompt below {limit} tokens'}"
+        )
+    return limit - prompt_length
+
+
+def end_token_ids(llm, tokenizer) -> list[int]:
+    """The ids that end a generation: the base's ``generation_config.eos_token_id`` (one or several) and the
+    tokenizer's ``eos_token_id``, each once, in that order.
+
+    Example:
+        >>> from types import SimpleNamespace as Namespace
+        >>> llm = Namespace(generation_config=Namespace(eos_token_id=[2, 7]))
+        >>> end_token_ids(llm, Namespace(eos_token_id=9))
+        [2, 7, 9]
+    """
+    configured = getattr(getattr(llm, "generation_config", None), "eos_token_id", None)
+    ids = list(configured) if isinstance(configured, (list, tuple)) else [configured]
+    ids.append(getattr(tokenizer, "eos_token_id", None))
+    return list(dict.fromkeys(int(token) for token in ids if token is not None))

@@ -20,10 +20,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from autodeco.common.folders import recover_interrupted_swap, remove_stale_staging, staged_folder  # noqa: F401
+from autodeco.common.folders import recover_interrupted_swap, staged_folder
 from autodeco.common.jsonl import JsonContentError, read_json
 from autodeco.model.base_model import PICKLE_SUFFIXES, pickle_weights_message
 from autodeco.model.config import AutoDecoConfig
+from autodeco.model.shipped import resolve_heads_reference
 
 HEAD_PREFIXES = ("temp_head.", "top_p_head.")
 BASE_PREFIX = "llm."
@@ -53,8 +54,6 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
     Raises:
         CheckpointError: naming the file and what is wrong with it.
     """
-    from autodeco.pretrained import resolve_heads_reference
-
     folder = resolve_heads_reference(path)  # a folder, or shipped:<name>
     recover_interrupted_swap(folder)
     if not folder.exists():

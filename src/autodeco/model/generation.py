@@ -4,30 +4,21 @@ The base model's own ``generate()`` runs unchanged (KV cache, left padding, stre
 criteria). Two small pieces make it dynamic:
 - a forward hook on the output head records the final hidden state it receives, and
 - :class:`AutoDecoLogitsProcessor` turns that hidden state and the step's logits into a per-row
-  temperature and top-p, and returns the warped logits that ``generate()`` then samples from.
+  temperature and top-p (:func:`autodeco.core.dynamic.dynamic_step`), and returns the warped logits that
+  ``generate()`` then samples from.
 The logits are computed once, by the base model; the step never sorts the vocabulary.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
+from collections.abc import Callable
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor
 
-from autodeco.core.decoding import (
-    MIN_SAMPLING_TEMPERATURE,
-    combine_with_user_values,
-    mask_outside_nucleus,
-    row_chunks,
-    scale_logits,
-)
-from autodeco.core.heads import (
-    FEATURE_TEMPERATURE_EPSILON,
-    NUM_PROBABILITY_FEATURES,
-    probability_features_from_probs,
-)
+from autodeco.core.dynamic import dynamic_step
+from autodeco.core.multipliers import Multipliers
 
 KEPT_GENERATION_FIELDS = (
     "bos_token_id",
@@ -58,22 +49,6 @@ Beam and group search would rank beams by the sum of log-probabilities of *warpe
 the heads' values make meaningless); contrastive, assisted and DoLa decoding bypass or re-score
 the per-step logits the heads warp.
 """
-
-
-def check_multiplier(name: str, value, *, zero_allowed: bool) -> float:
-    """A user's temperature or top-p multiplier as a float, refusing NaN, infinity, negatives (and 0 for top-p).
-
-    Raises:
-        ValueError: quoting the value and the allowed range.
-    """
-    allowed = ">= 0 (0 means greedy)" if zero_allowed else "> 0 (it multiplies each predicted value; 1 keeps them)"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number {allowed}, but is {value!r}") from None
-    if isinstance(value, bool) or not math.isfinite(number) or number < 0 or (number == 0 and not zero_allowed):
-        raise ValueError(f"{name} must be a finite number {allowed}, but is {value!r}")
-    return number
 
 
 def _is_active(name: str, value) -> bool:
@@ -204,30 +179,39 @@ class AutoDecoLogitsProcessor(LogitsProcessor):
     """Replace the step's logits by AutoDeco's warped logits (or, when ``sample`` is False, only record T and P).
 
     Args:
-        model: the :class:`~autodeco.model.modeling.AutoDecoForCausalLM` whose heads predict T and P.
+        heads: the heads with their policy (the :class:`~autodeco.model.modeling.AutoDecoForCausalLM`).
         capture: where the output head's input is recorded.
-        temperature: multiplier on the head's temperature (the user's ``temperature``).
-        top_p: multiplier on the head's top-p (the user's ``top_p``), capped at 1.
+        multipliers: the user's scales on the heads' T and P.
         sample: warp the logits (sampling) or leave them alone (greedy, values still recorded).
+        on_step: called with each step's ``(temperature (B,), top_p (B,))`` once they are computed.
+
+    Raises:
+        ValueError: ``sample`` with a greedy ``multipliers`` (a temperature multiplier of 0 samples nothing).
     """
 
-    def __init__(self, model, capture: OutputHeadInputCapture, temperature: float, top_p: float, sample: bool):
-        temperature = check_multiplier("temperature", temperature, zero_allowed=False)
-        top_p = check_multiplier("top_p", top_p, zero_allowed=False)
-        self.model = model
+    def __init__(
+        self, heads, capture: OutputHeadInputCapture, multipliers: Multipliers, sample: bool,
+        on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    ):
+        if sample and multipliers.greedy:
+            raise ValueError(f"{multipliers} decodes greedily: pass sample=False, or a temperature multiplier > 0")
+        self.heads = heads
         self.capture = capture
-        self.temperature = temperature
-        self.top_p = top_p
+        self.multipliers = multipliers
         self.sample = sample
+        self.on_step = on_step
         self.temperatures: list[torch.Tensor] = []
         self.top_ps: list[torch.Tensor] = []
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         hidden = self.capture.hidden_states[:, -1, :]  # (B, H)
-        warped, temperature, top_p = dynamic_step(self.model, hidden, scores, self.temperature, self.top_p, self.sample)
+        scales = self.multipliers
+        warped, temperature, top_p = dynamic_step(self.heads, hidden, scores, scales.temperature, scales.top_p, self.sample)
         self.temperatures.append(temperature)
         self.top_ps.append(top_p)
+        if self.on_step is not None:
+            self.on_step(temperature, top_p)
         return warped
 
     def recorded(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,70 +219,3 @@ class AutoDecoLogitsProcessor(LogitsProcessor):
         if not self.temperatures:
             return torch.empty(0, 0), torch.empty(0, 0)
         return torch.stack(self.temperatures, dim=1), torch.stack(self.top_ps, dim=1)
-
-
-def dynamic_step(
-    model,
-    hidden: torch.Tensor,
-    logits: torch.Tensor,
-    temperature: float | torch.Tensor,
-    top_p: float | torch.Tensor,
-    sample: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One decoding step: heads -> (T, P) -> warped logits, without sorting the vocabulary.
-
-    Args:
-        model: an AutoDecoForCausalLM (or any object with its ``predict_temperature``, ``predict_top_p``
-            and ``reads_probability_features``, such as the vLLM plugin's heads).
-        hidden: ``(B, H)`` final hidden states.
-        logits: ``(B, V)`` logits of the step (float32 in ``generate()``); never modified.
-        temperature, top_p: the user's multipliers: one for every row, or one per row (``(B,)`` tensors).
-        sample: return warped logits; else return the logits unchanged.
-
-    Returns:
-        ``(warped_logits (B, V), temperature (B,), top_p (B,))``, the values actually used.
-
-    The vocabulary-sized work is one division and one softmax shared by the features and the nucleus
-    (a second of each when ``T + 1e-8``, the features' scale, differs from the final T in float32: the
-    user's multiplier is not 1, or T < 0.25), the features' passes
-    (:func:`~autodeco.core.heads.probability_features_from_probs`, their top 5 through block maxima) and the
-    nucleus (:func:`~autodeco.core.decoding.mask_outside_nucleus`, in place on the scaled logits).
-    The heads' policy (disabled heads, detached T) is the model's own
-    (:meth:`~autodeco.model.modeling.AutoDecoForCausalLM.predict_top_p`), as in a teacher-forced forward.
-    """
-    head_temperature = model.predict_temperature(hidden)  # (B,)
-    feature_scale = feature_logits = feature_probs = features = None
-    if model.reads_probability_features:
-        with torch.no_grad():
-            feature_scale = head_temperature.detach().float() + FEATURE_TEMPERATURE_EPSILON  # (B,)
-            feature_logits, feature_probs, features = _features_by_chunks(logits, feature_scale)
-    head_top_p = model.predict_top_p(hidden, head_temperature, features)  # (B,)
-    final_temperature, final_top_p = combine_with_user_values(head_temperature, head_top_p, temperature, top_p)
-    final_temperature, final_top_p = final_temperature.float(), final_top_p.float()
-    if not sample:
-        return logits, final_temperature, final_top_p
-    with torch.no_grad():
-        scale = final_temperature.detach().clamp(min=MIN_SAMPLING_TEMPERATURE)  # (B,)
-        if feature_scale is not None and torch.equal(scale, feature_scale):
-            scaled, probs = feature_logits, feature_probs  # the very same division: reuse it and its softmax
-        else:
-            scaled = scale_logits(logits, scale)  # (B, V), fresh
-            probs = scaled.softmax(dim=-1)
-        warped = mask_outside_nucleus(scaled, probs, final_top_p.detach())
-    return warped, final_temperature, final_top_p
-
-
-def _features_by_chunks(logits: torch.Tensor, feature_scale: torch.Tensor):
-    """``logits / (T + 1e-8)`` ``(B, V)``, its softmax ``(B, V)`` and the four features ``(B, 4)``, computed a
-    cache-sized chunk of rows at a time (:func:`~autodeco.core.decoding.row_chunks`); each row's values are
-    those of the whole-batch computation."""
-    feature_logits = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)  # (B, V)
-    feature_probs = torch.empty_like(feature_logits)  # (B, V) in vocabulary order
-    chunks = row_chunks(*logits.shape)
-    work = feature_logits.new_empty((chunks[0].stop if chunks else 0, logits.shape[1]))  # (R, V) for every chunk
-    features = [feature_logits.new_empty((0, NUM_PROBABILITY_FEATURES))]
-    for rows in chunks:
-        torch.div(logits[rows].float(), feature_scale[rows].unsqueeze(-1), out=feature_logits[rows])
-        torch.softmax(feature_logits[rows], dim=-1, out=feature_probs[rows])
-        features.append(probability_features_from_probs(feature_probs[rows], work[: rows.stop - rows.start]))
-    return feature_logits, feature_probs, torch.cat(features)  # features (B, 4)

@@ -14,9 +14,9 @@ from transformers import LogitsProcessorList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 from transformers.utils import ModelOutput
 
-from autodeco.core import losses
-from autodeco.core.heads import TemperatureHead, TopPHead, probability_features
-from autodeco.model.base_model import base_reference, check_token_ids, context_length, load_base_model
+from autodeco.core.dynamic import blank_after_end
+from autodeco.core.multipliers import Multipliers
+from autodeco.model.base_model import base_reference, check_token_ids, context_length, load_base_model, room_after_prompt
 from autodeco.model.checkpoint import BASE_PREFIX, CheckpointError, check_finite, read_checkpoint, write_checkpoint
 from autodeco.model.compat import CACHE_ARGUMENT, output_cache
 from autodeco.model.config import AutoDecoConfig
@@ -24,24 +24,22 @@ from autodeco.model.generation import (
     AutoDecoLogitsProcessor,
     capture_output_head_input,
     check_decoding_mode,
-    check_multiplier,
     generate_with_base,
     output_head,
     output_head_shape,
     sanitized_generation_config,
 )
-
-FEATURE_CHUNK_ROWS = 256
-"""Positions per chunk when computing the top-p features of a whole sequence (bounds memory)."""
+from autodeco.model.heads import AutoDecoHeads
 
 
 @dataclasses.dataclass
 class AutoDecoOutput(ModelOutput):
     """Output of :meth:`AutoDecoForCausalLM.forward`.
 
+    The training losses are not part of it: :mod:`autodeco.core.losses` computes them from ``logits``,
+    ``temperature`` and ``top_p`` (what the training recipe does).
+
     Attributes:
-        loss: sum of the enabled heads' losses, when labels were given.
-        temperature_loss, top_p_loss: each head's loss.
         logits: ``(B, L, V)`` the base model's unscaled logits.
         temperature, top_p: ``(B, L)`` per-position predictions (1.0 for a disabled head).
         head_input: ``(B, L, H)`` the final hidden states the heads read (what other heads would read too).
@@ -49,9 +47,6 @@ class AutoDecoOutput(ModelOutput):
             uses for it (``cache`` from 5.24 on, ``past_key_values`` before).
     """
 
-    loss: torch.Tensor | None = None
-    temperature_loss: torch.Tensor | None = None
-    top_p_loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     temperature: torch.Tensor | None = None
     top_p: torch.Tensor | None = None
@@ -74,10 +69,11 @@ class AutoDecoGenerateOutput(GenerateDecoderOnlyOutput):
     top_ps: torch.Tensor | None = None
 
 
-class AutoDecoForCausalLM(nn.Module):
+class AutoDecoForCausalLM(AutoDecoHeads):
     """A causal LM that predicts its own temperature and top-p for every token.
 
-    The base model is ``model.llm`` and stays frozen; only ``temp_head`` and ``top_p_head`` train.
+    The base model is ``model.llm`` and stays frozen; only ``temp_head`` and ``top_p_head`` train. The heads,
+    their policy and their loader are those of :class:`~autodeco.model.heads.AutoDecoHeads`.
 
     Example:
         >>> model = AutoDecoForCausalLM.from_base("embedded:SmolLM2-135M-Instruct")  # doctest: +SKIP
@@ -87,14 +83,13 @@ class AutoDecoForCausalLM(nn.Module):
     """
 
     def __init__(self, llm: nn.Module, config: AutoDecoConfig):
-        super().__init__()
+        nn.Module.__init__(self)  # the base first, then the heads (AutoDecoHeads.add_heads): the tensors' order
         check_base_fits(config, llm)
         self.config = config
         self.llm = llm
         self.llm.requires_grad_(False)
         self.llm.eval()
-        self.temp_head = TemperatureHead(config.hidden_size)
-        self.top_p_head = TopPHead(config.hidden_size, use_enhanced_features=config.use_enhanced_features)
+        self.add_heads()
         device = output_head(llm).weight.device
         self.temp_head.to(device)
         self.top_p_head.to(device)
@@ -191,29 +186,6 @@ class AutoDecoForCausalLM(nn.Module):
         model.load_head_tensors(contents.head_tensors, source=str(contents.path))
         return model
 
-    def load_head_tensors(self, tensors: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-        """Load ``temp_head.*`` / ``top_p_head.*`` tensors, refusing any whose shape does not fit or that hold NaN/inf."""
-        expected = self.head_state_dict()
-        check_finite({name: tensor for name, tensor in tensors.items() if name in expected}, source)
-        missing = sorted(set(expected) - set(tensors))
-        if missing:
-            raise CheckpointError(f"{source} lacks head tensors {missing}")
-        for name, tensor in tensors.items():
-            if name in expected and tensor.shape != expected[name].shape:
-                raise CheckpointError(
-                    f"{source}: {name} has shape {tuple(tensor.shape)} but this base model needs "
-                    f"{tuple(expected[name].shape)}; these heads were made for another base model"
-                )
-        own = {name: tensors[name] for name in expected}
-        self.load_state_dict(own, strict=False)
-
-    def head_state_dict(self) -> dict[str, torch.Tensor]:
-        """The heads' tensors under their checkpoint names (``temp_head.mlp.0.weight``, ...)."""
-        return {
-            **{f"temp_head.{name}": tensor for name, tensor in self.temp_head.state_dict().items()},
-            **{f"top_p_head.{name}": tensor for name, tensor in self.top_p_head.state_dict().items()},
-        }
-
     def save_pretrained(self, path: str | os.PathLike, *, merged: bool = False) -> Path:
         """Save the heads (a few MB: ``config.json`` + ``model.safetensors``), or with ``merged=True`` the base too."""
         tensors = dict(self.head_state_dict())
@@ -223,96 +195,30 @@ class AutoDecoForCausalLM(nn.Module):
 
     # ------------------------------------------------------------------------------------ forward pass
 
-    def to_head_dtype(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Cast hidden states to the heads' dtype (the heads may be float32 on a bfloat16 base)."""
-        return hidden_states.to(self.temp_head.mlp[0].weight.dtype)
-
-    def predict_temperature(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Temperatures ``(...)`` from hidden states ``(..., H)``; ones when the head is disabled."""
-        if not self.config.enable_temperature_head:
-            return torch.ones(hidden_states.shape[:-1], device=hidden_states.device)
-        return self.temp_head(self.to_head_dtype(hidden_states))
-
-    @property
-    def reads_probability_features(self) -> bool:
-        """Whether the top-p head is on and reads the four probability features."""
-        return self.config.enable_top_p_head and self.config.use_enhanced_features
-
-    def predict_top_p(
-        self, hidden_states: torch.Tensor, temperature: torch.Tensor, features: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Top-p ``(...)`` from hidden states ``(..., H)`` and the predicted temperature ``(...)``.
-
-        The one place of the heads' policy, for training, evaluation and every decoding step: ones when
-        the head is disabled, and the temperature detached (the top-p head never trains the
-        temperature head). ``features`` are the probability features of ``logits / (T + 1e-8)``
-        (``(..., 4)``, without gradient), required when :attr:`reads_probability_features`.
-        """
-        if not self.config.enable_top_p_head:
-            return torch.ones_like(temperature)
-        return self.top_p_head(self.to_head_dtype(hidden_states), temperature.detach(), features)
-
-    def predict(self, hidden_states: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-position temperature and top-p.
-
-        Args:
-            hidden_states: ``(..., H)`` final hidden states.
-            logits: ``(..., V)`` the base model's logits at the same positions.
-
-        Returns:
-            ``(temperature (...), top_p (...))``.
-        """
-        temperature = self.predict_temperature(hidden_states)
-        features = None
-        if self.reads_probability_features:
-            with torch.no_grad():  # logits are frozen and T is detached: the features carry no gradient
-                features = _chunked_features(logits, temperature.detach())
-        return temperature, self.predict_top_p(hidden_states, temperature, features)
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        *,
-        easy_token_drop: float = losses.EASY_TOKEN_DROP,
-        steepness: float = losses.STEEPNESS,
-        dft_weighting: bool = True,
-        generator: torch.Generator | None = None,
         **base_kwargs,
     ) -> AutoDecoOutput:
-        """Run the base model once and the heads on every position; with ``labels``, the training losses.
+        """Run the base model once and the heads on every position.
 
         Args:
             input_ids: ``(B, L)``.
             attention_mask: ``(B, L)``.
-            labels: ``(B, L)`` targets aligned with the inputs (-100 = not trained on).
-            easy_token_drop, steepness, dft_weighting, generator: loss settings (PAPER.md section 3).
             **base_kwargs: passed to the base model (``cache`` or ``past_key_values``, ``position_ids``, ...).
+
+        Returns:
+            an :class:`AutoDecoOutput`; the training losses follow from it through :mod:`autodeco.core.losses`.
         """
         with capture_output_head_input(self.llm) as capture, torch.no_grad():
             base_output = self.llm(input_ids=input_ids, attention_mask=attention_mask, **base_kwargs)
         logits = base_output.logits  # (B, L, V)
         temperature, top_p = self.predict(capture.hidden_states, logits)  # (B, L) each
-        output = AutoDecoOutput(
+        return AutoDecoOutput(
             logits=logits, temperature=temperature, top_p=top_p, head_input=capture.hidden_states,
             **{CACHE_ARGUMENT: output_cache(base_output)},
         )
-        if labels is not None:
-            parts = []
-            if self.config.enable_temperature_head:
-                output.temperature_loss = losses.temperature_loss(
-                    logits, temperature, labels,
-                    easy_token_drop=easy_token_drop, dft_weighting=dft_weighting, generator=generator,
-                )
-                parts.append(output.temperature_loss)
-            if self.config.enable_top_p_head:
-                output.top_p_loss = losses.top_p_loss(
-                    logits, temperature, top_p, labels, steepness=steepness, dft_weighting=dft_weighting
-                )
-                parts.append(output.top_p_loss)
-            output.loss = sum(parts)
-        return output
 
     def train(self, mode: bool = True) -> "AutoDecoForCausalLM":
         """Put the heads in training mode; the frozen base always stays in eval mode."""
@@ -383,7 +289,8 @@ class AutoDecoForCausalLM(nn.Module):
             attention_mask: ``(B, L)``.
             do_sample: sample with the heads' values (True, the default) or decode greedily (False).
             temperature: multiplier on each predicted temperature: a finite number >= 0 (default 1; 0 means greedy).
-            top_p: multiplier on each predicted top-p, capped at 1: a finite number > 0 (default 1).
+            top_p: multiplier on each predicted top-p, capped at 1: a finite number > 0 (default 1). Both are
+                checked once, as :class:`~autodeco.core.multipliers.Multipliers` (at most 1e4 each).
             generation_config: a ``GenerationConfig``; its temperature/top_p act as multipliers too
                 (its ``top_k`` is ignored, since ``GenerationConfig`` sets 50 by default: pass ``top_k=`` instead).
             logits_processor: extra processors, applied before the heads' warping.
@@ -395,7 +302,7 @@ class AutoDecoForCausalLM(nn.Module):
             token ids ``(B, L + new_tokens)``, or an :class:`AutoDecoGenerateOutput`.
 
         Raises:
-            ValueError: a NaN, infinite or negative ``temperature``/``top_p`` (or ``top_p`` 0), an
+            ValueError: a NaN, infinite, negative or too large ``temperature``/``top_p`` (or ``top_p`` 0), an
                 unsupported decoding mode, a prompt as long as the context, or token ids the base cannot embed.
         """
         check_decoding_mode(kwargs, generation_config)
@@ -406,75 +313,87 @@ class AutoDecoForCausalLM(nn.Module):
             generation_config.temperature, generation_config.top_p, generation_config.top_k = None, None, None
             do_sample = generation_config.do_sample if generation_config.do_sample is not None else do_sample
             generation_config.do_sample = None
-        temperature = 1.0 if temperature is None else check_multiplier("temperature", temperature, zero_allowed=True)
-        top_p = 1.0 if top_p is None else check_multiplier("top_p", top_p, zero_allowed=False)
+        multipliers = Multipliers(  # checked here, once; passed down unchanged
+            temperature=1.0 if temperature is None else temperature, top_p=1.0 if top_p is None else top_p
+        )
         if input_ids is not None:
             check_prompt_shape(input_ids)
             check_token_ids(self.llm, input_ids)
             self._fit_context(input_ids.shape[1], kwargs, generation_config)
-        sample = do_sample and temperature != 0.0
+        sample = do_sample and not multipliers.greedy
+        if generation_config is not None:
+            kwargs["generation_config"] = generation_config
         if not sample and not return_dict_in_generate:
-            return self._base_generate(input_ids, attention_mask, generation_config, logits_processor, kwargs, sample=False)
-        with capture_output_head_input(self.llm) as capture:
-            processor = AutoDecoLogitsProcessor(self, capture, temperature if sample else 1.0, top_p, sample)
-            processors = LogitsProcessorList([*(logits_processor or []), processor])
-            output = self._base_generate(
-                input_ids, attention_mask, generation_config, processors,
-                {**kwargs, "return_dict_in_generate": return_dict_in_generate}, sample=sample,
+            return generate_with_base(
+                self.llm, input_ids, attention_mask, sample=False, logits_processor=logits_processor, **kwargs
             )
+        applied = multipliers if sample else dataclasses.replace(multipliers, temperature=1.0)  # greedy: heads' T
+        output, (temperatures, top_ps) = self.generate_dynamic(  # (B, steps) each
+            input_ids, attention_mask, applied, sample=sample, logits_processor=logits_processor,
+            return_dict_in_generate=return_dict_in_generate, **kwargs,
+        )
         if not return_dict_in_generate:
             return output
-        temperatures, top_ps = processor.recorded()
         eos = kwargs.get("eos_token_id")
         if eos is None and generation_config is not None:
             eos = generation_config.eos_token_id
-        temperatures, top_ps = self._blank_after_end(output.sequences, temperatures, top_ps, eos)
+        eos = self.llm.generation_config.eos_token_id if eos is None else eos
+        temperatures, top_ps = blank_after_end(output.sequences, [temperatures, top_ps], eos)
         return AutoDecoGenerateOutput(**dict(output), temperatures=temperatures, top_ps=top_ps)
+
+    def generate_dynamic(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        multipliers: Multipliers,
+        *,
+        sample: bool,
+        logits_processor: LogitsProcessorList | None = None,
+        on_step=None,
+        **kwargs,
+    ):
+        """The model's token stream: the base's ``generate()`` with the heads' processor, checked arguments assumed.
+
+        What :meth:`generate` runs once it has checked its arguments, and what the Hugging Face engine runs for
+        each request (:mod:`autodeco.engines.hf`), so that both decode with the same code.
+
+        Args:
+            input_ids, attention_mask: ``(B, L)`` left-padded prompts.
+            multipliers: the user's scales (a greedy run passes a temperature multiplier of 1, so the
+                temperatures recorded are the heads' own: :meth:`~autodeco.core.multipliers.Multipliers.applied`).
+            sample: warp and sample (True) or take the argmax of the base's logits, recording T and P.
+            logits_processor: processors run before the heads' warping.
+            on_step: called with each step's ``(temperature (B,), top_p (B,))`` as soon as they are computed
+                (before the step's token is chosen), e.g. to pair them with a streamer's tokens.
+            **kwargs: any other ``generate()`` argument (``max_new_tokens``, ``streamer``, ``eos_token_id``, ...).
+
+        Returns:
+            ``(output, (temperatures (B, steps), top_ps (B, steps)))``: ``generate()``'s output and the values used
+            at each step (not blanked after the end token).
+        """
+        with capture_output_head_input(self.llm) as capture:
+            processor = AutoDecoLogitsProcessor(self, capture, multipliers, sample, on_step=on_step)
+            processors = LogitsProcessorList([*(logits_processor or []), processor])
+            output = generate_with_base(
+                self.llm, input_ids, attention_mask, sample=sample, logits_processor=processors, **kwargs
+            )
+        return output, processor.recorded()
 
     def _fit_context(self, prompt_length: int, kwargs: dict, generation_config) -> None:
         """Refuse a prompt that fills the base's context; lower ``max_new_tokens`` that would run past it."""
-        limit = context_length(self.llm)
-        if limit is None:
+        room = room_after_prompt(prompt_length, context_length(self.llm))
+        if room is None:
             return
-        if prompt_length >= limit:
-            raise ValueError(
-                f"the prompt is {prompt_length} tokens but the base model's context holds {limit} "
-                f"(max_position_embeddings), leaving no room to generate; shorten the prompt below {limit} tokens"
-            )
         requested = kwargs.get("max_new_tokens", getattr(generation_config, "max_new_tokens", None))
-        if isinstance(requested, int) and prompt_length + requested > limit:
+        if isinstance(requested, int) and requested > room:
             warnings.warn(
                 f"prompt ({prompt_length} tokens) + max_new_tokens ({requested}) exceeds the base model's context of "
-                f"{limit} positions; generating at most {limit - prompt_length} new tokens",
+                f"{prompt_length + room} positions; generating at most {room} new tokens",
                 stacklevel=3,
             )
-            kwargs["max_new_tokens"] = limit - prompt_length
+            kwargs["max_new_tokens"] = room
             if generation_config is not None:
-                generation_config.max_new_tokens = limit - prompt_length
-
-    def _base_generate(self, input_ids, attention_mask, generation_config, processors, kwargs, *, sample: bool):
-        if generation_config is not None:
-            kwargs["generation_config"] = generation_config
-        return generate_with_base(
-            self.llm, input_ids, attention_mask, sample=sample, logits_processor=processors, **kwargs
-        )
-
-    def _blank_after_end(self, sequences, temperatures, top_ps, eos):
-        steps = temperatures.shape[1]
-        eos = self.llm.generation_config.eos_token_id if eos is None else eos
-        if eos is None or steps == 0:
-            return temperatures, top_ps
-        eos_ids = torch.tensor(eos if isinstance(eos, (list, tuple)) else [eos], device=sequences.device)
-        generated = sequences[:, -steps:]  # (B, steps)
-        is_end = torch.isin(generated, eos_ids)
-        ended_before = (is_end.cumsum(dim=1) - is_end.long()) > 0  # an end token at an earlier step
-        ended_before = ended_before.to(temperatures.device)
-        nan = float("nan")
-        return temperatures.masked_fill(ended_before, nan), top_ps.masked_fill(ended_before, nan)
-
-    def num_head_parameters(self) -> int:
-        """Number of parameters in the heads (what trains)."""
-        return sum(tensor.numel() for tensor in self.head_state_dict().values())
+                generation_config.max_new_tokens = room
 
 
 def check_base_fits(config: AutoDecoConfig, llm: nn.Module, *, given: str | None = None, heads: str | None = None) -> None:
@@ -527,16 +446,6 @@ def check_prompt_shape(input_ids: torch.Tensor) -> None:
             f"input_ids has shape {shape}: the prompt is empty; give at least one row of at least one token "
             "(e.g. the tokenizer's BOS token, or the chat template of an empty message)"
         )
-
-
-def _chunked_features(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    flat_logits = logits.reshape(-1, logits.shape[-1])  # (B*L, V)
-    flat_temperature = temperature.reshape(-1)  # (B*L,)
-    chunks = [
-        probability_features(flat_logits[start : start + FEATURE_CHUNK_ROWS], flat_temperature[start : start + FEATURE_CHUNK_ROWS])
-        for start in range(0, flat_logits.shape[0], FEATURE_CHUNK_ROWS)
-    ]
-    return torch.cat(chunks).reshape(*logits.shape[:-1], -1)  # (..., 4)
 
 
 def _relative_to(reference: str, checkpoint: Path) -> str:

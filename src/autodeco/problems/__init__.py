@@ -9,16 +9,8 @@ Answers are checked with :mod:`autodeco.problems.answers`.
 """
 
 from autodeco.problems.arithmetic import DEFAULT_LEVELS, LEVELS, generate_problems
-from autodeco.problems.datasets import (
-    DATASET_NAMES,
-    TEMPLATES,
-    DataError,
-    Problem,
-    dataset_path,
-    default_max_new_tokens,
-    load_problems,
-    read_jsonl,
-)
+from autodeco.problems.datasets import DATASET_NAMES, dataset_path, default_max_new_tokens, load_problems, read_jsonl
+from autodeco.problems.problem import TEMPLATES, DataError, Problem
 
 __all__ = [
     "DATASET_NAMES",

@@ -48,7 +48,7 @@ from typing import Any
 
 from autodeco.common.jsonl import BYTE_ORDER_MARK, describe_json_error
 from autodeco.problems.arithmetic import DEFAULT_COUNTS, DEFAULT_LEVELS, generate_problems
-from autodeco.problems.problem import BOXED_INSTRUCTION, TEMPLATES, DataError, Problem  # noqa: F401  (re-exported)
+from autodeco.problems.problem import DataError, Problem
 
 DATASET_FILES: dict[str, dict[str, str]] = {
     "gsm8k": {"train": "gsm8k_train.jsonl", "test": "gsm8k_test.jsonl"},

@@ -12,7 +12,7 @@ Each step chooses tokens exactly as ``generate()`` does for the same setting, wi
 greedy takes the argmax of the float32 logits; the other kinds warp the logits and draw one token per
 row with ``torch.multinomial(softmax(warped))`` from torch's global generator (static: temperature,
 then top-p as transformers' warpers define it, through :func:`~autodeco.core.decoding.warp_logits`;
-AutoDeco: :func:`~autodeco.model.generation.dynamic_step` on the output head's input; the methods:
+AutoDeco: :func:`~autodeco.core.dynamic.dynamic_step` on the output head's input; the methods:
 :func:`~autodeco.sampling.policies.method_step`). Until the first rows leave, the random draws are
 therefore those of ``generate()`` on the same batch; afterwards every remaining row still samples
 from its own exact distribution, only from a different part of the random stream.
@@ -43,8 +43,9 @@ import torch
 
 from autodeco.core.adaptive import entropy
 from autodeco.core.decoding import warp_logits
+from autodeco.core.dynamic import dynamic_step
 from autodeco.model.compat import CACHE_ARGUMENT, output_cache
-from autodeco.model.generation import capture_output_head_input, dynamic_step
+from autodeco.model.generation import capture_output_head_input
 from autodeco.sampling.policies import method_step
 from autodeco.sampling.settings import (
     AUTODECO,

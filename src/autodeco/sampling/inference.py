@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from autodeco.model.base_model import EMBEDDED_MODEL, check_token_ids, context_length, load_tokenizer
+from autodeco.model.base_model import EMBEDDED_MODEL, check_token_ids, context_length, load_tokenizer, room_after_prompt
 from autodeco.model.modeling import AutoDecoForCausalLM
 from autodeco.sampling.traces import GenerationTrace, TokenTrace
 
@@ -102,11 +102,8 @@ def check_prompts_fit(llm, input_ids: torch.Tensor, attention_mask: torch.Tensor
     too_long = [(row, length) for row, length in enumerate(lengths) if length >= limit]
     if too_long:
         row, length = too_long[0]
-        raise ValueError(
-            f"prompt {row + 1} of the batch is {length} tokens but the base model's context holds {limit} "
-            f"(max_position_embeddings), leaving no room to generate; prompts are not truncated: "
-            f"shorten it below {limit} tokens ({len(too_long)} prompt(s) too long)"
-        )
+        fix = f"prompts are not truncated: shorten it below {limit} tokens ({len(too_long)} prompt(s) too long)"
+        room_after_prompt(length, limit, prompt=f"prompt {row + 1} of the batch", fix=fix)
 
 
 def generate_traces(
@@ -130,13 +127,25 @@ def generate_traces(
         max_new_tokens: generation length limit.
         temperature, top_p: multipliers on the heads' predictions.
         greedy: greedy decoding (values are still recorded).
-        seed: random seed for sampling (None leaves the global generator alone).
+        seed: random seed for sampling, from which torch's generators draw during the call and are restored after
+            it (None: they draw from, and advance, the caller's state).
         chat_template: apply the tokenizer's chat template.
         batch_size: prompts per batch.
         streamer: a transformers streamer (only with batch size 1).
     """
-    if seed is not None:
+    if seed is None:
+        return _generate_traces(loaded, prompts, max_new_tokens, temperature, top_p, greedy, chat_template, batch_size,
+                                streamer)
+    device = loaded.model.device
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(seed)
+        return _generate_traces(loaded, prompts, max_new_tokens, temperature, top_p, greedy, chat_template, batch_size,
+                                streamer)
+
+
+def _generate_traces(
+    loaded: LoadedModel, prompts, max_new_tokens, temperature, top_p, greedy, chat_template, batch_size, streamer
+) -> list[GenerationTrace]:
     model, tokenizer = loaded.model, loaded.tokenizer
     rendered = [render_prompt(tokenizer, prompt, chat_template) for prompt in prompts]
     traces = []

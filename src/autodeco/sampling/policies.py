@@ -36,31 +36,18 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from autodeco.core.adaptive import (
-    WarpedStep,
-    confidence_gated_logits,
-    edt_logits,
-    entropy,
-    entropy_shift_logits,
-    eta_logits,
-    min_p_logits,
-    top_n_sigma_logits,
-)
+from autodeco.core import adaptive
+from autodeco.core.adaptive import WarpedStep, entropy
 from autodeco.core.decoding import warp_logits
-from autodeco.model.generation import capture_output_head_input, check_decoding_mode, dynamic_step, generate_with_base
+from autodeco.core.dynamic import blank_after_end, dynamic_step
+from autodeco.model.generation import capture_output_head_input, check_decoding_mode, generate_with_base
 from autodeco.sampling.settings import (
-    BIN_SHUFFLE,
-    CONFIDENCE_GATED,
-    EDT,
-    ENTROPY_SHIFT,
-    ETA,
+    COMPARISON_METHODS,
     METHOD_KINDS,
-    MIN_P,
     POOL_KINDS,
-    SHUFFLE,
     TEMPERATURE_HEAD,
-    TOP_N_SIGMA,
-    TOP_P_HEAD,
+    USES_HEADS,
+    USES_POOLS,
     DecodingSetting,
 )
 
@@ -150,7 +137,7 @@ def _pool_step(value_pools: Sequence) -> Step:
 
 
 def method_step(setting: DecodingSetting, *, model=None, capture=None, value_pools: Sequence | None = None) -> Step:
-    """The step function of a method setting.
+    """The step function of a method setting: its row's step in :mod:`autodeco.core.adaptive`, or the heads or pools.
 
     Args:
         setting: a setting of one of :data:`~autodeco.sampling.settings.METHOD_KINDS`.
@@ -164,28 +151,21 @@ def method_step(setting: DecodingSetting, *, model=None, capture=None, value_poo
         >>> step = method_step(DecodingSetting.confidence_gated(0.6, 1.0))
         >>> step(torch.tensor([[0.0, 0.0]]), torch.tensor([0.69])).temperature
         tensor([1.])
+        >>> all(hasattr(adaptive, method.step) for method in COMPARISON_METHODS.values() if method.step)
+        True
     """
-    kind, param = setting.kind, setting.param
-    if kind == EDT:
-        return lambda logits, _: edt_logits(logits, param("T0"), param("N"), param("theta"), param("P"))
-    if kind == ENTROPY_SHIFT:
-        values = [param(name) for name in ("T", "delta", "mean_H", "T_min", "T_max", "P")]
-        return lambda logits, _: entropy_shift_logits(logits, *values)
-    if kind == CONFIDENCE_GATED:
-        return lambda logits, _: confidence_gated_logits(logits, param("threshold"), param("T"), param("P"))
-    if kind == MIN_P:
-        return lambda logits, _: min_p_logits(logits, param("T"), param("min_p"))
-    if kind == ETA:
-        return lambda logits, _: eta_logits(logits, param("T"), param("epsilon"))
-    if kind == TOP_N_SIGMA:
-        return lambda logits, _: top_n_sigma_logits(logits, param("T"), param("n"))
-    if kind in (TEMPERATURE_HEAD, TOP_P_HEAD):
+    method = COMPARISON_METHODS.get(setting.kind)
+    if method is not None and method.step is not None:
+        warp = getattr(adaptive, method.step)
+        values = [value for _, value in setting.params]  # in key order: the step's argument order
+        return lambda logits, _: warp(logits, *values)
+    if method is not None and method.uses == USES_HEADS:
         if model is None or capture is None:
-            raise ValueError(f"the {kind} setting needs the AutoDeco model and its output-head capture")
+            raise ValueError(f"the {setting.kind} setting needs the AutoDeco model and its output-head capture")
         return _head_step(model, capture, setting)
-    if kind in (SHUFFLE, BIN_SHUFFLE):
+    if method is not None and method.uses == USES_POOLS:
         if value_pools is None:
-            raise ValueError(f"the {kind} setting needs value_pools: one value stream per generated row")
+            raise ValueError(f"the {setting.kind} setting needs value_pools: one value stream per generated row")
         return _pool_step(value_pools)
     raise ValueError(
         f"{setting.key!r} is not a method setting ({', '.join(METHOD_KINDS)}); greedy, static and autodeco "
@@ -247,7 +227,7 @@ def generate_with_setting(
                          "eta_cutoff", "logits_processor"} & set(generate_kwargs))
     if overriding:
         raise ValueError(f"generate_with_setting samples exactly as {setting.key!r} says; drop {overriding}")
-    uses_heads = setting.kind in (TEMPERATURE_HEAD, TOP_P_HEAD)
+    uses_heads = COMPARISON_METHODS[setting.kind].uses == USES_HEADS
     with capture_output_head_input(model.llm) if uses_heads else contextlib.nullcontext() as capture:
         processor = SettingLogitsProcessor(method_step(setting, model=model, capture=capture, value_pools=value_pools))
         output = generate_with_base(
@@ -259,23 +239,3 @@ def generate_with_setting(
     temperatures, top_ps, entropies = blank_after_end(sequences, processor.recorded(), eos)
     return SettingOutput(sequences, temperatures, top_ps, entropies)
 
-
-def blank_after_end(sequences: torch.Tensor, values: Sequence[torch.Tensor], eos) -> list[torch.Tensor]:
-    """Per-step values with NaN at the steps after each row's first end-of-sequence token.
-
-    Args:
-        sequences: ``(B, L + steps)`` ids, the last ``steps`` generated.
-        values: tensors of shape ``(B, steps)``.
-        eos: an end-of-sequence id, a list of them, or None (nothing is blanked).
-
-    Example:
-        >>> blank_after_end(torch.tensor([[9, 4, 2, 0]]), [torch.tensor([[0.5, 0.6, 0.7]])], eos=2)
-        [tensor([[0.5000, 0.6000,    nan]])]
-    """
-    steps = values[0].shape[1] if values else 0
-    if eos is None or steps == 0:
-        return list(values)
-    eos_ids = torch.tensor(eos if isinstance(eos, (list, tuple)) else [eos], device=sequences.device)
-    is_end = torch.isin(sequences[:, -steps:], eos_ids)  # (B, steps)
-    ended_before = ((is_end.cumsum(dim=1) - is_end.long()) > 0)  # an end token at an earlier step
-    return [value.masked_fill(ended_before.to(value.device), float("nan")) for value in values]

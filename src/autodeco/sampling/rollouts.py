@@ -21,21 +21,14 @@ import inspect
 
 import torch
 
-from autodeco.common.seeds import derived_seed  # noqa: F401  (re-exported for callers of this module)
-from autodeco.model.base_model import context_length
+from autodeco.core.dynamic import blank_after_end
+from autodeco.model.base_model import context_length, end_token_ids, room_after_prompt
 from autodeco.model.compat import CACHE_ARGUMENT, output_cache
 from autodeco.model.generation import generate_with_base
 from autodeco.sampling import decode_loop
 from autodeco.sampling.inference import encode_prompts
-from autodeco.sampling.policies import EntropyRecorder, blank_after_end, generate_with_setting
-from autodeco.sampling.settings import (  # noqa: F401  (re-exported)
-    AUTODECO,
-    GREEDY,
-    METHOD_KINDS,
-    POOL_KINDS,
-    STATIC,
-    DecodingSetting,
-)
+from autodeco.sampling.policies import EntropyRecorder, generate_with_setting
+from autodeco.sampling.settings import AUTODECO, METHOD_KINDS, POOL_KINDS, STATIC, DecodingSetting
 
 
 @dataclasses.dataclass
@@ -141,7 +134,7 @@ def complete(
         cache.batch_repeat_interleave(num_samples)
         kwargs[CACHE_ARGUMENT] = cache
     streams = _row_streams(value_pools, setting, len(batch), num_samples)
-    eos_ids = end_of_sequence_ids(model.llm, tokenizer)
+    eos_ids = end_token_ids(model.llm, tokenizer)
     devices = [input_ids.device] if input_ids.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -157,14 +150,9 @@ def complete(
 def _decode_compacting(model, tokenizer, input_ids, attention_mask, kwargs, setting, streams, eos_ids):
     """``(new_tokens (R, steps), temperatures, top_ps, entropies)`` from :func:`decode_loop.decode_rows`."""
     max_new_tokens = kwargs["max_new_tokens"]
-    limit = context_length(model.llm)
-    if limit is not None:  # as AutoDecoForCausalLM.generate() fits the context (the base's warns and runs past it)
-        if input_ids.shape[1] >= limit:
-            raise ValueError(
-                f"the prompt is {input_ids.shape[1]} tokens but the base model's context holds {limit} "
-                f"(max_position_embeddings), leaving no room to generate; shorten the prompt below {limit} tokens"
-            )
-        max_new_tokens = min(max_new_tokens, limit - input_ids.shape[1])
+    room = room_after_prompt(input_ids.shape[1], context_length(model.llm))  # as AutoDecoForCausalLM.generate()
+    if room is not None:
+        max_new_tokens = min(max_new_tokens, room)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids, default=0)
     decoded = decode_loop.decode_rows(
         model, input_ids, attention_mask, kwargs.get(CACHE_ARGUMENT), setting, max_new_tokens=max_new_tokens,
@@ -219,16 +207,7 @@ def _row_streams(value_pools, setting: DecodingSetting, prompts: int, num_sample
     return streams
 
 
-def end_of_sequence_ids(llm, tokenizer) -> set[int]:
-    """The token ids that end a completion: the base's generation config's and the tokenizer's end-of-sequence ids."""
-    eos = llm.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) if eos is not None else set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
-
-
-def _completion(tokenizer, token_ids: torch.Tensor, eos_ids: set[int], values, row: int) -> Completion:
+def _completion(tokenizer, token_ids: torch.Tensor, eos_ids: list[int], values, row: int) -> Completion:
     ids = token_ids.tolist()
     end = next((index + 1 for index, token in enumerate(ids) if token in eos_ids), len(ids))
     ids = ids[:end]
@@ -240,13 +219,18 @@ def _completion(tokenizer, token_ids: torch.Tensor, eos_ids: set[int], values, r
 class HFRollouts:
     """The Hugging Face rollout engine: :func:`prefill` and :func:`complete` on a loaded model.
 
-    ``autodeco sample`` and ``autodeco eval`` call an engine's ``prefill(rendered_prompts)`` and
-    ``complete(batch, setting, ...)``; this one is the default, and another engine (vLLM's,
-    :class:`autodeco.engines.vllm.VllmRollouts`) answers the same two calls.
+    ``autodeco sample`` and ``autodeco eval`` speak to a rollout engine through the contract
+    :class:`autodeco.engines.base.RolloutEngine`; this one is the default, and another engine (vLLM's,
+    :class:`autodeco.engines.vllm.VllmRollouts`) answers the same calls.
     """
 
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
+        self.max_model_len = context_length(model.llm)
+        """Positions of the base's context, or None when unknown."""
+
+    def close(self) -> None:
+        """Nothing to free: the model belongs to the caller."""
 
     def prefill(self, rendered_prompts: list[str]) -> PromptBatch:
         return prefill(self.model.llm, self.tokenizer, rendered_prompts)

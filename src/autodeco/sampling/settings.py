@@ -1,8 +1,9 @@
 """Decoding settings: how tokens are chosen, as one small typed object with one key format.
 
 A :class:`DecodingSetting` is greedy, a static ``(T, P)`` pair, AutoDeco (the heads' per-token
-values), or one of the comparison methods of :data:`METHOD_KINDS` (heuristic per-token temperatures,
-truncation samplers, one head with the other value fixed, and shuffle controls; PAPER.md section 8).
+values), or one of the comparison methods of :data:`COMPARISON_METHODS` (heuristic per-token temperatures,
+truncation samplers, one head with the other value fixed, and shuffle controls; PAPER.md section 8), one table
+row per method.
 Its :attr:`~DecodingSetting.key` names it in records, reports and on the command line (``greedy``,
 ``autodeco``, ``T=0.70,P=1.00`` or ``<kind>:<name>=<value>,...``); :meth:`DecodingSetting.from_key`
 reads it back. Static values are rounded to :data:`SETTING_DECIMALS` decimals and method parameters
@@ -27,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Mapping
 
 GREEDY = "greedy"
 """Key (and kind) of greedy decoding (one deterministic sample per problem, seed 0)."""
@@ -37,49 +39,19 @@ STATIC = "static"
 AUTODECO = "autodeco"
 """Key (and kind) of decoding with the AutoDeco heads (per-token T and P)."""
 
-EDT = "edt"
-"""Entropy-based dynamic temperature (arXiv 2403.14541): ``T = T0 * N^(theta / H)``, then a static top-p."""
+EDT, ENTROPY_SHIFT, CONFIDENCE_GATED = "edt", "entropy-shift", "confidence-gated"
+MIN_P, ETA, TOP_N_SIGMA = "min-p", "eta", "top-n-sigma"
+TEMPERATURE_HEAD, TOP_P_HEAD = "temperature-head", "top-p-head"
+SHUFFLE, BIN_SHUFFLE = "shuffle", "bin-shuffle"
+"""Kinds of the comparison methods; each one's row of :data:`COMPARISON_METHODS` says what it is."""
 
-ENTROPY_SHIFT = "entropy-shift"
-"""``T = T_base + delta * (H / log V - mean_H)``, clamped to ``[T_min, T_max]``, then a static top-p."""
+HEURISTIC, FACTORIZATION, CONTROL = "heuristic", "factorization", "control"
+"""Groups of comparison methods: heuristic samplers (tuned on the training split), one head with the other value
+fixed, and controls that reassign AutoDeco's own values (see :mod:`autodeco.evaluation.methods`)."""
 
-CONFIDENCE_GATED = "confidence-gated"
-"""Greedy where the top probability exceeds a threshold, else a high static temperature and top-p."""
-
-MIN_P = "min-p"
-"""Static temperature, then keep the tokens with ``p >= min_p * p_max``."""
-
-ETA = "eta"
-"""Static temperature, then eta sampling (keep ``p >= min(epsilon, sqrt(epsilon) * exp(-H))``)."""
-
-TOP_N_SIGMA = "top-n-sigma"
-"""Static temperature, then keep the logits ``>= max - n * std`` (arXiv 2411.07641)."""
-
-TEMPERATURE_HEAD = "temperature-head"
-"""The temperature head's per-token T with a static top-p (the other head fixed, e.g. at MeanShift's P)."""
-
-TOP_P_HEAD = "top-p-head"
-"""The top-p head's per-token P (as AutoDeco predicts it) with a static temperature (e.g. MeanShift's T)."""
-
-SHUFFLE = "shuffle"
-"""Each token uses a (T, P) pair drawn from AutoDeco's recorded pairs on other problems."""
-
-BIN_SHUFFLE = "bin-shuffle"
-"""As :data:`SHUFFLE`, but drawn from the recorded pairs whose base entropy lies in the step's entropy bin."""
-
-METHOD_KINDS = (
-    EDT, ENTROPY_SHIFT, CONFIDENCE_GATED, MIN_P, ETA, TOP_N_SIGMA, TEMPERATURE_HEAD, TOP_P_HEAD, SHUFFLE, BIN_SHUFFLE
-)
-"""The comparison methods: kinds whose settings carry named parameters (keys ``<kind>:<name>=<value>,...``)."""
-
-KINDS = (GREEDY, STATIC, AUTODECO, *METHOD_KINDS)
-"""Every decoding kind."""
-
-HEAD_KINDS = (AUTODECO, TEMPERATURE_HEAD, TOP_P_HEAD)
-"""Kinds that run the AutoDeco heads while decoding."""
-
-POOL_KINDS = (SHUFFLE, BIN_SHUFFLE)
-"""Kinds that draw their values from a pool of AutoDeco's recorded per-token values."""
+USES_HEADS, USES_POOLS = "heads", "pools"
+"""What a method without a step function in :mod:`autodeco.core.adaptive` is built from: the AutoDeco heads,
+or pools of AutoDeco's recorded values."""
 
 ENGINES = ("hf", "vllm")
 """Rollout engines of ``autodeco sample``/``eval``: Hugging Face ``generate()`` (default) or vLLM with the plugin."""
@@ -151,50 +123,163 @@ def _top_p(meaning: str = "static top-p applied after the temperature") -> Param
     return ParameterSpec("P", meaning, 0.0, 1.0, high_inclusive=True, default=1.0)
 
 
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One comparison method: everything about it but its math, which lives in :mod:`autodeco.core.adaptive`.
+
+    Adding a method is its step function in :mod:`autodeco.core.adaptive` and one row of
+    :data:`COMPARISON_METHODS`: keys, validation, decoding (:func:`autodeco.sampling.policies.method_step`),
+    ``--methods``, tuning and the report read the row.
+
+    Example:
+        >>> COMPARISON_METHODS["min-p"].parameter_names
+        ('T', 'min_p')
+    """
+
+    kind: str
+    """Its name in ``--methods`` and the prefix of its setting keys (``min-p:T=1,min_p=0.1``)."""
+    summary: str
+    """What it does, in one sentence."""
+    group: str
+    """:data:`HEURISTIC`, :data:`FACTORIZATION` or :data:`CONTROL`."""
+    parameters: tuple[ParameterSpec, ...] = ()
+    """Its parameters in key order; their names are the names in keys and in every table below."""
+    step: str | None = None
+    """Name of its step in :mod:`autodeco.core.adaptive`: ``step(logits (B, V), *parameter values in key order)
+    -> WarpedStep``. None: built from what :attr:`uses` names."""
+    uses: str | None = None
+    """:data:`USES_HEADS` or :data:`USES_POOLS` for the methods without a step function."""
+    tuning_grid: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+    """Heuristics: the values searched on the training split, by parameter (grid order breaks ties)."""
+    untuned: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Heuristics: the values used without tuning problems (common in the method's own paper)."""
+    fixed: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Heuristics: values the evaluation sets and never tunes."""
+    ordered: tuple[tuple[str, str], ...] = ()
+    """``(low, high)`` parameter pairs whose values must satisfy ``low <= high``."""
+    report_temperature: str = "dynamic"
+    """How the report's T column reads: ``dynamic``, ``static`` (its ``T``) or ``gated`` (``0 or`` its ``T``)."""
+    truncation: bool = False
+    """Whether its own rule cuts the support instead of a top-p (the report's P column names the rule)."""
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        """The names of :attr:`parameters`, in key order."""
+        return tuple(spec.name for spec in self.parameters)
+
+
+def _static_temperature(meaning: str = "static temperature") -> ParameterSpec:
+    return _positive("T", meaning)
+
+
+COMPARISON_METHODS: dict[str, Method] = {method.kind: method for method in (
+    Method(
+        EDT, "Entropy-based dynamic temperature (arXiv 2403.14541): T = T0 * N^(theta / H), then a static top-p.",
+        HEURISTIC, (
+            _positive("T0", "temperature ceiling (reached as the entropy grows)"),
+            ParameterSpec("N", "base of the power N^(theta/H); smaller is colder at low entropy", 0.0, 1.0),
+            _positive("theta", "entropy scale of the exponent"),
+            _top_p(),
+        ), step="edt_logits",
+        tuning_grid={"T0": (0.5, 0.7, 1.0), "N": (0.8,), "theta": (0.5, 1.0)},
+        untuned={"T0": 0.7, "N": 0.8, "theta": 1.0},
+    ),
+    Method(
+        ENTROPY_SHIFT, "T = T + delta * (H / log V - mean_H), clamped to [T_min, T_max], then a static top-p.",
+        HEURISTIC, (
+            _positive("T", "temperature at the mean normalized entropy"),
+            ParameterSpec("delta", "temperature change per unit of normalized entropy above the mean"),
+            ParameterSpec("mean_H", "mean normalized entropy H / log V (estimated elsewhere)", 0.0, 1.0, True, True),
+            _positive("T_min", "lowest temperature"),
+            _positive("T_max", "highest temperature (>= T_min)"),
+            _top_p(),
+        ), step="entropy_shift_logits",
+        tuning_grid={"T": (0.3, 0.5, 0.7), "delta": (0.5, 1.0)},
+        untuned={"T": 0.7, "delta": 1.0},
+        fixed={"T_min": 0.05, "T_max": 1.5},
+        ordered=(("T_min", "T_max"),),
+    ),
+    Method(
+        CONFIDENCE_GATED, "Greedy where the top probability exceeds a threshold, else a static temperature and top-p.",
+        HEURISTIC, (
+            ParameterSpec("threshold", "greedy when the top probability exceeds this", 0.0, 1.0),
+            _static_temperature("temperature of the other steps"),
+            _top_p("static top-p of the other steps"),
+        ), step="confidence_gated_logits",
+        tuning_grid={"threshold": (0.5, 0.7, 0.9), "T": (0.7, 1.0)},
+        untuned={"threshold": 0.9, "T": 1.0},
+        report_temperature="gated",
+    ),
+    Method(
+        MIN_P, "A static temperature, then keep the tokens with p >= min_p * p_max.",
+        HEURISTIC, (
+            _static_temperature(),
+            ParameterSpec("min_p", "keep tokens with p >= min_p * p_max", 0.0, 1.0, high_inclusive=True),
+        ), step="min_p_logits",
+        tuning_grid={"T": (0.7, 1.0), "min_p": (0.05, 0.1, 0.2)},
+        untuned={"T": 1.0, "min_p": 0.1},
+        report_temperature="static", truncation=True,
+    ),
+    Method(
+        ETA, "A static temperature, then eta sampling: keep p >= min(epsilon, sqrt(epsilon) * exp(-H)).",
+        HEURISTIC, (
+            _static_temperature(),
+            ParameterSpec("epsilon", "eta = min(epsilon, sqrt(epsilon) * exp(-H))", 0.0, 1.0),
+        ), step="eta_logits",
+        tuning_grid={"T": (0.7, 1.0), "epsilon": (0.0009, 0.004)},
+        untuned={"T": 1.0, "epsilon": 0.0009},
+        report_temperature="static", truncation=True,
+    ),
+    Method(
+        TOP_N_SIGMA, "A static temperature, then keep the logits >= max - n * std (arXiv 2411.07641).",
+        HEURISTIC, (
+            _static_temperature(),
+            _positive("n", "keep logits >= max - n * std"),
+        ), step="top_n_sigma_logits",
+        tuning_grid={"T": (0.7, 1.0), "n": (0.5, 1.0)},
+        untuned={"T": 1.0, "n": 1.0},
+        report_temperature="static", truncation=True,
+    ),
+    Method(
+        TEMPERATURE_HEAD, "The temperature head's per-token T with a static top-p (e.g. MeanShift's P).",
+        FACTORIZATION, (ParameterSpec("P", "static top-p (e.g. MeanShift's mean P)", 0.0, 1.0, high_inclusive=True),),
+        uses=USES_HEADS,
+    ),
+    Method(
+        TOP_P_HEAD, "The top-p head's per-token P with a static temperature (e.g. MeanShift's T).",
+        FACTORIZATION, (_static_temperature("static temperature (e.g. MeanShift's mean T)"),),
+        uses=USES_HEADS, report_temperature="static",
+    ),
+    Method(
+        SHUFFLE, "Each token uses a (T, P) pair drawn from AutoDeco's recorded pairs on other problems.",
+        CONTROL, uses=USES_POOLS,
+    ),
+    Method(
+        BIN_SHUFFLE, "As shuffle, drawn from the recorded pairs whose base entropy lies in the step's entropy bin.",
+        CONTROL, (
+            ParameterSpec(
+                "bins", "entropy bins (edges at the pool's entropy quantiles)", 1.0, math.inf,
+                low_inclusive=True, default=float(DEFAULT_ENTROPY_BINS), integer=True,
+            ),
+        ), uses=USES_POOLS,
+    ),
+)}
+"""The comparison methods, in report order: one row each (see :class:`Method`)."""
+
+METHOD_KINDS = tuple(COMPARISON_METHODS)
+"""The comparison methods: kinds whose settings carry named parameters (keys ``<kind>:<name>=<value>,...``)."""
+
+KINDS = (GREEDY, STATIC, AUTODECO, *METHOD_KINDS)
+"""Every decoding kind."""
+
+HEAD_KINDS = (AUTODECO, *(kind for kind, method in COMPARISON_METHODS.items() if method.uses == USES_HEADS))
+"""Kinds that run the AutoDeco heads while decoding."""
+
+POOL_KINDS = tuple(kind for kind, method in COMPARISON_METHODS.items() if method.uses == USES_POOLS)
+"""Kinds that draw their values from a pool of AutoDeco's recorded per-token values."""
+
 PARAMETERS: dict[str, tuple[ParameterSpec, ...]] = {
-    GREEDY: (),
-    STATIC: (),
-    AUTODECO: (),
-    EDT: (
-        _positive("T0", "temperature ceiling (reached as the entropy grows)"),
-        ParameterSpec("N", "base of the power N^(theta/H); smaller is colder at low entropy", 0.0, 1.0),
-        _positive("theta", "entropy scale of the exponent"),
-        _top_p(),
-    ),
-    ENTROPY_SHIFT: (
-        _positive("T", "temperature at the mean normalized entropy"),
-        ParameterSpec("delta", "temperature change per unit of normalized entropy above the mean"),
-        ParameterSpec("mean_H", "mean normalized entropy H / log V (estimated elsewhere)", 0.0, 1.0, True, True),
-        _positive("T_min", "lowest temperature"),
-        _positive("T_max", "highest temperature (>= T_min)"),
-        _top_p(),
-    ),
-    CONFIDENCE_GATED: (
-        ParameterSpec("threshold", "greedy when the top probability exceeds this", 0.0, 1.0),
-        _positive("T", "temperature of the other steps"),
-        _top_p("static top-p of the other steps"),
-    ),
-    MIN_P: (
-        _positive("T", "static temperature"),
-        ParameterSpec("min_p", "keep tokens with p >= min_p * p_max", 0.0, 1.0, high_inclusive=True),
-    ),
-    ETA: (
-        _positive("T", "static temperature"),
-        ParameterSpec("epsilon", "eta = min(epsilon, sqrt(epsilon) * exp(-H))", 0.0, 1.0),
-    ),
-    TOP_N_SIGMA: (
-        _positive("T", "static temperature"),
-        _positive("n", "keep logits >= max - n * std"),
-    ),
-    TEMPERATURE_HEAD: (ParameterSpec("P", "static top-p (e.g. MeanShift's mean P)", 0.0, 1.0, high_inclusive=True),),
-    TOP_P_HEAD: (_positive("T", "static temperature (e.g. MeanShift's mean T)"),),
-    SHUFFLE: (),
-    BIN_SHUFFLE: (
-        ParameterSpec(
-            "bins", "entropy bins (edges at the pool's entropy quantiles)", 1.0, math.inf,
-            low_inclusive=True, default=float(DEFAULT_ENTROPY_BINS), integer=True,
-        ),
-    ),
+    GREEDY: (), STATIC: (), AUTODECO: (), **{kind: method.parameters for kind, method in COMPARISON_METHODS.items()},
 }
 """Per kind, its parameters in key order (empty for kinds without parameters)."""
 
@@ -354,11 +439,13 @@ class DecodingSetting:
             if not spec.contains(value):
                 shown = raw if value == raw else f"{raw} (rounded to {_format(value)})"
                 raise ValueError(f"{self.kind}: {spec.name} must be {spec.requirement}, got {shown}")
-        if self.kind == ENTROPY_SHIFT and self.param("T_max") < self.param("T_min"):
-            raise ValueError(
-                f"{self.kind}: T_max must be >= T_min, got T_min={_format(self.param('T_min'))}, "
-                f"T_max={_format(self.param('T_max'))}"
-            )
+        method = COMPARISON_METHODS.get(self.kind)
+        for low, high in method.ordered if method else ():
+            if self.param(high) < self.param(low):
+                raise ValueError(
+                    f"{self.kind}: {high} must be >= {low}, got {low}={_format(self.param(low))}, "
+                    f"{high}={_format(self.param(high))}"
+                )
 
     # ----------------------------------------------------------------------------------- constructors
 
@@ -377,6 +464,26 @@ class DecodingSetting:
     @classmethod
     def _method(cls, kind: str, *values: float) -> "DecodingSetting":
         return cls(kind, params=tuple((spec.name, float(value)) for spec, value in zip(PARAMETERS[kind], values)))
+
+    @classmethod
+    def of_method(cls, kind: str, values: Mapping[str, float]) -> "DecodingSetting":
+        """A method setting from its parameter values by name (the names in keys); left-out ones take their default.
+
+        Raises:
+            ValueError: an unknown kind or parameter, or a required parameter left out, naming the parameters.
+
+        Example:
+            >>> DecodingSetting.of_method("edt", {"T0": 0.7, "N": 0.8, "theta": 1.0}).key
+            'edt:T0=0.7,N=0.8,theta=1,P=1'
+        """
+        method = COMPARISON_METHODS.get(kind)
+        if method is None:
+            raise ValueError(f"{kind!r} is not a comparison method; methods: {', '.join(METHOD_KINDS)}")
+        unknown = sorted(set(values) - set(method.parameter_names))
+        missing = [spec.name for spec in method.parameters if spec.name not in values and spec.default is None]
+        if unknown or missing:
+            raise ValueError(f"{kind}: unknown parameter(s) {unknown} or missing {missing}; parameters: {_describe(kind)}")
+        return cls._method(kind, *(values.get(spec.name, spec.default) for spec in method.parameters))
 
     @classmethod
     def edt(cls, t0: float, n: float, theta: float, top_p: float = 1.0) -> "DecodingSetting":

@@ -34,7 +34,7 @@ from autodeco.common.jsonl import (
 from autodeco.common.runlock import run_lock
 from autodeco.common.seeds import derived_seed
 from autodeco.problems.problem import question_key
-from autodeco.sampling.config import SampleConfig  # noqa: F401  (re-exported)
+from autodeco.sampling.config import SampleConfig
 
 TRAIN_FILE = "trajectories.jsonl"
 HELDOUT_FILE = "heldout.jsonl"

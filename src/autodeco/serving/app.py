@@ -15,7 +15,9 @@ from urllib.parse import urlsplit
 
 from autodeco.engines.base import Engine, GenerationRequest
 from autodeco.serving import openai_api as api
-from autodeco.serving.openai_api import ApiError, Generated, ParsedRequest
+from autodeco.serving import responses
+from autodeco.serving.openai_api import ApiError, ParsedRequest
+from autodeco.serving.responses import Generated
 
 ROUTES = {
     "/v1/models": "GET",
@@ -87,7 +89,7 @@ class OpenAIApp:
             if path == "/health":
                 return Reply(body={"status": "ok"})
             if path == "/v1/models":
-                return Reply(body=api.models_body(self.engine.model_name, self.created))
+                return Reply(body=responses.models_body(self.engine.model_name, self.created))
             if path.startswith("/v1/models/"):
                 return self._model(path.removeprefix("/v1/models/"))
             body = api.parse_json(raw_body)
@@ -103,7 +105,7 @@ class OpenAIApp:
         if name != self.engine.model_name:
             raise ApiError(f"model {name!r} is not served here; this server serves {self.engine.model_name!r}",
                            status=404, param="model", code="model_not_found")
-        return Reply(body=api.model_body(name, self.created))
+        return Reply(body=responses.model_body(name, self.created))
 
     # ---------------------------------------------------------------------------------------- generation
 
@@ -169,7 +171,7 @@ class OpenAIApp:
             raise ApiError(str(error)) from None
 
     def _generate(self, parsed: ParsedRequest, client_gone: Callable[[], bool]) -> Reply:
-        request_id = api.new_id(parsed.kind)
+        request_id = responses.new_id(parsed.kind)
         prompt_ids = self.prompt_ids(parsed)
         if not prompt_ids:
             raise ApiError("the prompt encodes to no tokens; give some text", param="prompt")
@@ -237,7 +239,7 @@ class _Stream:
         finally:
             close(self.events)
         generated.finish_reason = generated.finish_reason or "length"
-        return api.response_body(self.parsed, generated, request_id=self.request_id, model_name=self.model_name,
+        return responses.response_body(self.parsed, generated, request_id=self.request_id, model_name=self.model_name,
                                  prompt_tokens=self.prompt_tokens)
 
     def sse(self, client_gone: Callable[[], bool]) -> Iterator[bytes]:
@@ -248,7 +250,7 @@ class _Stream:
         try:
             yield from self._chunks(client_gone)
         except ApiError as error:  # a chunk JSON cannot carry: the status is sent, so end with an error event
-            yield api.server_sent_event(error.body())
+            yield responses.server_sent_event(error.body())
 
     def _chunks(self, client_gone: Callable[[], bool]) -> Iterator[bytes]:
         created = int(time.time())
@@ -259,7 +261,7 @@ class _Stream:
                 generated.add(event)
                 tokens += 1
                 finish_reason = event.finish_reason
-                yield api.server_sent_event(api.chunk_body(
+                yield responses.server_sent_event(responses.chunk_body(
                     self.parsed, generated, request_id=self.request_id, model_name=self.model_name, created=created,
                     first=first,
                 ))
@@ -272,13 +274,13 @@ class _Stream:
             return
         if finish_reason is None:  # the engine ended without saying why (or produced nothing): close the choice
             closing = Generated(finish_reason="length")
-            yield api.server_sent_event(api.chunk_body(
+            yield responses.server_sent_event(responses.chunk_body(
                 self.parsed, closing, request_id=self.request_id, model_name=self.model_name, created=created,
                 first=first,
             ))
         if self.parsed.include_usage:
-            yield api.server_sent_event(api.usage_chunk_body(
+            yield responses.server_sent_event(responses.usage_chunk_body(
                 self.parsed, request_id=self.request_id, model_name=self.model_name, created=created,
                 prompt_tokens=self.prompt_tokens, completion_tokens=tokens,
             ))
-        yield api.server_sent_event("[DONE]")
+        yield responses.server_sent_event("[DONE]")

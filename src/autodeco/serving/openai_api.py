@@ -1,4 +1,4 @@
-"""OpenAI's completions and chat-completions API: requests checked and parsed, responses built (pure functions).
+"""OpenAI's completions and chat-completions API: requests checked and parsed (pure functions; responses: ``responses``).
 
 What differs from OpenAI's own API:
 
@@ -14,7 +14,7 @@ What differs from OpenAI's own API:
   it, unless it is null or holds the value that means "off" (:data:`UNSUPPORTED_FIELDS`, e.g.
   ``"presence_penalty": 0``), which clients send by default.
 - Numbers are JSON numbers of the right kind (no booleans, no 2.0 for an integer), integers fit in 64 bits,
-  multipliers are at most :data:`~autodeco.engines.base.MAX_MULTIPLIER`, texts are valid Unicode (no lone
+  multipliers are at most :data:`~autodeco.core.multipliers.MAX_MULTIPLIER`, texts are valid Unicode (no lone
   surrogates), and a body nests at most :data:`MAX_JSON_DEPTH` levels; responses are strict JSON (no NaN or
   Infinity: :func:`to_json`).
 
@@ -26,11 +26,8 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import json
-import math
-import time
-import uuid
 
-from autodeco.engines.base import MAX_MULTIPLIER
+from autodeco.core.multipliers import LOWER_BOUNDS, MultiplierError, Multipliers
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 """OpenAI's default ``max_tokens`` for ``/v1/completions``."""
@@ -242,10 +239,11 @@ def _parse_common(body: dict, model_name: str, kind: str, fields: frozenset) -> 
     if user is not None and not isinstance(user, str):
         raise ApiError(f"user must be a string, but is {_quote(user)}", param="user")
     stream = _optional_bool(body, "stream")
+    multipliers = _parse_multipliers(body)
     return ParsedRequest(
         kind=kind,
-        temperature=_parse_multiplier(body, "temperature", zero_allowed=True),
-        top_p=_parse_multiplier(body, "top_p", zero_allowed=False),
+        temperature=multipliers.temperature,
+        top_p=multipliers.top_p,
         seed=_parse_integer(body, "seed", -(2**63), MAX_INTEGER),
         stop=_parse_stop(body.get("stop")),
         stream=stream,
@@ -341,20 +339,32 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _parse_multiplier(body: dict, name: str, *, zero_allowed: bool) -> float:
-    value = body.get(name)
-    if value is None:
-        return 1.0
-    if name == "temperature":
-        allowed = ">= 0 (a multiplier on each token's predicted temperature; 0 decodes greedily)"
-    else:
-        allowed = "> 0 (a multiplier on each token's predicted top-p, capped at 1 after multiplying; above 1 is allowed)"
-    if not _is_number(value) or not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
-        raise ApiError(f"{name} must be a finite number {allowed}, but is {_quote(value)}", param=name)
-    if value > MAX_MULTIPLIER:
-        raise ApiError(f"{name} must be at most {MAX_MULTIPLIER:g}: it multiplies each token's predicted value, and "
-                       f"larger ones overflow to infinity (or to NaN); but is {_quote(value)}", param=name)
-    return float(value)
+FIELD_MEANINGS = {
+    "temperature": "a multiplier on each token's predicted temperature; 0 decodes greedily",
+    "top_p": "a multiplier on each token's predicted top-p, capped at 1 after multiplying; above 1 is allowed",
+}
+"""What the request fields ``temperature`` and ``top_p`` mean, for the messages that refuse a value."""
+
+
+def _parse_multipliers(body: dict) -> Multipliers:
+    """The request's ``temperature`` and ``top_p`` (JSON numbers, 1 when absent) as :class:`Multipliers`."""
+    values = {}
+    for name in ("temperature", "top_p"):
+        value = body.get(name)
+        if value is not None and not _is_number(value):  # a JSON string or boolean, which float() might accept
+            raise ApiError(_multiplier_message(name, LOWER_BOUNDS[name], value), param=name)
+        values[name] = 1.0 if value is None else value
+    try:
+        return Multipliers(**values)
+    except MultiplierError as error:  # the rule is the multipliers'; the message speaks the API's words
+        raise ApiError(_multiplier_message(error.name, error.bound, error.value, error.too_large), param=error.name) from None
+
+
+def _multiplier_message(name: str, bound: str, value, too_large: bool = False) -> str:
+    if too_large:
+        return (f"{name} must be {bound}: it multiplies each token's predicted value, and larger ones overflow to "
+                f"infinity (or to NaN); but is {_quote(value)}")
+    return f"{name} must be a finite number {bound} ({FIELD_MEANINGS[name]}), but is {_quote(value)}"
 
 
 def _parse_max_tokens(body: dict, name: str) -> int | None:
@@ -472,171 +482,6 @@ def _message_text(content, where: str) -> str:
                            "({\"type\": \"text\", \"text\": ...}) are supported", param=where)
         texts.append(_check_text(part["text"], f"{where}[{index}].text"))
     return "".join(texts)
-
-
-# ------------------------------------------------------------------------------------------ responses
-
-
-@dataclasses.dataclass
-class Generated:
-    """What a choice has generated so far (or in one chunk): text, token count, per-token values, finish."""
-
-    text: str = ""
-    tokens: int = 0
-    temperatures: list[float] = dataclasses.field(default_factory=list)
-    top_ps: list[float] = dataclasses.field(default_factory=list)
-    finish_reason: str | None = None
-
-    def add(self, event) -> None:
-        """Add a :class:`~autodeco.engines.base.TokenEvent`."""
-        self.text += event.text
-        self.tokens += 1
-        self.temperatures.append(float(event.temperature))
-        self.top_ps.append(float(event.top_p))
-        if event.finish_reason is not None:
-            self.finish_reason = event.finish_reason
-
-
-def new_id(kind: str) -> str:
-    """``cmpl-...`` or ``chatcmpl-...``."""
-    return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    """OpenAI's ``usage`` object.
-
-    Example:
-        >>> usage(5, 3)
-        {'prompt_tokens': 5, 'completion_tokens': 3, 'total_tokens': 8}
-    """
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
-
-
-def _choice(kind: str, generated: Generated, return_decoding: bool, *, chunk: bool, first: bool = False) -> dict:
-    if kind == "chat" and chunk:
-        delta = {"role": "assistant", "content": generated.text} if first else {"content": generated.text}
-        choice = {"index": 0, "delta": delta}
-    elif kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": generated.text}}
-    else:
-        choice = {"index": 0, "text": generated.text}
-    choice["logprobs"] = None
-    choice["finish_reason"] = generated.finish_reason
-    if return_decoding:
-        choice[DECODING_FIELD] = {"temperatures": generated.temperatures, "top_ps": generated.top_ps}
-    return choice
-
-
-def response_body(
-    parsed: ParsedRequest, generated: Generated, *, request_id: str, model_name: str, prompt_tokens: int,
-    created: int | None = None,
-) -> dict:
-    """The whole (non-streamed) response of a completion or chat request.
-
-    Example:
-        >>> parsed = ParsedRequest(kind="completion", return_decoding=True)
-        >>> generated = Generated("4", 1, [0.5], [0.9], "length")
-        >>> body = response_body(parsed, generated, request_id="cmpl-1", model_name="m", prompt_tokens=4, created=0)
-        >>> body["choices"][0]
-        {'index': 0, 'text': '4', 'logprobs': None, 'finish_reason': 'length', 'autodeco': {'temperatures': [0.5], 'top_ps': [0.9]}}
-        >>> body["object"], body["usage"]["total_tokens"]
-        ('text_completion', 5)
-    """
-    return {
-        "id": request_id,
-        "object": "chat.completion" if parsed.kind == "chat" else "text_completion",
-        "created": int(time.time()) if created is None else created,
-        "model": model_name,
-        "choices": [_choice(parsed.kind, generated, parsed.return_decoding, chunk=False)],
-        "usage": usage(prompt_tokens, generated.tokens),
-    }
-
-
-def chunk_body(
-    parsed: ParsedRequest, generated: Generated, *, request_id: str, model_name: str, created: int, first: bool = False,
-) -> dict:
-    """One streamed chunk holding the text (and values) of the tokens in ``generated``.
-
-    Example:
-        >>> parsed = ParsedRequest(kind="chat", return_decoding=True)
-        >>> chunk = chunk_body(parsed, Generated("Hi", 1, [0.7], [0.95]), request_id="c", model_name="m", created=0, first=True)
-        >>> chunk["object"], chunk["choices"][0]["delta"], chunk["choices"][0]["autodeco"]
-        ('chat.completion.chunk', {'role': 'assistant', 'content': 'Hi'}, {'temperatures': [0.7], 'top_ps': [0.95]})
-    """
-    return {
-        "id": request_id,
-        "object": "chat.completion.chunk" if parsed.kind == "chat" else "text_completion",
-        "created": created,
-        "model": model_name,
-        "choices": [_choice(parsed.kind, generated, parsed.return_decoding, chunk=True, first=first)],
-    }
-
-
-def usage_chunk_body(parsed: ParsedRequest, *, request_id: str, model_name: str, created: int,
-                     prompt_tokens: int, completion_tokens: int) -> dict:
-    """The last streamed chunk when ``stream_options.include_usage`` is set: no choices, the usage."""
-    return {
-        "id": request_id,
-        "object": "chat.completion.chunk" if parsed.kind == "chat" else "text_completion",
-        "created": created,
-        "model": model_name,
-        "choices": [],
-        "usage": usage(prompt_tokens, completion_tokens),
-    }
-
-
-def models_body(model_name: str, created: int = 0) -> dict:
-    """``GET /v1/models``: the one model served.
-
-    Example:
-        >>> models_body("m")["data"][0]["id"]
-        'm'
-    """
-    return {"object": "list", "data": [model_body(model_name, created)]}
-
-
-def model_body(model_name: str, created: int = 0) -> dict:
-    """``GET /v1/models/{id}``."""
-    return {"id": model_name, "object": "model", "created": created, "owned_by": "autodeco"}
-
-
-def to_json(body: dict) -> bytes:
-    """A response body as strict JSON in UTF-8: the one place answers are encoded, so none carries NaN or Infinity
-    (Python's ``json`` writes both, and strict parsers such as JavaScript's ``JSON.parse`` refuse them).
-
-    Raises:
-        ApiError: (a 500) a value JSON cannot hold, e.g. a temperature that overflowed.
-
-    Example:
-        >>> to_json({"T": [0.5]})
-        b'{"T": [0.5]}'
-        >>> to_json({"T": [float("inf")]})
-        Traceback (most recent call last):
-        ...
-        autodeco.serving.openai_api.ApiError: the answer holds a number JSON cannot carry (NaN or infinity); this is a bug in the engine or the heads, please report it with the request
-    """
-    try:
-        text = json.dumps(body, ensure_ascii=False, allow_nan=False)
-    except ValueError:
-        raise ApiError("the answer holds a number JSON cannot carry (NaN or infinity); this is a bug in "
-                       "the engine or the heads, please report it with the request", status=500, type="server_error",
-                       code="non_finite_value") from None
-    return text.encode("utf-8", "backslashreplace")  # a lone surrogate becomes its JSON escape, \\ud800
-
-
-def server_sent_event(data: dict | str) -> bytes:
-    """One server-sent event: ``data: <json>`` and a blank line (``data: [DONE]`` for the string ``[DONE]``).
-
-    Raises:
-        ApiError: as :func:`to_json`.
-
-    Example:
-        >>> server_sent_event({"a": 1})
-        b'data: {"a": 1}\\n\\n'
-    """
-    payload = data.encode("utf-8") if isinstance(data, str) else to_json(data)
-    return b"data: " + payload + b"\n\n"
 
 
 # ------------------------------------------------------------------------------------------ request gates

@@ -31,7 +31,8 @@ from urllib.parse import urlsplit
 
 from autodeco.engines.base import Engine
 from autodeco.serving.app import ROUTES, OpenAIApp, Reply
-from autodeco.serving.openai_api import ApiError, check_api_key, check_content_type, error_body, to_json
+from autodeco.serving.openai_api import ApiError, check_api_key, check_content_type, error_body
+from autodeco.serving.responses import to_json
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 """Largest request body accepted (a larger one gets a 413)."""

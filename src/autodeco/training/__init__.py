@@ -1,8 +1,14 @@
 """Training the heads: verified trajectories -> tokenized examples -> the recipe -> heads checkpoint.
 
-- ``config``: :class:`TrainConfig`, its presets (``quick`` and ``paper``) and their choices.
-- ``data``: reading and validating trajectory JSONL, completion-only labels, batches, data order.
-- ``recipe``: :func:`train_heads`: the loss step, the loop, model loading and placement.
+- ``config``: :class:`TrainConfig` (with its nested :class:`ControlConfig`), its presets (``quick`` and
+  ``paper``) and their choices.
+- ``data``: the training set, decoding-control partners, data order and the recipe's random draws
+  (reading and tokenizing trajectories are shared with evaluation: :mod:`autodeco.data`).
+- ``recipe``: :func:`train_heads`: setup -> train -> save, the loop and the optimizer step.
+- ``loss_step``: one micro-batch's named loss terms, their gradients and statistics.
+- ``control_losses``: decoding control's ranking loss and anchor loss.
+- ``control``: which examples get a commanded copy, and which command.
+- ``distributed``: ``accelerate`` processes and DeepSpeed ZeRO-3 for the frozen base.
 - ``state``: the output folder: settings record, resumable checkpoints, final heads.
 - ``curve``: the training log (``log.jsonl``) and its plot (``training_curve.png``).
 
@@ -13,21 +19,17 @@ Held-out evaluation of trained heads lives with the rest of evaluation, in
 
 __all__ = [
     "PRESETS",
-    "DataReport",
+    "ControlConfig",
     "TrainConfig",
     "TrainResult",
-    "TrainingDataError",
-    "TrainingExample",
     "build_training_set",
     "train_heads",
 ]
 
 _LAZY = {
     "PRESETS": "autodeco.training.config",
+    "ControlConfig": "autodeco.training.config",
     "TrainConfig": "autodeco.training.config",
-    "DataReport": "autodeco.training.data",
-    "TrainingDataError": "autodeco.training.data",
-    "TrainingExample": "autodeco.training.data",
     "build_training_set": "autodeco.training.data",
     "TrainResult": "autodeco.training.recipe",
     "train_heads": "autodeco.training.recipe",

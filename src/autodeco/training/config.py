@@ -7,17 +7,13 @@ the ``quick`` preset (sized for a CPU); :meth:`TrainConfig.from_preset` gives th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from typing import Any
 
 from autodeco.core import defaults
-
-BAD_LINE_CHOICES = ("stop", "skip")
-"""What to do with a malformed line: stop with an error naming it, or skip it and count it."""
-
-OVERLONG_CHOICES = ("truncate", "skip")
-"""What to do with a trajectory longer than ``max_length``: cut its completion, or leave it out."""
+from autodeco.data.trajectories import BAD_LINE_CHOICES, OVERLONG_CHOICES
 
 MODES = ("joint", "temperature", "top-p")
 """Which heads train: both (the paper's default), or one alone (the other stays as it is and is disabled)."""
@@ -87,6 +83,156 @@ warmup; this preset keeps the learning rate constant."""
 PRESETS = {"quick": QUICK_PRESET, "paper": PAPER_PRESET}
 
 
+CONTROL_PREFIX = "control_"
+"""How a :class:`ControlConfig` field is named among the training settings: its flag (``--control-share``), its key
+in a run's recorded settings and in configs written before the fields were nested (``control_share``)."""
+
+
+@dataclasses.dataclass
+class ControlConfig:
+    """Decoding control (PAPER.md section 7): commanded copies of training examples and the losses that pair them.
+
+    Each field ``name`` is the flag ``--control-<name>`` of ``autodeco train`` and the key ``control_<name>`` of a
+    run's recorded settings; errors name that key. Off unless ``share`` is above 0.
+    """
+
+    share: float = 0.0
+    """Share of training examples, in [0, 1], paired with a copy whose prompt ends with a low- or high-diversity
+    command; 0 turns decoding control off."""
+
+    margin: float = defaults.CONTROL_MARGIN
+    """How far (>= 0) the commanded answer's mean T and P must sit below (low) or above (high) the same answer's
+    means without the command before the ranking loss is zero."""
+
+    weight: float = 1.0
+    """Weight (>= 0) of the ranking loss (mean over pairs) added to the paper's losses."""
+
+    heads: str = "joint"
+    """Which predictions the ranking loss orders: ``joint`` (T and P), ``temperature`` or ``top-p``."""
+
+    top_p_scale: str = "logit"
+    """Rank P's mean on the ``logit`` scale (log(P / (1 - P)); its gradient does not vanish when the top-p head
+    saturates near P = 1, as it does on the embedded model), as the ``probability`` itself (what control-eval
+    measures; its gradient vanishes where the head saturates), or ``bounded``: gaps, margins and the anchor's
+    distances in probability units, each pair's margin capped at a share (``top_p_room``) of the room its command
+    has left (the plain mean P for a low command, 1 minus it for a high one, so every margin can be met), and the
+    gradient passed to the head's logit as if P were the logit (straight through the sigmoid), so a saturated head
+    still moves."""
+
+    pairing: str = "one"
+    """A paired example gets ``one`` commanded copy (low or high at random) or ``both`` (a low and a high one, in the
+    same micro-batch, so that what the ranking loss asks of the two copies pulls opposite ways wherever the heads
+    cannot tell the commands apart; three rows per example instead of two). On the embedded model it did not stop
+    the plain prompts' values from drifting (see the control checkpoint's model card)."""
+
+    top_p_margin: float | None = None
+    """The margin (>= 0) of the top-p part, in ``top_p_scale`` units; None: ``margin``."""
+
+    top_p_room: float = 0.5
+    """On the ``bounded`` P scale: the share, in (0, 1], of the room a command has left (P for a low command,
+    1 - P for a high one) that a pair's margin may ask for; 0.5 halves the distance to 0 or 1 at most."""
+
+    temperature_scale: str = "linear"
+    """Rank T's mean as it is (``linear``) or its ``log``, where the margin is a ratio: margin 0.5 asks a
+    low-diversity command for at most exp(-0.5) = 0.61 times the plain mean T and a high one for 1.65 times."""
+
+    phrasings: str | None = None
+    """JSON file of command phrasings (``low``/``high``, each with ``train`` and ``eval`` lists); None: the
+    built-in list. Training uses only the ``train`` lists."""
+
+    anchor: str | None = None
+    """Heads (a folder or ``shipped:<name>``, on the same base) whose per-token T and P on the plain rows the
+    trained heads are pulled towards, so that commands change the values but prompts without one keep the
+    anchor's; None: no anchor. Starting from the same heads (``heads`` of the training settings) is the natural
+    pairing."""
+
+    anchor_weight: float = 1.0
+    """Weight (>= 0) of the anchor loss, the plain rows' mean squared distance to the anchor's predictions (T on
+    ``temperature_scale``, P on ``top_p_scale``), averaged over plain rows."""
+
+    def __post_init__(self):
+        if not 0.0 <= self.share <= 1.0:
+            raise ValueError(f"control_share must be a share in [0, 1] (0 turns decoding control off), got {self.share}")
+        _check_non_negative("control_margin", self.margin)
+        _check_non_negative("control_weight", self.weight)
+        _check_choice("control_heads", self.heads, MODES)
+        _check_choice("control_top_p_scale", self.top_p_scale, CONTROL_TOP_P_SCALES)
+        _check_choice("control_temperature_scale", self.temperature_scale, CONTROL_TEMPERATURE_SCALES)
+        _check_choice("control_pairing", self.pairing, CONTROL_PAIRINGS)
+        if self.top_p_margin is not None and not (math.isfinite(self.top_p_margin) and self.top_p_margin >= 0):
+            raise ValueError(
+                f"control_top_p_margin must be a finite number >= 0 (or None: control_margin), got {self.top_p_margin}"
+            )
+        if not 0.0 < self.top_p_room <= 1.0:
+            raise ValueError(f"control_top_p_room must be a share in (0, 1], got {self.top_p_room}")
+        _check_non_negative("control_anchor_weight", self.anchor_weight)
+        if not self.enabled and self.anchor is not None:
+            raise ValueError(
+                f"control_anchor {self.anchor!r} keeps the plain prompts' values while decoding control "
+                "trains, but decoding control is off; pass --control-share above 0, or leave --control-anchor out"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether decoding-control pairs are trained (a positive share)."""
+        return self.share > 0
+
+    @property
+    def margins(self) -> dict[str, float]:
+        """The ranking loss's margin of each prediction, ``{"temperature": ..., "top-p": ...}``, on its own scale."""
+        top_p = self.margin if self.top_p_margin is None else self.top_p_margin
+        return {"temperature": self.margin, "top-p": top_p}
+
+    def flat(self) -> dict[str, Any]:
+        """The settings under their flat keys, as runs record them.
+
+        Example:
+            >>> ControlConfig(share=0.5).flat()["control_share"]
+            0.5
+        """
+        return {CONTROL_PREFIX + name: value for name, value in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_flat(cls, settings: dict[str, Any], base: ControlConfig | None = None) -> ControlConfig:
+        """A config from flat ``control_*`` keys (flags, or configs written before the fields were nested) over ``base``.
+
+        Raises:
+            TypeError: a key names no decoding-control setting.
+
+        Example:
+            >>> ControlConfig.from_flat({"control_share": 0.3, "control_pairing": "both"}).pairing
+            'both'
+        """
+        names = {field.name for field in dataclasses.fields(cls)}
+        values = {}
+        for key, value in settings.items():
+            name = key.removeprefix(CONTROL_PREFIX)
+            if name not in names:
+                raise TypeError(f"{key!r} is no decoding-control setting; use one of {sorted(CONTROL_PREFIX + n for n in names)}")
+            values[name] = value
+        return dataclasses.replace(base, **values) if base is not None else cls(**values)
+
+
+def _accepts_flat_control_keys(config_class):
+    """Let ``config_class(control_share=0.3, ...)`` mean ``config_class(control=ControlConfig(share=0.3), ...)``.
+
+    The ``--control-*`` flags and configs written before the control settings were nested give flat keys;
+    they are gathered into the nested :class:`ControlConfig` (over ``control`` when that is given too).
+    """
+    generated = config_class.__init__
+
+    @functools.wraps(generated)
+    def __init__(self, *args, **settings):
+        flat = {key: settings.pop(key) for key in list(settings) if key.startswith(CONTROL_PREFIX)}
+        if flat:
+            settings["control"] = ControlConfig.from_flat(flat, settings.get("control"))
+        generated(self, *args, **settings)
+
+    config_class.__init__ = __init__
+    return config_class
+
+
+@_accepts_flat_control_keys
 @dataclasses.dataclass
 class TrainConfig:
     """How to train the heads. Defaults are the ``quick`` preset; :meth:`from_preset` gives ``paper``."""
@@ -170,58 +316,9 @@ class TrainConfig:
     overlong: str = "truncate"
     """A trajectory longer than ``max_length``: ``truncate`` its completion, or ``skip`` it (counted)."""
 
-    control_share: float = 0.0
-    """Decoding control (PAPER.md section 7): share of training examples, in [0, 1], paired with a copy whose
-    prompt ends with a low- or high-diversity command; 0 turns the option off."""
-
-    control_margin: float = defaults.CONTROL_MARGIN
-    """Decoding control: how far (>= 0) the commanded answer's mean T and P must sit below (low) or above (high)
-    the same answer's means without the command before the ranking loss is zero."""
-
-    control_weight: float = 1.0
-    """Decoding control: weight (>= 0) of the ranking loss (mean over pairs) added to the paper's losses."""
-
-    control_heads: str = "joint"
-    """Decoding control: which predictions the ranking loss orders: ``joint`` (T and P), ``temperature`` or ``top-p``."""
-
-    control_top_p_scale: str = "logit"
-    """Decoding control: rank P's mean on the ``logit`` scale (log(P / (1 - P)); its gradient does not vanish when
-    the top-p head saturates near P = 1, as it does on the embedded model), as the ``probability`` itself (what
-    control-eval measures; its gradient vanishes where the head saturates), or ``bounded``: gaps, margins and the
-    anchor's distances in probability units, each pair's margin capped at a share (``control_top_p_room``) of the
-    room its command has left (the plain mean P for a low command, 1 minus it for a high one, so every margin can be
-    met), and the gradient passed to the head's logit as if P were the logit (straight through the sigmoid), so a
-    saturated head still moves."""
-
-    control_pairing: str = "one"
-    """Decoding control: a paired example gets ``one`` commanded copy (low or high at random) or ``both`` (a low and a
-    high one, in the same micro-batch, so that what the ranking loss asks of the two copies pulls opposite ways wherever
-    the heads cannot tell the commands apart; three rows per example instead of two). On the embedded model it did not
-    stop the plain prompts' values from drifting (see the control checkpoint's model card)."""
-
-    control_top_p_margin: float | None = None
-    """Decoding control: the margin (>= 0) of the top-p part, in ``control_top_p_scale`` units; None: ``control_margin``."""
-
-    control_top_p_room: float = 0.5
-    """Decoding control on the ``bounded`` P scale: the share, in (0, 1], of the room a command has left (P for a
-    low command, 1 - P for a high one) that a pair's margin may ask for; 0.5 halves the distance to 0 or 1 at most."""
-
-    control_temperature_scale: str = "linear"
-    """Decoding control: rank T's mean as it is (``linear``) or its ``log``, where the margin is a ratio: margin 0.5
-    asks a low-diversity command for at most exp(-0.5) = 0.61 times the plain mean T and a high one for 1.65 times."""
-
-    control_phrasings: str | None = None
-    """Decoding control: JSON file of command phrasings (``low``/``high``, each with ``train`` and ``eval`` lists);
-    None: the built-in list. Training uses only the ``train`` lists."""
-
-    control_anchor: str | None = None
-    """Decoding control: heads (a folder or ``shipped:<name>``, on the same base) whose per-token T and P on the
-    plain rows the trained heads are pulled towards, so that commands change the values but prompts without one keep
-    the anchor's; None: no anchor. Starting from the same heads (``heads``) is the natural pairing."""
-
-    control_anchor_weight: float = 1.0
-    """Decoding control: weight (>= 0) of the anchor loss, the plain rows' mean squared distance to the anchor's
-    predictions (T on ``control_temperature_scale``, P on ``control_top_p_scale``), averaged over plain rows."""
+    control: ControlConfig = dataclasses.field(default_factory=ControlConfig)
+    """Decoding control (PAPER.md section 7): train the heads to follow low- and high-diversity commands appended to
+    the prompt; off unless ``--control-share`` is above 0."""
 
     def __post_init__(self):
         self.data = [str(path) for path in ([self.data] if isinstance(self.data, (str, os.PathLike)) else self.data)]
@@ -257,55 +354,32 @@ class TrainConfig:
         self._check_control()
 
     def _check_control(self) -> None:
-        if not 0.0 <= self.control_share <= 1.0:
-            raise ValueError(f"control_share must be a share in [0, 1] (0 turns decoding control off), got {self.control_share}")
-        if not (math.isfinite(self.control_margin) and self.control_margin >= 0):
-            raise ValueError(f"control_margin must be a finite number >= 0, got {self.control_margin}")
-        if not (math.isfinite(self.control_weight) and self.control_weight >= 0):
-            raise ValueError(f"control_weight must be a finite number >= 0, got {self.control_weight}")
-        _check_choice("control_heads", self.control_heads, MODES)
-        _check_choice("control_top_p_scale", self.control_top_p_scale, CONTROL_TOP_P_SCALES)
-        _check_choice("control_temperature_scale", self.control_temperature_scale, CONTROL_TEMPERATURE_SCALES)
-        _check_choice("control_pairing", self.control_pairing, CONTROL_PAIRINGS)
-        if self.control_top_p_margin is not None and not (
-            math.isfinite(self.control_top_p_margin) and self.control_top_p_margin >= 0
-        ):
-            raise ValueError(
-                f"control_top_p_margin must be a finite number >= 0 (or None: control_margin), got {self.control_top_p_margin}"
-            )
-        if not 0.0 < self.control_top_p_room <= 1.0:
-            raise ValueError(f"control_top_p_room must be a share in (0, 1], got {self.control_top_p_room}")
-        if not (math.isfinite(self.control_anchor_weight) and self.control_anchor_weight >= 0):
-            raise ValueError(f"control_anchor_weight must be a finite number >= 0, got {self.control_anchor_weight}")
-        if not self.control_enabled:
-            if self.control_anchor is not None:
-                raise ValueError(
-                    f"control_anchor {self.control_anchor!r} keeps the plain prompts' values while decoding control "
-                    "trains, but decoding control is off; pass --control-share above 0, or leave --control-anchor out"
-                )
+        """What decoding control asks of the rest of the settings; then its phrasing file, before any model loads."""
+        if not isinstance(self.control, ControlConfig):
+            raise ValueError(f"control must be a ControlConfig, got {type(self.control).__name__}")
+        if not self.control.enabled:
             return
         trained = {"joint": {"temperature", "top-p"}, "temperature": {"temperature"}, "top-p": {"top-p"}}[self.mode]
-        for head in sorted(set(CONTROL_TARGETS[self.control_heads]) - trained):
+        for head in sorted(set(CONTROL_TARGETS[self.control.heads]) - trained):
             other = "top-p" if head == "temperature" else "temperature"
             raise ValueError(
-                f"control_heads {self.control_heads!r} ranks the {head} predictions, but mode {self.mode!r} disables the "
+                f"control_heads {self.control.heads!r} ranks the {head} predictions, but mode {self.mode!r} disables the "
                 f"{head} head; pass --control-heads {other} (rank only the trained head's predictions), "
                 "use --mode joint, or turn decoding control off with --control-share 0"
             )
-        from autodeco.training.control import load_phrasings
+        from autodeco.data.phrasings import load_phrasings
 
-        load_phrasings(self.control_phrasings)  # an empty or malformed file fails here, before any model loads
-
-    @property
-    def control_margins(self) -> dict[str, float]:
-        """The ranking loss's margin of each prediction, ``{"temperature": ..., "top-p": ...}``, on its own scale."""
-        top_p = self.control_margin if self.control_top_p_margin is None else self.control_top_p_margin
-        return {"temperature": self.control_margin, "top-p": top_p}
+        load_phrasings(self.control.phrasings)  # an empty or malformed file fails here, before any model loads
 
     @property
     def control_enabled(self) -> bool:
-        """Whether decoding-control pairs are trained (a positive share)."""
-        return self.control_share > 0
+        """Whether decoding-control pairs are trained (a positive ``control.share``)."""
+        return self.control.enabled
+
+    @property
+    def control_margins(self) -> dict[str, float]:
+        """The ranking loss's margin of each prediction (``control.margins``), ``{"temperature": ..., "top-p": ...}``."""
+        return self.control.margins
 
     @classmethod
     def from_preset(cls, name: str, **settings) -> TrainConfig:
@@ -338,3 +412,8 @@ class TrainConfig:
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def _check_non_negative(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")

@@ -1,286 +1,24 @@
-"""Training data: verified trajectories (JSONL) -> token ids with completion-only labels -> batches.
+"""Training data: trajectory files -> tokenized training examples -> batches in a seeded order.
 
-Each line of a training file is one trajectory written by ``autodeco sample``::
-
-    {"problem_id": "...", "prompt": "...", "completion": "...", "answer": "...", ...}
-
-Only ``prompt`` (the user message, chat template not applied) and ``completion`` (the model's
-answer, special tokens stripped) are needed. A trajectory becomes
-
-    input_ids = tokens(chat_template(prompt)) + tokens(completion) + [EOS]
-    labels    = [-100] * len(prompt tokens)   + tokens(completion) + [EOS]
-
-so the loss is on the completion and its end only (PAPER.md section 3: completion-only loss).
+Reading and tokenizing are shared with evaluation and live in :mod:`autodeco.data`; this module
+holds what only training needs: the training set with its length policy, the decoding-control
+partners of each example, and the order and randomness of the recipe.
 
 Shapes: ``B`` batch, ``L`` padded length.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import os
-from pathlib import Path
 
 import torch
 
-from autodeco.common.jsonl import BYTE_ORDER_MARK, describe_json_error
 from autodeco.common.seeds import derived_seed
-from autodeco.core.losses import IGNORE_INDEX
-from autodeco.training.config import BAD_LINE_CHOICES, OVERLONG_CHOICES  # noqa: F401  (re-exported)
-from autodeco.training.control import ControlChoice, ControlPhrasings, append_command, control_choices
-
-REQUIRED_FIELDS = ("prompt", "completion")
-"""Fields every line must hold, as non-empty strings."""
-
-MAX_REPORTED_BAD_LINES = 10
-"""How many skipped lines :meth:`DataReport.summary` names one by one."""
-
-
-class TrainingDataError(ValueError):
-    """A training file is missing or malformed, or nothing is left to train on."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Trajectory:
-    """One prompt/completion pair and where it was read."""
-
-    prompt: str
-    completion: str
-    location: str
-    """``file:line`` (1-based) of the JSONL line it came from."""
-    problem_id: str | None = None
-
-
-@dataclasses.dataclass
-class TrainingExample:
-    """One tokenized trajectory.
-
-    Attributes:
-        input_ids: ``(L,)`` prompt, completion and EOS token ids.
-        labels: ``(L,)`` the same ids, -100 on the prompt.
-        location: ``file:line`` of the source line.
-        prompt: the user message (chat template not applied), when known.
-    """
-
-    input_ids: torch.Tensor
-    labels: torch.Tensor
-    location: str = ""
-    prompt: str | None = None
-    """The user message it was built from (decoding-control pairs append a command to it)."""
-
-    @property
-    def num_labelled(self) -> int:
-        """Number of tokens the loss is computed on (completion + EOS)."""
-        return int((self.labels != IGNORE_INDEX).sum())
-
-
-@dataclasses.dataclass
-class DataReport:
-    """What reading and tokenizing the training files kept and left out."""
-
-    lines: int = 0
-    """Non-empty lines read."""
-    bad_lines: list[str] = dataclasses.field(default_factory=list)
-    """``file:line: reason`` of every malformed line skipped (``on_bad_line="skip"``)."""
-    truncated: int = 0
-    """Trajectories whose completion was cut to fit ``max_length``."""
-    skipped_overlong: int = 0
-    """Trajectories left out because they did not fit ``max_length``."""
-    examples: int = 0
-    """Trajectories kept for training."""
-
-    def summary(self) -> str:
-        """One line for the log, naming the first few skipped lines.
-
-        Example:
-            >>> DataReport(lines=3, examples=2, truncated=1, bad_lines=["a.jsonl:2: not JSON"]).summary()
-            '2 of 3 trajectories kept; 1 malformed line skipped (a.jsonl:2: not JSON); 1 truncated to max_length'
-        """
-        parts = [f"{self.examples} of {self.lines} trajectories kept"]
-        if self.bad_lines:
-            shown = "; ".join(self.bad_lines[:MAX_REPORTED_BAD_LINES])
-            more = f"; and {len(self.bad_lines) - MAX_REPORTED_BAD_LINES} more" if len(self.bad_lines) > MAX_REPORTED_BAD_LINES else ""
-            plural = "s" if len(self.bad_lines) > 1 else ""
-            parts.append(f"{len(self.bad_lines)} malformed line{plural} skipped ({shown}{more})")
-        if self.truncated:
-            parts.append(f"{self.truncated} truncated to max_length")
-        if self.skipped_overlong:
-            parts.append(f"{self.skipped_overlong} longer than max_length skipped")
-        return "; ".join(parts)
-
-
-# ------------------------------------------------------------------------------------------ reading
-
-
-def read_trajectories(
-    paths: list[str | os.PathLike], *, on_bad_line: str = "stop", report: DataReport | None = None,
-    what: str = "training file",
-) -> list[Trajectory]:
-    """Read and validate trajectory JSONL files.
-
-    Args:
-        paths: JSONL files, read in order.
-        on_bad_line: ``"stop"``: raise on the first malformed line; ``"skip"``: leave it out and
-            record it in ``report.bad_lines``.
-        report: filled with counts (a new one is made when None).
-        what: what the files are, for messages (``"training file"``, ``"--meanshift-data file"``).
-
-    Returns:
-        The valid trajectories, in file order.
-
-    Raises:
-        TrainingDataError: a missing file, or (with ``on_bad_line="stop"``) a malformed line,
-            naming ``file:line``.
-
-    Example:
-        >>> import tempfile
-        >>> path = Path(tempfile.mkdtemp()) / "train.jsonl"
-        >>> _ = path.write_text('{"prompt": "1+1?", "completion": "2"}\\n')
-        >>> read_trajectories([path])[0].completion
-        '2'
-    """
-    if on_bad_line not in BAD_LINE_CHOICES:
-        raise ValueError(f"on_bad_line must be one of {BAD_LINE_CHOICES}, got {on_bad_line!r}")
-    report = report if report is not None else DataReport()
-    trajectories = []
-    for path in _existing_files(paths, what):
-        with open(path, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                location = f"{path}:{number}"
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as error:
-                    raise TrainingDataError(
-                        f"{what} {location}: not UTF-8 text (byte 0x{raw[error.start]:02x}); is it a JSONL file "
-                        "written by `autodeco sample`? Pass that file, or convert it to UTF-8"
-                    ) from None
-                if not line.strip():
-                    continue
-                report.lines += 1
-                try:
-                    trajectories.append(parse_trajectory(line, location))
-                except TrainingDataError as error:
-                    if on_bad_line == "stop":
-                        raise TrainingDataError(
-                            f"{error}; fix or delete that line, or pass --on-bad-line skip to leave such lines out"
-                        ) from None
-                    report.bad_lines.append(str(error))
-    return trajectories
-
-
-def parse_trajectory(line: str, location: str) -> Trajectory:
-    """One JSONL line -> :class:`Trajectory`, or :class:`TrainingDataError` saying what is wrong.
-
-    Example:
-        >>> parse_trajectory('{"prompt": "Hi", "completion": "Hello"}', "t.jsonl:1").prompt
-        'Hi'
-    """
-    try:
-        record = json.loads(line.removeprefix(BYTE_ORDER_MARK))
-    except (ValueError, RecursionError) as error:
-        raise TrainingDataError(f"{location}: {describe_json_error(error, with_line=False)}") from None
-    if not isinstance(record, dict):
-        raise TrainingDataError(f"{location}: expected a JSON object, got {type(record).__name__}")
-    for field in REQUIRED_FIELDS:
-        value = record.get(field)
-        if not isinstance(value, str) or not value.strip():
-            found = "missing" if field not in record else f"{value!r}"
-            raise TrainingDataError(f"{location}: field {field!r} must be a non-empty string, got {found}")
-    problem_id = record.get("problem_id")
-    return Trajectory(record["prompt"], record["completion"], location, None if problem_id is None else str(problem_id))
-
-
-def _existing_files(paths: list[str | os.PathLike], what: str = "training file") -> list[Path]:
-    if not paths:
-        raise TrainingDataError(f"no {what} given; pass one or more JSONL files written by `autodeco sample`")
-    files = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            raise TrainingDataError(f"{what} {str(path)!r} is a folder; pass the JSONL file(s) inside it")
-        if not path.is_file():
-            raise TrainingDataError(f"{what} {str(path)!r} does not exist")
-        files.append(path)
-    return files
-
-
-def data_fingerprint(paths: list[str | os.PathLike]) -> str:
-    """SHA-256 over the bytes of the training files, in order: tells whether the data changed.
-
-    Example:
-        >>> import tempfile
-        >>> path = Path(tempfile.mkdtemp()) / "t.jsonl"
-        >>> _ = path.write_text("")
-        >>> data_fingerprint([path])[:12]
-        'e3b0c44298fc'
-    """
-    digest = hashlib.sha256()
-    for path in _existing_files(paths):
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-# --------------------------------------------------------------------------------------- tokenizing
-
-
-def tokenize_trajectory(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
-    """Token ids of the chat-rendered prompt and of the completion followed by EOS.
-
-    The prompt is rendered with the tokenizer's chat template (generation prompt included) and
-    tokenized without extra special tokens when a template applies (the template writes them);
-    the completion is tokenized on its own, without special tokens, and EOS is appended.
-
-    Returns:
-        ``(prompt_ids, completion_ids)``; the completion ids end with ``tokenizer.eos_token_id``.
-
-    Raises:
-        TrainingDataError: when the tokenizer has no EOS token.
-    """
-    if tokenizer.eos_token_id is None:
-        raise TrainingDataError("the tokenizer has no eos_token; the trajectories' end cannot be marked")
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return tokenize_prompt(tokenizer, prompt), list(completion_ids)
-
-
-def tokenize_prompt(tokenizer, prompt: str) -> list[int]:
-    """Token ids of the chat-rendered prompt (generation prompt included), as :func:`tokenize_trajectory` makes them."""
-    from autodeco.sampling.inference import render_prompt
-
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    rendered = render_prompt(tokenizer, prompt)
-    return list(tokenizer(rendered, add_special_tokens=not has_template)["input_ids"])
-
-
-def fit_to_length(
-    prompt_ids: list[int], completion_ids: list[int], max_length: int, overlong: str = "truncate"
-) -> tuple[list[int], list[int]] | None:
-    """Apply the length limit: keep the whole prompt and cut the completion, or give up.
-
-    Args:
-        prompt_ids, completion_ids: from :func:`tokenize_trajectory`.
-        max_length: most tokens in the sequence.
-        overlong: ``"truncate"`` cuts the completion (dropping EOS too); ``"skip"`` returns None.
-
-    Returns:
-        ``(input_ids, labels)``, or None when the sequence must be left out: it is too long and
-        ``overlong="skip"``, or not even the prompt plus one completion token fits.
-
-    Example:
-        >>> fit_to_length([5, 6], [7, 8, 2], max_length=4)
-        ([5, 6, 7, 8], [-100, -100, 7, 8])
-        >>> fit_to_length([5, 6, 7, 8], [9, 2], max_length=4) is None
-        True
-    """
-    if overlong not in OVERLONG_CHOICES:
-        raise ValueError(f"overlong must be one of {OVERLONG_CHOICES}, got {overlong!r}")
-    if len(prompt_ids) + len(completion_ids) > max_length:
-        if overlong == "skip" or len(prompt_ids) + 1 > max_length:
-            return None
-        completion_ids = completion_ids[: max_length - len(prompt_ids)]
-    return prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids
+from autodeco.core.defaults import IGNORE_INDEX
+from autodeco.data.phrasings import ControlPhrasings, append_command
+from autodeco.data.tokens import TrainingExample, fit_to_length, tokenize_prompt, tokenize_trajectory
+from autodeco.data.trajectories import DataReport, TrainingDataError, read_trajectories
+from autodeco.training.control import ControlChoice, control_choices
 
 
 def build_training_set(
@@ -341,7 +79,7 @@ class CommandedExamples:
     ``max_length``. Tokenized partners are cached per (example, phrasing).
 
     Example:
-        >>> from autodeco.training.control import load_phrasings
+        >>> from autodeco.data.phrasings import load_phrasings
         >>> pairs = CommandedExamples(None, [], load_phrasings(), share=0.0, seed=0, max_length=64)
         >>> pairs(0, 0)  # share 0: never paired (no example or tokenizer is touched)
         []
@@ -384,39 +122,6 @@ def commanded_example(tokenizer, example: TrainingExample, command: str, max_len
     if fitted is None:
         return None
     return TrainingExample(torch.tensor(fitted[0]), torch.tensor(fitted[1]), example.location, append_command(example.prompt, command))
-
-
-# ------------------------------------------------------------------------------------------ batches
-
-
-def collate(examples: list[TrainingExample], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad examples into one batch.
-
-    Returns:
-        ``input_ids`` ``(B, L)`` (``pad_token_id`` after the end), ``attention_mask`` ``(B, L)``,
-        ``labels`` ``(B, L)`` (-100 after the end).
-
-    Example:
-        >>> batch = collate([TrainingExample(torch.tensor([4, 5, 2]), torch.tensor([-100, 5, 2])),
-        ...                  TrainingExample(torch.tensor([4, 2]), torch.tensor([-100, 2]))], pad_token_id=0)
-        >>> batch["input_ids"].tolist(), batch["labels"][1].tolist()
-        ([[4, 5, 2], [4, 2, 0]], [-100, 2, -100])
-    """
-    width = max(example.input_ids.shape[0] for example in examples)
-    input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)  # (B, L)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)  # (B, L)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)  # (B, L)
-    for row, example in enumerate(examples):
-        length = example.input_ids.shape[0]
-        input_ids[row, :length] = example.input_ids
-        labels[row, :length] = example.labels
-        attention_mask[row, :length] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
-def pad_token_id(tokenizer) -> int:
-    """The id to pad with: the tokenizer's pad token, else its EOS (masked out either way)."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 # ------------------------------------------------------------------------------ order and randomness

@@ -33,10 +33,10 @@ from autodeco.common.fingerprint import model_reference_fingerprint, tensors_fin
 from autodeco.common.folders import BACKUP_TAG, recover_interrupted_swap, staged_folder
 from autodeco.common.jsonl import read_json
 from autodeco.common.runlock import run_lock
+from autodeco.data.trajectories import DataReport, data_fingerprint
 from autodeco.model.base_model import EMBEDDED_MODEL
-from autodeco.training.config import TrainConfig
+from autodeco.training.config import ControlConfig, TrainConfig
 from autodeco.training.curve import CURVE_FILE, LOG_FILE, write_training_curve
-from autodeco.training.data import DataReport, data_fingerprint
 
 CONFIG_FILE = "train_config.json"
 HEADS_DIR = "heads"
@@ -53,12 +53,8 @@ _NOT_AFFECTING_RESULT = {
 split of the global batch (compared as ``global_batch_size``)."""
 
 
-CONTROL_SETTINGS = (
-    "control_share", "control_margin", "control_weight", "control_heads", "control_top_p_scale", "control_phrasings",
-    "control_top_p_margin", "control_top_p_room", "control_temperature_scale", "control_pairing", "control_anchor",
-    "control_anchor_weight",
-)
-"""The decoding-control fields of :class:`TrainConfig`, recorded only when the option is on."""
+CONTROL_SETTINGS = tuple(ControlConfig().flat())
+"""The decoding-control settings under their recorded (flat) keys, recorded only when the option is on."""
 
 # ---------------------------------------------------------------------------------- stored settings
 
@@ -79,6 +75,8 @@ def resolved_base(config: TrainConfig) -> str:
 def run_settings(config: TrainConfig, num_processes: int) -> dict[str, Any]:
     """What ``train_config.json`` records: every setting, the resolved base, the data's fingerprint."""
     settings = dataclasses.asdict(config)
+    del settings["control"]
+    settings.update(config.control.flat())  # flat control_* keys, as recorded before the settings were nested
     base = resolved_base(config)
     settings.update(
         base=base,
@@ -90,14 +88,14 @@ def run_settings(config: TrainConfig, num_processes: int) -> dict[str, Any]:
         global_batch_size=config.global_batch_size(num_processes),
     )
     if config.control_enabled:
-        from autodeco.training.control import load_phrasings
+        from autodeco.data.phrasings import load_phrasings
 
-        phrasings = load_phrasings(config.control_phrasings)
+        phrasings = load_phrasings(config.control.phrasings)
         settings.update(control_phrasings=phrasings.source, control_phrasings_fingerprint=phrasings.fingerprint)
-        if config.control_top_p_scale != "bounded":  # the room is unused: recorded as before it existed
+        if config.control.top_p_scale != "bounded":  # the room is unused: recorded as before it existed
             settings.pop("control_top_p_room")
-        if config.control_anchor is not None:
-            settings["control_anchor_fingerprint"] = _heads_fingerprint(config.control_anchor)
+        if config.control.anchor is not None:
+            settings["control_anchor_fingerprint"] = _heads_fingerprint(config.control.anchor)
         else:  # no anchor: recorded as before the option existed, so older control runs still resume
             settings.pop("control_anchor")
             settings.pop("control_anchor_weight")

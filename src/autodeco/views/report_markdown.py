@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from autodeco.evaluation.methods import HEURISTIC_METHODS
 from autodeco.evaluation.records import AUTODECO
 from autodeco.evaluation.summary import (
     BETTER,
@@ -25,6 +26,7 @@ from autodeco.evaluation.summary import (
     STRICT,
     WORSE,
 )
+from autodeco.sampling.settings import COMPARISON_METHODS, Method
 
 __all__ = ["headline_table", "render_markdown"]
 
@@ -228,8 +230,7 @@ def _critique_sentences(methods: dict[str, dict[str, Any]]) -> list[str]:
                 f"{_format_difference(methods['temperature-head'], star=False)}, minus top-p-head "
                 f"{_format_difference(methods['top-p-head'], star=False)}; neither head alone stands out from the other."
             )
-    heuristics = [method for name, method in methods.items() if method["kind"] not in
-                  ("greedy", "static", "autodeco", "shuffle", "bin-shuffle", "temperature-head", "top-p-head")]
+    heuristics = [method for method in methods.values() if method["kind"] in HEURISTIC_METHODS]
     if heuristics:
         best = max(heuristics, key=lambda method: method["pass_at_1"]["mean"])
         sentences.append(
@@ -335,20 +336,25 @@ def _format_operating_point(method: dict[str, Any], levels: dict[str, Any], orac
         return "per half: " + " / ".join(chosen), "–"
     if method.get("temperature") is not None:
         return f"{method['temperature']:.2f}", f"{method['top_p']:.2f}"
-    parameters = method.get("parameters") or {}
-    temperature = f"{parameters['T']:.2f}" if kind in STATIC_TEMPERATURE_KINDS and "T" in parameters else "dynamic"
-    if kind == "confidence-gated":
+    return _method_operating_point(COMPARISON_METHODS[kind], method.get("parameters") or {})
+
+
+def _method_operating_point(row: Method, parameters: dict[str, float]) -> tuple[str, str]:
+    """The T and P cells of a comparison method, as its row of the methods table says they read.
+
+    Example:
+        >>> from autodeco.sampling.settings import COMPARISON_METHODS
+        >>> _method_operating_point(COMPARISON_METHODS["min-p"], {"T": 0.7, "min_p": 0.1})
+        ('0.70', 'min-p')
+    """
+    temperature = "dynamic"
+    if row.report_temperature == "static" and "T" in parameters:
+        temperature = f"{parameters['T']:.2f}"
+    elif row.report_temperature == "gated":
         temperature = f"0 or {parameters['T']:.2f}"
-    if kind in TRUNCATION_KINDS:
-        return temperature, kind
+    if row.truncation:
+        return temperature, row.kind
     return temperature, f"{parameters['P']:.2f}" if "P" in parameters else "dynamic"
-
-
-STATIC_TEMPERATURE_KINDS = ("min-p", "eta", "top-n-sigma", "top-p-head")
-"""Method kinds that sample at one static temperature (their ``T`` parameter)."""
-
-TRUNCATION_KINDS = ("min-p", "eta", "top-n-sigma")
-"""Method kinds whose support is cut by their own rule instead of a top-p (the P column names the rule)."""
 
 
 def _format_difference(method: dict[str, Any], *, star: bool = True) -> str:
