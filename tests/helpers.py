@@ -65,3 +65,17 @@ def write_lines(path, lines):
 def record(prompt="What is 2 + 3?", completion="2 + 3 = 5", **extra):
     """One trajectory line as `autodeco sample` writes it."""
     return json.dumps({"problem_id": "p", "prompt": prompt, "completion": completion, "answer": "5", **extra})
+
+
+def write_arithmetic(path, count=16, seed=0):
+    """Synthetic verified trajectories: short sums and their worked answers."""
+    generator = torch.Generator().manual_seed(seed)
+    lines = []
+    for index in range(count):
+        a, b = (int(value) for value in torch.randint(1, 60, (2,), generator=generator))
+        lines.append(json.dumps({
+            "problem_id": f"sum-{seed}-{index}", "prompt": f"What is {a} + {b}?",
+            "completion": f"{a} + {b} = {a + b}. The answer is {a + b}.", "answer": str(a + b),
+        }))
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -13,7 +13,14 @@ The data flow, folder by folder (which folder may import which: ``tests/test_lay
 :class:`AutoDecoForCausalLM` and its ``generate()``; ``quickstart`` runs the whole chain.
 
 The model classes are imported on first use, so ``import autodeco.problems.answers`` (say) does not load torch.
+
+``import autodeco`` registers ``model_type: autodeco`` with transformers' ``AutoConfig`` and
+``AutoModelForCausalLM`` without importing either: transformers' Auto modules load torch, which would
+make every ``autodeco --help`` seconds slower, so an import hook registers when transformers loads them
+(:mod:`autodeco.model.auto`).
 """
+
+import importlib as _importlib
 
 __all__ = ["AutoDecoConfig", "AutoDecoForCausalLM", "AutoDecoGenerateOutput", "AutoDecoOutput"]
 __version__ = "0.1.0"
@@ -28,7 +35,9 @@ _LAZY = {
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(_importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'autodeco' has no attribute {name!r}")
+
+
+# Registers with transformers' Auto classes when transformers loads them; imports neither transformers nor torch.
+_importlib.import_module("autodeco.model.auto").register_when_transformers_loads()

@@ -144,7 +144,7 @@ def test_output_under_a_file_is_a_clear_error(command, a_file, tiny_chat_model_d
 
 
 def test_train_output_that_is_a_file_is_a_clear_error(a_file, tmp_path, tiny_chat_model_dir, capsys):
-    from test_train import write_arithmetic
+    from helpers import write_arithmetic
 
     data = write_arithmetic(tmp_path / "t.jsonl", count=4)
     message = refused(capsys, "train", data, "--base", tiny_chat_model_dir, "--output", a_file, "--max-steps", "1",

@@ -3,7 +3,8 @@
 Runs in .venv-vllm (``./bin/test-vllm``); skipped where vLLM is not installed. One small engine is
 shared by the whole session (starting one takes 20-120 s on a loaded 2-core machine): a random Llama
 of hidden size 64 (vLLM's CPU attention needs a head size of 32 or more) with a character-level
-tokenizer, and fresh seeded heads, whose T (about 1) and P (about 0.45) make the nucleus matter.
+tokenizer, and fresh seeded heads, whose T (about 1) and P (about 0.45) make the nucleus matter. The engine
+also serves a second heads set, ``beta`` (other seeded heads), and the plain base, ``plain``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Stack:
     tokenizer: object
     engine: VllmEngine
     folder: object
+    beta: AutoDecoForCausalLM | None = None
 
 
 @pytest.fixture(scope="session")
@@ -67,9 +69,11 @@ def stack(tmp_path_factory):
     build_tiny_llama(folder / "base")
     model = AutoDecoForCausalLM.from_base(str(folder / "base"), seed=0)
     model.save_pretrained(folder / "heads")
-    engine = VllmEngine(export_for_vllm(folder / "heads", folder / "vllm"), dtype="float32", max_model_len=256,
-                        max_num_seqs=256, seed=0)
-    yield Stack(model, engine.tokenizer, engine, folder)
+    beta = AutoDecoForCausalLM.from_base(str(folder / "base"), seed=1)
+    beta.save_pretrained(folder / "beta")
+    exported = export_for_vllm(folder / "heads", folder / "vllm", more_heads={"beta": folder / "beta"})
+    engine = VllmEngine(exported, plain_base_name="plain", dtype="float32", max_model_len=256, max_num_seqs=256, seed=0)
+    yield Stack(model, engine.tokenizer, engine, folder, beta)
     engine.close()
 
 
@@ -78,9 +82,9 @@ def encode(stack, text: str) -> list[int]:
 
 
 @torch.no_grad()
-def teacher_forced(stack, prompt_ids: list[int], generated: list[int], temperature: float, top_p: float):
+def teacher_forced(stack, prompt_ids: list[int], generated: list[int], temperature: float, top_p: float, model=None):
     """The HF model's (T, P) for each generated token, after the user's multipliers."""
-    output = stack.model(torch.tensor([prompt_ids + generated]))
+    output = (model or stack.model)(torch.tensor([prompt_ids + generated]))
     start = len(prompt_ids) - 1
     positions = slice(start, start + len(generated))
     return combine_with_user_values(output.temperature[0, positions], output.top_p[0, positions], temperature, top_p)
@@ -394,6 +398,98 @@ def test_the_openai_server_on_the_vllm_engine_returns_the_values_used(stack):
         assert streamed == pytest.approx(values["temperatures"], abs=1e-6)  # same seed, same tokens and values
         with pytest.raises(openai.BadRequestError, match="top_p"):
             client.completions.create(model=stack.engine.model_name, prompt=prompt, max_tokens=4, top_p=-1.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# ------------------------------------------------------------------------------------ several heads
+
+
+def test_export_carries_every_heads_set(stack):
+    config = json.loads((stack.folder / "vllm" / "config.json").read_text())
+    beta = config["autodeco"]["more_heads"]["beta"]
+    assert beta["source"] == str((stack.folder / "beta").resolve()) and beta["hidden_size"] == 64
+    assert stack.engine.model_names == [stack.engine.model_name, "beta", "plain"]
+
+
+def test_export_refuses_heads_of_another_base(stack, tmp_path):
+    import shutil
+
+    from autodeco.model.checkpoint import CheckpointError
+
+    shutil.copytree(stack.folder / "beta", tmp_path / "other")
+    config = json.loads((tmp_path / "other" / "config.json").read_text())
+    config["base_model_name_or_path"] = "org/another-base"
+    (tmp_path / "other" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="org/another-base"):
+        export_for_vllm(stack.folder / "heads", tmp_path / "out", more_heads={"other": tmp_path / "other"})
+
+
+def _events(stack, model, prompt, seed, **options):
+    request = GenerationRequest(prompt_ids=encode(stack, prompt), max_tokens=8, seed=seed, heads=model, **options)
+    return list(stack.engine.stream(request))
+
+
+def test_rows_of_one_batch_use_their_own_heads_as_alone(stack):
+    """beta's seeded request in a crowd of the default heads, beta and the plain base equals beta's request alone,
+    and its values are the HF model's with beta's heads (what a server of beta alone returns)."""
+    alone = _events(stack, "beta", "hello world", 5, temperature=0.8)
+    crowd, barrier = {}, threading.Barrier(6)
+    names = [stack.engine.model_name, "beta", "plain"] * 2
+
+    def run(index):
+        barrier.wait()
+        prompt, seed = ("hello world", 5) if index == 1 else (PROMPTS[index % len(PROMPTS)], 20 + index)
+        crowd[index] = _events(stack, names[index], prompt, seed, temperature=0.8)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(names))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [event.token_id for event in crowd[1]] == [event.token_id for event in alone]
+    assert [event.temperature for event in crowd[1]] == pytest.approx([event.temperature for event in alone], abs=1e-5)
+    assert [event.top_p for event in crowd[1]] == pytest.approx([event.top_p for event in alone], abs=1e-5)
+    tokens = [event.token_id for event in alone]
+    expected_temperature, expected_top_p = teacher_forced(stack, encode(stack, "hello world"), tokens, 0.8, 1.0,
+                                                          model=stack.beta)
+    torch.testing.assert_close(torch.tensor([event.temperature for event in alone]), expected_temperature,
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.tensor([event.top_p for event in alone]), expected_top_p, atol=1e-4, rtol=1e-4)
+    default_values = teacher_forced(stack, encode(stack, "hello world"), tokens, 0.8, 1.0)[0]
+    assert not torch.allclose(default_values, expected_temperature, atol=1e-3)  # other heads, other values
+    assert all(event.temperature == 0.8 and event.top_p == 1.0 for event in crowd[2])  # the plain base: absolute
+
+
+def test_the_plain_base_samples_the_base_at_absolute_values(stack):
+    prompt_ids = encode(stack, "The cat")
+    events = _events(stack, "plain", "The cat", 0, temperature=0.0)
+    expected = generate_with_base(stack.model.llm, torch.tensor([prompt_ids]), sample=False, max_new_tokens=8,
+                                  eos_token_id=1, pad_token_id=0)
+    assert [event.token_id for event in events] == expected[0, len(prompt_ids):].tolist()
+    with pytest.raises(ValueError, match="absolute"):
+        _events(stack, "plain", "x", 0, top_p=1.5)
+    with pytest.raises(ValueError, match="'beta'"):
+        _events(stack, "gamma", "x", 0)
+
+
+def test_the_openai_server_picks_heads_by_model(stack):
+    openai = pytest.importorskip("openai")
+    from autodeco.serving.server import serve_in_thread
+
+    server = serve_in_thread(stack.engine, port=0)
+    try:
+        client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+        assert [model.id for model in client.models.list().data] == [stack.engine.model_name, "beta", "plain"]
+        answer = client.completions.create(model="beta", prompt="abc", max_tokens=6, temperature=0.5, seed=2,
+                                           extra_body={"autodeco": {"return_decoding": True}})
+        direct = _events(stack, "beta", "abc", 2, temperature=0.5)
+        assert answer.model == "beta"
+        assert answer.choices[0].model_extra["autodeco"]["temperatures"] == pytest.approx(
+            [event.temperature for event in direct][: answer.usage.completion_tokens], abs=1e-6)
+        with pytest.raises(openai.BadRequestError, match="'beta'"):
+            client.completions.create(model="gamma", prompt="abc", max_tokens=2)
     finally:
         server.shutdown()
         server.server_close()

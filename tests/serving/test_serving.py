@@ -282,7 +282,7 @@ def _vllm_imports():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["serve", "a", "b"], "serve takes one heads folder, but got 2: a b"),
+        (["serve", "--model-name", "x", "a", "b"], "--model-name names the one heads checkpoint served; with 2 HEADS"),
         (["serve", "--engine", "tgi"], "--engine must be one of vllm, hf, but is 'tgi'"),
         (["serve", "--port", "70000"], "--port must be between 0 and 65535"),
     ],

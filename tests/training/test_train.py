@@ -17,20 +17,7 @@ from autodeco.training import loss_step, recipe, state
 from autodeco.training.config import TrainConfig
 from autodeco.data.trajectories import TrainingDataError
 from autodeco.training.recipe import learning_rate_at, train_heads
-
-
-def write_arithmetic(path, count=16, seed=0):
-    """Synthetic verified trajectories: short sums and their worked answers."""
-    generator = torch.Generator().manual_seed(seed)
-    lines = []
-    for index in range(count):
-        a, b = (int(value) for value in torch.randint(1, 60, (2,), generator=generator))
-        lines.append(json.dumps({
-            "problem_id": f"sum-{seed}-{index}", "prompt": f"What is {a} + {b}?",
-            "completion": f"{a} + {b} = {a + b}. The answer is {a + b}.", "answer": str(a + b),
-        }))
-    path.write_text("\n".join(lines) + "\n")
-    return path
+from helpers import write_arithmetic
 
 
 @pytest.fixture(scope="module")

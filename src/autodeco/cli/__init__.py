@@ -28,6 +28,7 @@ COMMANDS = {
     "info": checkpoints.info,
     "serve": serve.serve,
     "export-vllm": checkpoints.export_vllm,
+    "export-hub": checkpoints.export_hub,
 }
 
 

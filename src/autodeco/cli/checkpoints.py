@@ -147,3 +147,24 @@ def export_vllm(heads: str, out: str, base: str | None = None):
     path = export_for_vllm(heads, out, base=base)
     say(f"vLLM-ready folder for {heads}: {path}\n  vllm serve {path}    "
           "(a request's temperature multiplies the heads' T; extra_args/vllm_xargs autodeco_top_p multiplies their P)")
+
+
+def export_hub(heads: str, out: str, base: str | None = None, repo_id: str | None = None):
+    """Write a folder to push to the Hub: the heads, a model card and custom_generate/ for plain transformers models.
+
+    With it, a plain base model decodes with the heads: base.generate(**inputs, custom_generate=OUT,
+    trust_remote_code=True) (transformers asks trust_remote_code for a local folder too). The card holds the
+    custom_generate tag, usage, the recipe the heads record and the measured sections of their own card.
+
+    Args:
+        heads: heads-only or merged checkpoint folder (only the heads are exported).
+        out: folder to write (a new or empty folder, or one autodeco wrote: replaced, keeping files you added).
+        base: base model to record instead of the heads' own, e.g. its Hub id when the heads record a local path (not loaded).
+        repo_id: the Hub repo you will push to, for the card's examples (default: your-name/<OUT's name>).
+    """
+    from autodeco.model.hub_export import export_for_hub
+
+    path = export_for_hub(heads, out, base=base, repo_id=repo_id)
+    say(f"Hub-ready folder for {heads}: {path}\n  base.generate(**inputs, custom_generate={str(path)!r}, "
+        "trust_remote_code=True, return_dict_in_generate=True)\n  "
+        f"hf upload {repo_id or 'REPO_ID'} {path}")

@@ -41,15 +41,20 @@ class GenerationRequest:
     max_tokens: int
     """Most tokens to generate (>= 1)."""
     temperature: float = 1.0
-    """Multiplier on the heads' temperature (``T = T_head * temperature``); 0 decodes greedily."""
+    """Multiplier on the heads' temperature (``T = T_head * temperature``); 0 decodes greedily. For the plain base
+    (an engine's ``plain_base_name``), the absolute temperature."""
     top_p: float = 1.0
-    """Multiplier on the heads' top-p (``P = min(1, P_head * top_p)``); > 0, values above 1 allowed."""
+    """Multiplier on the heads' top-p (``P = min(1, P_head * top_p)``); > 0, values above 1 allowed. For the plain
+    base, the absolute top-p (at most 1)."""
     seed: int | None = None
     """Seed of the request's sampling (None: whatever state the engine's generator is in)."""
     stop: list[str] = ()
     """Stop strings: generation ends when the text contains one; the text returned ends before it."""
     request_id: str = ""
     """The caller's id for the request (logging, cancellation)."""
+    heads: str | None = None
+    """Which of the engine's served ids decodes the request (a heads checkpoint, or the plain base: see
+    :mod:`autodeco.engines.heads_sets`); None: the engine's default, its ``model_name``."""
 
     def __post_init__(self):
         self.prompt_ids = [int(token) for token in self.prompt_ids]
@@ -112,7 +117,9 @@ class Engine(Protocol):
     """
 
     model_name: str
-    """The model id served in ``/v1/models`` and checked in each request's ``model``."""
+    """The model id served in ``/v1/models`` and checked in each request's ``model`` (the default one, when
+    the engine serves several heads: then its ``model_names`` lists every id, and a request's ``heads`` picks one;
+    :func:`~autodeco.engines.heads_sets.served_model_names`)."""
     tokenizer: object
     """A Hugging Face tokenizer (chat template, decoding)."""
     max_model_len: int | None

@@ -24,6 +24,11 @@ writes its column in place instead of copying the layer. Without padding the mas
 fast attention path, as ``generate()`` does); under it, a step's attention keeps grouped key/value
 heads grouped (:func:`grouped_sdpa_attention`, the same values as transformers' ``"sdpa"``).
 
+**Several heads** (``HFEngine(..., more_heads=...)``): each row carries the heads its request asked for. A step
+runs the base once on every row, then :func:`~autodeco.core.dynamic.dynamic_step` once per heads present
+(:func:`step_by_heads`: the rows of each heads taken out, stepped, and put back in place); a batch whose rows
+all use one heads steps all of them at once, as before.
+
 **What is exact.** A request alone on the engine runs ``generate()``'s own shapes: its tokens and its
 T and P equal ``AutoDecoForCausalLM.generate`` with the same seed, bitwise. In a crowd, its prefill,
 its first token and its random stream stay its own: the prefill runs alone, and each row draws from
@@ -246,12 +251,56 @@ def draw_tokens(logits: torch.Tensor, warped: torch.Tensor | None, samplings: li
     return tokens
 
 
+def step_by_heads(
+    heads: list, hidden: torch.Tensor, logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, sample: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`~autodeco.core.dynamic.dynamic_step` where row ``i`` uses ``heads[i]``: once per distinct heads, on its rows.
+
+    Args:
+        heads: each row's heads (the same object for rows that share heads).
+        hidden: ``(B, H)``; logits: ``(B, V)``; temperature, top_p: ``(B,)`` the rows' multipliers.
+        sample: return warped logits (else the logits themselves, as ``dynamic_step``).
+
+    Returns:
+        ``(warped (B, V), temperature (B,), top_p (B,))``, each row's from its own heads.
+
+    Example (one heads for every row: one call, exactly ``dynamic_step``):
+        >>> from autodeco.engines.heads_sets import plain_base_heads
+        >>> base = plain_base_heads(4, 3)
+        >>> _, used, _ = step_by_heads([base, base], torch.zeros(2, 4), torch.zeros(2, 3), torch.tensor([0.5, 2.0]),
+        ...                            torch.ones(2), True)
+        >>> used.tolist()
+        [0.5, 2.0]
+    """
+    groups: dict[int, list[int]] = {}
+    for index, row_heads in enumerate(heads):
+        groups.setdefault(id(row_heads), []).append(index)
+    if len(groups) == 1:
+        return dynamic_step(heads[0], hidden, logits, temperature, top_p, sample)
+    warped = logits.new_empty(logits.shape, dtype=torch.float32) if sample else logits  # (B, V)
+    used_temperature = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)  # (B,)
+    used_top_p = torch.empty_like(used_temperature)  # (B,)
+    for indices in groups.values():
+        rows = torch.tensor(indices, device=logits.device)  # (G,)
+        group_warped, group_temperature, group_top_p = dynamic_step(
+            heads[indices[0]], hidden.index_select(0, rows), logits.index_select(0, rows),
+            temperature.index_select(0, rows), top_p.index_select(0, rows), sample,
+        )  # (G, V), (G,), (G,)
+        if sample:
+            warped.index_copy_(0, rows, group_warped.float())
+        used_temperature.index_copy_(0, rows, group_temperature)
+        used_top_p.index_copy_(0, rows, group_top_p)
+    return warped, used_temperature, used_top_p
+
+
 class BatchRow:
     """One request inside the scheduler: its sampling state, its progress, and the queue its tokens go to."""
 
-    def __init__(self, request: GenerationRequest, max_tokens: int, device: torch.device):
+    def __init__(self, request: GenerationRequest, max_tokens: int, device: torch.device, heads=None):
         self.request = request
         self.max_tokens = max_tokens
+        self.heads = heads
+        """The heads deciding this row's T and P (None: the model's own)."""
         self.sampling = RowSampling(request, device)
         self.count = 0  # tokens generated so far
         self.queue: queue.Queue = queue.Queue()
@@ -456,9 +505,10 @@ class BatchScheduler:
 
     # ----------------------------------------------------------------------------- the consumers' side
 
-    def submit(self, request: GenerationRequest, max_tokens: int) -> BatchRow:
-        """Queue ``request`` (at most ``max_tokens`` tokens) for the next step boundary; its row streams its tokens."""
-        row = BatchRow(request, max_tokens, self.model.device)
+    def submit(self, request: GenerationRequest, max_tokens: int, heads=None) -> BatchRow:
+        """Queue ``request`` (at most ``max_tokens`` tokens, decoded with ``heads``, default the model's own) for the
+        next step boundary; its row streams its tokens."""
+        row = BatchRow(request, max_tokens, self.model.device, heads)
         with self._condition:
             if self._closed:
                 raise RuntimeError("the engine is closed (the server is shutting down)")
@@ -585,7 +635,8 @@ class BatchScheduler:
         top_p = torch.tensor([sampling.top_p for sampling in samplings], device=last_logits.device)  # (B,)
         sample = not all(sampling.greedy for sampling in samplings)
         hidden = hidden[:, -1, :]  # (B, H)
-        warped, temperatures, top_ps = dynamic_step(self.model, hidden, last_logits, temperature, top_p, sample)
+        heads = [self.model if row.heads is None else row.heads for row in rows]
+        warped, temperatures, top_ps = step_by_heads(heads, hidden, last_logits, temperature, top_p, sample)
         tokens = draw_tokens(last_logits, warped if sample else None, samplings)
         temperatures, top_ps = temperatures.tolist(), top_ps.tolist()
         for index, (row, token) in enumerate(zip(rows, tokens)):

@@ -14,6 +14,12 @@ A background thread owns the ``LLMEngine``: requests from any thread are queued 
 engine while work is pending (every running request in one batch) and hands each request its
 outputs; closing a :meth:`VllmEngine.stream` early aborts the request.
 
+**Several heads on one base** (``load_engine(heads, more_heads={id: folder}, plain_base=True)``): the exported
+folder carries every heads set (:func:`~autodeco.engines.vllm_export.export_for_vllm`'s ``more_heads``) and the
+model class keeps them all on the device; a request's ``heads`` id goes to it in ``extra_args``
+(``autodeco_heads``), so rows of one batch may use different heads. The plain base is vLLM's own sampling at
+the request's absolute temperature and top-p (``extra_args {"autodeco": false}``), its T and P those values.
+
 Example (needs vLLM; see ``bin/test-vllm``):
     >>> engine = VllmEngine.from_checkpoint("runs/heads")  # doctest: +SKIP
     >>> request = GenerationRequest(prompt_ids=engine.tokenizer.encode("2+2="), max_tokens=8)  # doctest: +SKIP
@@ -24,6 +30,7 @@ Example (needs vLLM; see ``bin/test-vllm``):
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import queue
@@ -34,7 +41,8 @@ from pathlib import Path
 
 from autodeco.core.multipliers import Multipliers
 from autodeco.engines.base import GenerationRequest, TokenEvent
-from autodeco.engines.vllm_models import ENABLE_KEY, RECORD_KEY, TOP_P_KEY, close_record, open_record
+from autodeco.engines.heads_sets import check_plain_base_top_p
+from autodeco.engines.vllm_models import ENABLE_KEY, HEADS_KEY, RECORD_KEY, TOP_P_KEY, close_record, open_record
 
 ENGINE_DEFAULTS = {"enforce_eager": True, "enable_prefix_caching": True, "enable_chunked_prefill": False}
 """Engine arguments used unless given: eager mode (no CUDA-graph/compile warm-up), and no chunked prefill:
@@ -107,10 +115,12 @@ class VllmEngine:
         model: a vLLM-ready folder (:func:`~autodeco.engines.vllm_export.export_for_vllm`) or a plain
             base model folder (rollouts of the base alone).
         model_name: the id served in ``/v1/models`` (default: the folder's name).
+        plain_base_name: also serve the base without heads under this id (absolute temperature and top-p).
         **engine_args: vLLM ``EngineArgs`` (``dtype``, ``max_model_len``, ``seed``, ...) over :data:`ENGINE_DEFAULTS`.
     """
 
-    def __init__(self, model: str | os.PathLike, *, model_name: str | None = None, **engine_args):
+    def __init__(self, model: str | os.PathLike, *, model_name: str | None = None, plain_base_name: str | None = None,
+                 **engine_args):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the worker shares this process: see the module docstring
         from transformers import AutoTokenizer
         from vllm import EngineArgs
@@ -118,6 +128,9 @@ class VllmEngine:
 
         self.model_path = str(Path(model).expanduser().resolve())
         self.model_name = model_name or Path(self.model_path).name
+        self.plain_base_name = plain_base_name
+        self.model_names = _served_names(self.model_path, self.model_name, plain_base_name)
+        """Every id served: ``model_name`` (the folder's own heads), the folder's ``more_heads``, the plain base."""
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         args = EngineArgs(model=self.model_path, **{**ENGINE_DEFAULTS, **engine_args})
         self._engine = LLMEngine.from_engine_args(args)
@@ -131,22 +144,39 @@ class VllmEngine:
 
     @classmethod
     def from_checkpoint(
-        cls, heads: str | os.PathLike, *, base: str | None = None, model_name: str | None = None, **engine_args
+        cls, heads: str | os.PathLike, *, base: str | None = None, model_name: str | None = None,
+        more_heads: dict[str, str | os.PathLike] | None = None, plain_base: bool = False, **engine_args
     ) -> "VllmEngine":
-        """An engine for an AutoDeco checkpoint (heads-only or merged), exported once to a cached vLLM-ready folder."""
+        """An engine for an AutoDeco checkpoint (heads-only or merged), exported once to a cached vLLM-ready folder;
+        with ``more_heads`` (``{id: checkpoint}``, the same base) and the plain base when ``plain_base``."""
+        from autodeco.engines.heads_sets import base_id
         from autodeco.engines.vllm_export import cached_export
+        from autodeco.model.checkpoint import read_checkpoint
 
-        return cls(cached_export(heads, base=base), model_name=model_name or Path(heads).name, **engine_args)
+        name = model_name or Path(heads).name
+        plain = None
+        if plain_base:
+            recorded = read_checkpoint(heads).config.base_model_name_or_path
+            plain = base_id(base or recorded, taken=[name, *(more_heads or {})])
+        folder = cached_export(heads, base=base, more_heads=more_heads)
+        return cls(folder, model_name=name, plain_base_name=plain, **engine_args)
 
     # ------------------------------------------------------------------------------------------ contract
 
     def stream(self, request: GenerationRequest) -> Iterator[TokenEvent]:
         """Yield one :class:`TokenEvent` per generated token, with the T and P used (see the module docstring)."""
+        name = self.model_name if request.heads is None else request.heads
+        if name not in self.model_names:
+            raise ValueError(f"model {name!r} is not served here; this engine serves {', '.join(map(repr, self.model_names))}")
+        plain = name == self.plain_base_name
+        if plain:
+            check_plain_base_top_p(request.top_p, name)
         key = f"{request.request_id or 'request'}-{uuid.uuid4().hex}"
-        record = open_record(key)
+        record = None if plain else open_record(key)
         params = self._sampling_params(
-            request.multipliers, seed=request.seed, max_tokens=request.max_tokens, stop=list(request.stop),
-            record=key, stream=True,
+            BaseSampling(request.temperature, request.top_p) if plain else request.multipliers, seed=request.seed,
+            max_tokens=request.max_tokens, stop=list(request.stop), record=None if plain else key, stream=True,
+            heads=None if name == self.model_name else name,
         )
         outputs = self._submit(key, request.prompt_ids, params)
         emitted, finished = 0, False
@@ -156,7 +186,10 @@ class VllmEngine:
                 new_ids = list(completion.token_ids)
                 for offset, token in enumerate(new_ids):
                     last = offset == len(new_ids) - 1
-                    temperature, top_p = record[emitted] if emitted < len(record) else (math.nan, math.nan)
+                    if plain:  # the base's own sampling: the request's values are the ones used
+                        temperature, top_p = request.temperature, request.top_p
+                    else:
+                        temperature, top_p = record[emitted] if emitted < len(record) else (math.nan, math.nan)
                     reason = _finish_reason(completion.finish_reason) if last and output.finished else None
                     emitted += 1
                     yield TokenEvent(token, completion.text if last else "", temperature, top_p, reason)
@@ -204,7 +237,8 @@ class VllmEngine:
 
     # ------------------------------------------------------------------------------------------- internals
 
-    def _sampling_params(self, decoding: Multipliers | BaseSampling, *, seed, max_tokens, stop, record, stream):
+    def _sampling_params(self, decoding: Multipliers | BaseSampling, *, seed, max_tokens, stop, record, stream,
+                         heads: str | None = None):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -213,6 +247,8 @@ class VllmEngine:
             extra = {TOP_P_KEY: float(decoding.top_p)}
             if record is not None:
                 extra[RECORD_KEY] = record
+            if heads is not None:
+                extra[HEADS_KEY] = heads
             sampling = {"temperature": temperature, "top_p": 1.0}
         else:
             extra = {ENABLE_KEY: False}
@@ -278,7 +314,7 @@ class VllmEngine:
 
 def load_engine(
     heads: str | os.PathLike | None, *, base: str | None = None, model_name: str | None = None, seed: int = 0,
-    **engine_args,
+    more_heads: dict[str, str | os.PathLike] | None = None, plain_base: bool = False, **engine_args,
 ) -> VllmEngine:
     """The vLLM engine for ``heads`` on ``base`` (what ``autodeco serve --engine vllm`` runs).
 
@@ -287,6 +323,8 @@ def load_engine(
             heads seeded with ``seed`` (saved once under ``$AUTODECO_HOME/heads``).
         base: the base model (default: the one the heads record; the embedded default without heads).
         model_name: the id served in ``/v1/models``.
+        more_heads: other heads checkpoints of the same base, by the id requests name them with.
+        plain_base: also serve the base without heads (:func:`~autodeco.engines.heads_sets.base_id`).
         **engine_args: vLLM engine arguments.
     """
     from autodeco.model.shipped import heads_or_default
@@ -298,7 +336,23 @@ def load_engine(
         from autodeco.model.modeling import AutoDecoForCausalLM
 
         heads = saved_heads(AutoDecoForCausalLM.from_base(base or EMBEDDED_MODEL, seed=seed))
+    if more_heads or plain_base:
+        engine_args = {**engine_args, "more_heads": more_heads, "plain_base": plain_base}
     return VllmEngine.from_checkpoint(heads, base=base, model_name=model_name, seed=seed, **engine_args)
+
+
+def _served_names(folder: str, model_name: str, plain_base_name: str | None) -> list[str]:
+    """The ids a vLLM-ready ``folder`` serves: ``model_name``, its ``more_heads`` ids, then the plain base's."""
+    from autodeco.engines.vllm_export import CONFIG_KEY, more_heads_settings
+
+    config_file = Path(folder) / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    names = [model_name, *more_heads_settings(config.get(CONFIG_KEY))]
+    if plain_base_name is not None:
+        names.append(plain_base_name)
+    if len(set(names)) != len(names):
+        raise ValueError(f"an id is served twice among {names}; give each heads set its own id")
+    return names
 
 
 def _max_model_len(engine) -> int | None:

@@ -17,6 +17,11 @@ The exported folder holds:
 Official merged checkpoints (base tensors under ``llm.`` beside the heads) export the same way: their
 weight files are linked and the plugin strips the ``llm.`` prefix while loading.
 
+**More heads on the same base** (``more_heads``, ``autodeco serve --engine vllm A B``): their settings and
+checkpoint folders go under ``autodeco.more_heads`` in ``config.json``, by the id requests name them with;
+the plugin's model class reads their tensors from those folders when the engine starts (they are a few
+MB) and keeps every heads set on the device (:mod:`autodeco.engines.vllm_models`).
+
 Example:
     >>> vllm_architecture("LlamaForCausalLM")
     'AutoDecoLlamaForCausalLM'
@@ -29,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from autodeco.common.fingerprint import tensors_fingerprint, text_fingerprint
@@ -52,6 +58,9 @@ BASE_ARCHITECTURES = {
 
 CONFIG_KEY = "autodeco"
 """Key of the heads' settings in the exported ``config.json`` (read by the plugin's model class)."""
+
+MORE_HEADS_KEY = "more_heads"
+"""Key, inside the ``autodeco`` entry, of the other heads sets: ``{id: HeadsSettings fields}`` (``source``: their folder)."""
 
 HEADS_FILE = "autodeco_heads.safetensors"
 """Name of the link to the heads' weights in the exported folder."""
@@ -107,8 +116,49 @@ class HeadsSettings:
         names = {field.name for field in dataclasses.fields(cls)}
         return cls(**{key: item for key, item in value.items() if key in names})
 
+    @classmethod
+    def from_checkpoint(cls, contents) -> "HeadsSettings":
+        """The settings of a read checkpoint (:class:`~autodeco.model.checkpoint.CheckpointContents`)."""
+        config = contents.config
+        return cls(
+            hidden_size=config.hidden_size, vocab_size=config.vocab_size,
+            enable_temperature_head=config.enable_temperature_head, enable_top_p_head=config.enable_top_p_head,
+            use_enhanced_features=config.use_enhanced_features, source=str(contents.path.resolve()),
+        )
 
-def export_for_vllm(heads: str | os.PathLike, output: str | os.PathLike, *, base: str | None = None) -> Path:
+
+def more_heads_settings(value) -> dict[str, HeadsSettings]:
+    """The other heads sets of an exported ``config.json``'s ``autodeco`` entry, by id (none: ``{}``)."""
+    more = (value or {}).get(MORE_HEADS_KEY) or {} if isinstance(value, dict) else {}
+    return {name: HeadsSettings.from_config_value(item) for name, item in more.items()}
+
+
+def _more_heads_entry(contents, more_heads: Mapping[str, str | os.PathLike]) -> dict:
+    """``{id: settings}`` of the other heads sets, checked: one base (:func:`~autodeco.engines.heads_sets.check_one_base`)
+    and the shapes of the first heads."""
+    from autodeco.engines.heads_sets import check_one_base
+
+    more = {name: read_checkpoint(reference) for name, reference in more_heads.items()}
+    check_one_base([contents, *more.values()], [str(contents.path), *(str(item.path) for item in more.values())])
+    entry = {}
+    for name, other in more.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a heads id must be a non-empty string, but is {name!r}")
+        config = other.config
+        if (config.hidden_size, config.vocab_size) != (contents.config.hidden_size, contents.config.vocab_size):
+            raise CheckpointError(
+                f"heads {str(other.path)!r} fit hidden size {config.hidden_size} and {config.vocab_size} logits, but "
+                f"{str(contents.path)!r} {contents.config.hidden_size} and {contents.config.vocab_size}: they were "
+                "made for another base; serve them from a server of their own"
+            )
+        entry[name] = dataclasses.asdict(HeadsSettings.from_checkpoint(other))
+    return entry
+
+
+def export_for_vllm(
+    heads: str | os.PathLike, output: str | os.PathLike, *, base: str | None = None,
+    more_heads: Mapping[str, str | os.PathLike] | None = None,
+) -> Path:
     """Write a vLLM-ready folder for the checkpoint ``heads`` into ``output`` (atomically; replaced if present).
 
     Args:
@@ -116,22 +166,22 @@ def export_for_vllm(heads: str | os.PathLike, output: str | os.PathLike, *, base
         output: the folder to write.
         base: the base model to put the heads on (default: the one the checkpoint records; a merged
             checkpoint uses its own weights). ``embedded:...`` resolves to the converted embedded model.
+        more_heads: other heads checkpoints of the same base, by the id requests pick them with
+            (``extra_args {"autodeco_heads": ID}``); loaded from their folders when the engine starts.
 
     Returns:
         ``output`` as an absolute path.
 
     Raises:
-        CheckpointError: unreadable checkpoint, no recorded base, a base vLLM cannot load with the plugin.
+        CheckpointError: unreadable checkpoint, no recorded base, a base vLLM cannot load with the plugin, or
+            more heads recorded for another base (naming both).
     """
     contents = read_checkpoint(heads)
     config = contents.config
+    more_entry = _more_heads_entry(contents, more_heads or {})
     check_apart(output, {"heads": contents.path}, option="the export folder")  # before the base is resolved or converted
     users_entries(Path(output).expanduser(), option="the export folder")
-    settings = HeadsSettings(
-        hidden_size=config.hidden_size, vocab_size=config.vocab_size,
-        enable_temperature_head=config.enable_temperature_head, enable_top_p_head=config.enable_top_p_head,
-        use_enhanced_features=config.use_enhanced_features, source=str(contents.path.resolve()),
-    )
+    settings = HeadsSettings.from_checkpoint(contents)
     if contents.merged and base is None:
         base_fields = dict(config.base_config)
         model_type = base_fields.get("model_type") or config.base_model_type
@@ -168,7 +218,7 @@ def export_for_vllm(heads: str | os.PathLike, output: str | os.PathLike, *, base
             f"{', '.join(sorted(BASE_ARCHITECTURES.values()))}"
         )
     exported = {**base_fields, "model_type": model_type, "architectures": [vllm_architecture(architecture)],
-                CONFIG_KEY: dataclasses.asdict(settings)}
+                CONFIG_KEY: {**dataclasses.asdict(settings), **({MORE_HEADS_KEY: more_entry} if more_entry else {})}}
     for key in ("base_model_name_or_path", "base_model_type", "enable_temperature_head", "enable_top_p_head",
                 "use_enhanced_features", "temperature_hidden_size", "top_p_hidden_size"):
         exported.pop(key, None)
@@ -186,15 +236,24 @@ def export_for_vllm(heads: str | os.PathLike, output: str | os.PathLike, *, base
     return target
 
 
-def cached_export(heads: str | os.PathLike, *, base: str | None = None) -> Path:
-    """:func:`export_for_vllm` into ``$AUTODECO_HOME/vllm/<fingerprint>``, reused while the checkpoint is unchanged."""
-    folder = Path(heads).expanduser().resolve()
-    stats = [f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in sorted(folder.iterdir())]
-    key = text_fingerprint([str(folder), str(base), *stats])
+def cached_export(
+    heads: str | os.PathLike, *, base: str | None = None, more_heads: Mapping[str, str | os.PathLike] | None = None,
+) -> Path:
+    """:func:`export_for_vllm` into ``$AUTODECO_HOME/vllm/<fingerprint>``, reused while the checkpoints are unchanged."""
+    from autodeco.model.shipped import resolve_heads_reference
+
+    folder = resolve_heads_reference(heads).resolve()
+    more = {name: resolve_heads_reference(reference).resolve() for name, reference in (more_heads or {}).items()}
+    key = text_fingerprint([str(folder), str(base), *_stats(folder),
+                            *(f"{name}={path}:{','.join(_stats(path))}" for name, path in more.items())])
     target = autodeco_home() / "vllm" / key
     if not (target / "config.json").exists():
-        export_for_vllm(folder, target, base=base)
+        export_for_vllm(folder, target, base=base, more_heads=more)
     return target
+
+
+def _stats(folder: Path) -> list[str]:
+    return [f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in sorted(folder.iterdir())]
 
 
 def saved_heads(model) -> Path:

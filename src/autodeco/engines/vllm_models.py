@@ -24,7 +24,11 @@ Per-request settings, all optional (``SamplingParams.extra_args``, ``vllm_xargs`
 - ``autodeco_top_p`` (float > 0, default 1): the multiplier on the heads' top-p; a request that gives it
   must keep its own ``top_p`` at 1 (refused otherwise). A plain request's ``top_p`` below 1 is not an
   AutoDeco setting: vLLM applies it after AutoDeco's nucleus, as a second cut (like ``top_k``);
-- ``autodeco_record`` (str): the key of a record registered with :func:`open_record`.
+- ``autodeco_record`` (str): the key of a record registered with :func:`open_record`;
+- ``autodeco_heads`` (str): which heads set decodes the request, by its id among the exported folder's
+  ``more_heads`` (:func:`~autodeco.engines.vllm_export.export_for_vllm`); absent: the folder's own heads.
+  Every heads set stays on the device: a step runs :func:`~autodeco.core.dynamic.dynamic_step` once per
+  heads set present in the batch, on its rows (:func:`warp_rows`), so rows of one batch may use different heads.
 
 The request's own ``temperature`` is the multiplier on the heads' temperature (0 = greedy). vLLM's
 ``top_k``/``min_p`` act on AutoDeco's distribution afterwards, as ``generate()``'s warpers do; vLLM's
@@ -40,13 +44,14 @@ import torch
 
 from autodeco.core.dynamic import dynamic_step
 from autodeco.core.multipliers import MultiplierError, Multipliers
-from autodeco.engines.vllm_export import CONFIG_KEY, HeadsSettings, base_architecture
+from autodeco.engines.vllm_export import CONFIG_KEY, HeadsSettings, base_architecture, more_heads_settings
 from autodeco.model.checkpoint import BASE_PREFIX, HEAD_PREFIXES
 from autodeco.model.heads import AutoDecoHeads
 
 ENABLE_KEY = "autodeco"
 TOP_P_KEY = "autodeco_top_p"
 RECORD_KEY = "autodeco_record"
+HEADS_KEY = "autodeco_heads"
 GREEDY_TEMPERATURE = 1e-5
 """vLLM decodes a request greedily below this temperature (its ``_SAMPLING_EPS``)."""
 
@@ -70,6 +75,8 @@ class RowSettings:
     """Where the values used go: ``record[i] = (T, P)`` of the i-th generated token."""
     output_token_ids: list[int] = dataclasses.field(default_factory=list)
     """vLLM's live list of the request's generated tokens (its length is the position being sampled)."""
+    heads: str | None = None
+    """The id of the heads set that decodes this row (None: the model folder's own heads)."""
 
     @classmethod
     def from_params(cls, params, output_token_ids: list[int]) -> "RowSettings":
@@ -80,7 +87,9 @@ class RowSettings:
         key = extra.get(RECORD_KEY)
         with _RECORDS_LOCK:
             record = _RECORDS.get(key) if key is not None else None
-        return cls(enabled, temperature, float(extra.get(TOP_P_KEY, 1.0)), temperature, record, output_token_ids)
+        heads = extra.get(HEADS_KEY)
+        return cls(enabled, temperature, float(extra.get(TOP_P_KEY, 1.0)), temperature, record, output_token_ids,
+                   None if heads is None else str(heads))
 
 
 _RECORDS: dict[str, list] = {}
@@ -141,11 +150,13 @@ _BATCH = BatchRows()
 """The batch of the engine in this process (vLLM runs one model per worker process)."""
 
 
-def warp_rows(heads: AutoDecoHeads, hidden_states: torch.Tensor, logits: torch.Tensor, rows: list[RowSettings] | None):
+def warp_rows(heads, hidden_states: torch.Tensor, logits: torch.Tensor, rows: list[RowSettings] | None):
     """AutoDeco's logits for the rows that use it, the base's for the others; records the values used.
 
     Args:
-        heads: the heads.
+        heads: the heads (:class:`~autodeco.model.heads.AutoDecoHeads`), or ``{id: heads}`` with the default
+            under None: each row is decoded by the heads its ``heads`` id names (the rows of each heads set
+            stepped together).
         hidden_states: ``(B, H)`` final hidden states of the sampled rows.
         logits: ``(B, V)`` the base's logits of those rows.
         rows: each row's settings, or None (prompt logprobs: multipliers 1, nothing recorded).
@@ -155,9 +166,30 @@ def warp_rows(heads: AutoDecoHeads, hidden_states: torch.Tensor, logits: torch.T
     """
     if rows is None:
         rows = [RowSettings() for _ in range(logits.shape[0])]
-    active = [index for index, row in enumerate(rows) if row.enabled]
+    heads_sets = heads if isinstance(heads, dict) else {None: heads}
+    by_heads: dict[str | None, list[int]] = {}
+    for index, row in enumerate(rows):
+        if row.enabled:
+            by_heads.setdefault(row.heads if row.heads in heads_sets else None, []).append(index)
+    if len(by_heads) > 1:  # several heads sets in the batch: each steps its own rows
+        output = logits.to(dtype=torch.float32, copy=True)  # (B, V), the input left as it is
+        for name, indices in by_heads.items():
+            group = [rows[index] for index in indices]
+            index = torch.tensor(indices, device=logits.device)
+            output.index_copy_(0, index, _warp_active(
+                heads_sets[name], hidden_states.index_select(0, index), logits.index_select(0, index), group,
+                list(range(len(group))),
+            ))
+        return output
+    active = next(iter(by_heads.values()), [])
     if not active:
         return logits
+    return _warp_active(heads_sets[next(iter(by_heads))], hidden_states, logits, rows, active)
+
+
+def _warp_active(heads: AutoDecoHeads, hidden_states: torch.Tensor, logits: torch.Tensor, rows: list[RowSettings],
+                 active: list[int]) -> torch.Tensor:
+    """:func:`warp_rows` for one heads set, ``active`` the rows it decodes (the others keep the base's logits)."""
     everything = len(active) == len(rows)
     index = None if everything else torch.tensor(active, device=logits.device)
     hidden = hidden_states if everything else hidden_states.index_select(0, index)
@@ -198,8 +230,15 @@ def validate_params(params) -> None:
         ValueError: quoting the value and what to pass instead.
     """
     extra = params.extra_args or {}
-    if not any(key in extra for key in (TOP_P_KEY, RECORD_KEY)) or not bool(extra.get(ENABLE_KEY, True)):
+    if not any(key in extra for key in (TOP_P_KEY, RECORD_KEY, HEADS_KEY)) or not bool(extra.get(ENABLE_KEY, True)):
         return  # not an AutoDeco request (the processor is installed for every model vLLM serves)
+    heads = extra.get(HEADS_KEY)
+    if heads is not None and _HEADS_IDS is not None and heads not in _HEADS_IDS:
+        raise ValueError(
+            f"extra_args {{'{HEADS_KEY}': {heads!r}}} names no heads set of this model; it has "
+            f"{', '.join(repr(name) for name in sorted(_HEADS_IDS)) or 'none besides its own'} (leave the key out "
+            "for the model's own heads)"
+        )
     try:
         Multipliers(top_p=extra.get(TOP_P_KEY, 1.0))
     except MultiplierError as error:  # the multiplier's vLLM name, at vLLM's boundary
@@ -213,6 +252,8 @@ def validate_params(params) -> None:
 
 
 _CLASSES: dict[str, type] = {}
+_HEADS_IDS: set[str] | None = None
+"""The ids of the other heads sets of the model loaded in this process (None before one is loaded)."""
 
 
 def _requests_class() -> type:
@@ -256,12 +297,16 @@ def _model_class(architecture: str) -> type:
         device = next(self.parameters()).device
         self.autodeco_heads = AutoDecoHeads(settings).to(device=device, dtype=torch.float32)
         self.autodeco_source = settings.source or "the model folder"
+        self.autodeco_more_settings = more_heads_settings(getattr(vllm_config.model_config.hf_config, CONFIG_KEY, None))
+        self.autodeco_heads_sets = {None: self.autodeco_heads}
+        """Every heads set by id (None: the folder's own); the others are not submodules (their tensors are read from
+        their checkpoints, not streamed by vLLM), kept on the same device."""
 
     def compute_logits(self, hidden_states: torch.Tensor, *args, **kwargs):
         logits = base_class.compute_logits(self, hidden_states, *args, **kwargs)
         if logits is None:  # not the last pipeline stage
             return None
-        return warp_rows(self.autodeco_heads, hidden_states, logits, _BATCH.take(logits.shape[0]))
+        return warp_rows(self.autodeco_heads_sets, hidden_states, logits, _BATCH.take(logits.shape[0]))
 
     def load_weights(self, weights):
         heads = {}
@@ -275,12 +320,29 @@ def _model_class(architecture: str) -> type:
 
         loaded = set(base_class.load_weights(self, base_weights()) or ())
         names = self.autodeco_heads.load_head_tensors(heads, self.autodeco_source)
+        self.autodeco_heads_sets.update(_load_more_heads(self.autodeco_more_settings, self.autodeco_heads))
         return loaded | {f"autodeco_heads.{name}" for name in names}
 
     namespace = {"__init__": __init__, "compute_logits": compute_logits, "load_weights": load_weights,
                  "__module__": __name__, "__qualname__": architecture,
                  "__doc__": f"vLLM's {base} with AutoDeco's heads in ``compute_logits``."}
     return type(architecture, (base_class,), namespace)
+
+
+def _load_more_heads(settings: dict[str, HeadsSettings], default: AutoDecoHeads) -> dict[str, AutoDecoHeads]:
+    """The other heads sets, read from their checkpoint folders, on ``default``'s device and dtype."""
+    global _HEADS_IDS
+    from autodeco.model.checkpoint import read_checkpoint
+
+    weight = default.temp_head.mlp[0].weight
+    loaded = {}
+    for name, item in settings.items():
+        with torch.random.fork_rng(devices=[]):  # fresh weights, replaced at once
+            heads = AutoDecoHeads(item)
+        heads.load_head_tensors(read_checkpoint(item.source).head_tensors, item.source)
+        loaded[name] = heads.to(device=weight.device, dtype=weight.dtype).eval()
+    _HEADS_IDS = set(loaded)
+    return loaded
 
 
 def _base_class(architecture: str) -> type:

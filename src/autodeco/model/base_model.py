@@ -175,8 +175,11 @@ def load_base_model(
     dtype: torch.dtype | str | None = None,
     trust_remote_code: bool = False,
     device: str | torch.device | None = None,
+    device_map: str | dict | None = None,
 ):
     """Load a causal LM by hub id, local folder or ``embedded:...`` name, in eval mode; safetensors weights only.
+
+    ``device_map`` is passed to transformers' ``from_pretrained`` when given (``"auto"``, ``"cpu"``, a dict).
 
     Raises:
         BaseModelError: when it cannot be found, is not a causal language model, or has pickle weights only.
@@ -191,9 +194,15 @@ def load_base_model(
             f"cannot find base model {str(name_or_path)!r}: not a local folder, and the hub lookup failed ({error}). "
             "Pass a local model folder, or the embedded default with --base embedded:SmolLM2-135M-Instruct"
         ) from None
+    if getattr(config, "model_type", None) == "autodeco":  # transformers knows it once autodeco is registered
+        raise BaseModelError(
+            f"{str(name_or_path)!r} is an AutoDeco heads checkpoint (model_type 'autodeco'), not a base model; "
+            "pass it as the heads (AutoDecoForCausalLM.from_pretrained, --heads) and the model it was trained on as the base"
+        )
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, config=config, dtype=dtype or "auto", trust_remote_code=trust_remote_code, use_safetensors=True
+            source, config=config, dtype=dtype or "auto", trust_remote_code=trust_remote_code, use_safetensors=True,
+            **({} if device_map is None else {"device_map": device_map}),
         )
     except OSError as error:  # a hub repository without safetensors weights
         raise BaseModelError(

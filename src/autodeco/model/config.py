@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from autodeco.common.jsonl import read_json
 
@@ -30,9 +30,31 @@ _OWN_KEYS = {
 }
 
 
+_TRANSFORMERS_PLUMBING = ("name_or_path", "_from_auto", "_from_pipeline", "_commit_hash", "code_revision")
+"""Keywords transformers' ``AutoConfig.from_pretrained`` hands to ``from_dict`` for its own bookkeeping."""
+
+
 @dataclasses.dataclass
 class AutoDecoConfig:
-    """Configuration of the AutoDeco heads on one base model."""
+    """Configuration of the AutoDeco heads on one base model.
+
+    Also what ``transformers.AutoConfig.from_pretrained(HEADS)`` returns once autodeco is registered
+    (:mod:`autodeco.model.auto`): :meth:`from_dict` and the class attributes below are the part of
+    transformers' config protocol its Auto classes use.
+    """
+
+    model_type: ClassVar[str] = "autodeco"
+    """The ``model_type`` in ``config.json`` (ours and the official code's), the key transformers' Auto classes use."""
+
+    sub_configs: ClassVar[dict[str, Any]] = {}
+    """No nested configs (transformers' ``AutoModel*`` asks, to unwrap multimodal configs)."""
+
+    architectures: ClassVar[list[str]] = ["AutoDecoForCausalLM"]
+    """The model class, by name, for transformers' ``pipeline()`` (which tries ``transformers.<name>`` classes too).
+
+    Not the file's ``architectures`` (``AutoDecoModelForCausalLM``, or the base's in official files): a base class
+    named there would load the base without its heads.
+    """
 
     hidden_size: int
     """Width of the base model's final hidden state, the heads' input."""
@@ -167,6 +189,40 @@ class AutoDecoConfig:
             )
         except ValueError as error:
             raise ValueError(f"{source}: {error}; fix the value in the file (or re-save the checkpoint)") from None
+
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs):
+        """What ``AutoConfig.from_pretrained`` calls with the parsed ``config.json`` (transformers' config protocol).
+
+        Keywords naming a field (``enable_top_p_head=False``, say) override the file's value, as they do for
+        transformers' own configs; with ``return_unused_kwargs=True`` the others come back as ``(config, unused)``
+        (what ``AutoModelForCausalLM.from_pretrained`` passes on to the model), otherwise they are refused.
+
+        Raises:
+            ValueError: a wrong field in the file or in the keywords, or an unknown keyword.
+        """
+        return_unused = kwargs.pop("return_unused_kwargs", False)
+        folder = kwargs.get("name_or_path")
+        source = os.path.join(os.fspath(folder), "config.json") if folder else "config.json"
+        for name in _TRANSFORMERS_PLUMBING:
+            kwargs.pop(name, None)
+        config = cls.from_json_dict(config_dict, source=source)
+        fields = {field.name for field in dataclasses.fields(cls)}
+        overrides = {name: kwargs.pop(name) for name in list(kwargs) if name in fields}
+        if overrides:
+            try:
+                config = dataclasses.replace(config, **overrides)
+            except ValueError as error:
+                raise ValueError(f"{source}: {error} (passed as a keyword to from_pretrained)") from None
+        if return_unused:
+            return config, kwargs
+        if kwargs:
+            raise ValueError(
+                f"AutoDecoConfig takes no keyword {sorted(kwargs)} (passed with {source!r}); its fields are "
+                f"{sorted(fields)}: pass only those, or pass loading options to AutoModelForCausalLM.from_pretrained"
+            )
+        return config
 
 
 def _mapping(content: dict[str, Any], key: str, source: str, name: str | None = None) -> dict[str, Any]:

@@ -82,6 +82,15 @@ class AutoDecoForCausalLM(AutoDecoHeads):
         (torch.Size([1, 12]), torch.Size([1, 12]))
     """
 
+    config_class = AutoDecoConfig
+    """What ``AutoModelForCausalLM.register`` checks against the registered config class."""
+
+    input_modalities = "text"
+    """What the model reads, as transformers models declare it (a pipeline's ``repr`` shows it)."""
+
+    output_modalities = "text"
+    """What the model writes, likewise."""
+
     def __init__(self, llm: nn.Module, config: AutoDecoConfig):
         nn.Module.__init__(self)  # the base first, then the heads (AutoDecoHeads.add_heads): the tensors' order
         check_base_fits(config, llm)
@@ -147,41 +156,65 @@ class AutoDecoForCausalLM(AutoDecoHeads):
         base_model: str | os.PathLike | nn.Module | None = None,
         *,
         dtype: torch.dtype | str | None = None,
+        device_map: str | dict | None = None,
         trust_remote_code: bool = False,
+        config: AutoDecoConfig | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+        **transformers_kwargs,
     ) -> "AutoDecoForCausalLM":
         """Load a heads-only (ours or official) or merged checkpoint.
+
+        Also what ``transformers.AutoModelForCausalLM.from_pretrained(path, ...)`` ends in (see
+        :mod:`autodeco.model.auto`), so it takes the keywords that call passes on.
 
         Args:
             path: the checkpoint folder.
             base_model: the base to put the heads on; overrides the one the checkpoint records
                 (and, for a merged checkpoint, the base weights stored in it).
             dtype, trust_remote_code: as in :meth:`from_base`.
+            device_map: where to put the base (transformers' ``device_map``: ``"auto"``, ``"cpu"``, a dict);
+                the heads follow the base's output layer. Not used with a loaded ``base_model``.
+            config: a config to use instead of the checkpoint's (what ``AutoModelForCausalLM`` passes).
+            torch_dtype: transformers' older name for ``dtype``.
+            **transformers_kwargs: the bookkeeping ``AutoModelForCausalLM`` adds (``_from_auto``, a ``revision``
+                of None, ...); anything else is refused, naming it.
 
         Raises:
             CheckpointError: missing or corrupt files, no recorded base, or heads that do not fit the base.
+            ValueError: a keyword this loader does not use, or ``dtype`` and ``torch_dtype`` that disagree.
         """
+        dtype = _one_dtype(dtype, torch_dtype)
+        _check_auto_kwargs(transformers_kwargs, path)
         contents = read_checkpoint(path)
         check_finite(contents.head_tensors, str(contents.path))
-        config = contents.config
+        config = contents.config if config is None else config
         if isinstance(base_model, nn.Module):
+            if device_map is not None:
+                raise ValueError(
+                    f"device_map={device_map!r} places a base loaded here, but base_model is a loaded model; "
+                    "move it yourself (base.to(...)) and drop device_map"
+                )
             llm = base_model
             check_base_fits(
                 config, llm, given=getattr(base_model, "name_or_path", None) or type(base_model).__name__,
                 heads=str(contents.path),
             )
         elif base_model is not None:
-            llm = load_base_model(base_model, dtype=dtype, trust_remote_code=trust_remote_code)
+            llm = load_base_model(base_model, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map)
             check_base_fits(config, llm, given=str(base_model), heads=str(contents.path))
             config = dataclasses.replace(config, base_model_name_or_path=base_reference(base_model))
         elif contents.merged:
-            llm = _load_merged_base(contents.path, config, dtype, trust_remote_code)
+            llm = _load_merged_base(contents.path, config, dtype, trust_remote_code, device_map)
         else:
             reference = config.base_model_name_or_path
             if not reference:
                 raise CheckpointError(
                     f"{str(contents.path)!r} does not record its base model; pass base_model= (or --base)"
                 )
-            llm = load_base_model(_relative_to(reference, contents.path), dtype=dtype, trust_remote_code=trust_remote_code)
+            llm = load_base_model(
+                _relative_to(reference, contents.path), dtype=dtype, trust_remote_code=trust_remote_code,
+                device_map=device_map,
+            )
         model = cls(llm, config)
         model.load_head_tensors(contents.head_tensors, source=str(contents.path))
         return model
@@ -229,6 +262,11 @@ class AutoDecoForCausalLM(AutoDecoHeads):
     @property
     def device(self) -> torch.device:
         return self.temp_head.mlp[0].weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The base model's dtype (what a transformers pipeline reports); the heads may differ."""
+        return self.llm.dtype
 
     @classmethod
     def can_generate(cls) -> bool:
@@ -448,13 +486,40 @@ def check_prompt_shape(input_ids: torch.Tensor) -> None:
         )
 
 
+AUTO_BOOKKEEPING = ("_from_auto", "_from_pipeline", "adapter_kwargs", "revision", "cache_dir", "force_download",
+                    "local_files_only", "proxies", "subfolder", "token", "code_revision", "_commit_hash")
+"""Keywords ``AutoModelForCausalLM.from_pretrained`` passes on for a hub download; empty values are accepted."""
+
+
+def _check_auto_kwargs(kwargs: dict, path) -> None:
+    """Accept transformers' loading bookkeeping when it asks for nothing; refuse everything else by name."""
+    unused = {name: value for name, value in kwargs.items() if name not in AUTO_BOOKKEEPING or value not in (None, False, "", {})}
+    if unused:
+        raise ValueError(
+            f"AutoDecoForCausalLM.from_pretrained({str(path)!r}) does not use {sorted(unused)} (got {unused!r}): it reads "
+            "a local heads folder and loads the base it records with dtype, device_map and trust_remote_code only. "
+            "Drop them, or load the base yourself with those options and pass it as base_model="
+        )
+
+
+def _one_dtype(dtype, torch_dtype):
+    """``dtype``, or transformers' older ``torch_dtype`` when only that is given."""
+    if torch_dtype is None:
+        return dtype
+    if dtype is not None and dtype != torch_dtype:
+        raise ValueError(
+            f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; pass one of them (torch_dtype is the older name)"
+        )
+    return torch_dtype
+
+
 def _relative_to(reference: str, checkpoint: Path) -> str:
     """A relative local base path is read relative to the checkpoint folder when it exists there."""
     candidate = checkpoint / reference
     return str(candidate) if not Path(reference).is_absolute() and candidate.exists() else reference
 
 
-def _load_merged_base(folder: Path, config: AutoDecoConfig, dtype, trust_remote_code: bool):
+def _load_merged_base(folder: Path, config: AutoDecoConfig, dtype, trust_remote_code: bool, device_map=None):
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -469,7 +534,23 @@ def _load_merged_base(folder: Path, config: AutoDecoConfig, dtype, trust_remote_
         llm = AutoModelForCausalLM.from_pretrained(
             folder, config=base_config, key_mapping={r"^llm\.": ""}, dtype=dtype or "auto",
             trust_remote_code=trust_remote_code, use_safetensors=True,
+            **({} if device_map is None else {"device_map": device_map}),
         )
     finally:
         hf_logging.set_verbosity(verbosity)
     return llm.eval()
+
+
+def register_with_transformers() -> None:
+    """Register :class:`AutoDecoConfig` and :class:`AutoDecoForCausalLM` with ``AutoConfig`` and ``AutoModelForCausalLM``.
+
+    Runs when this module is imported; running it again changes nothing. ``import autodeco`` registers earlier,
+    without importing this module (:mod:`autodeco.model.auto`).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    AutoConfig.register(AutoDecoConfig.model_type, AutoDecoConfig, exist_ok=True)
+    AutoModelForCausalLM.register(AutoDecoConfig, AutoDecoForCausalLM, exist_ok=True)
+
+
+register_with_transformers()

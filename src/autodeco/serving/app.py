@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 from autodeco.engines.base import Engine, GenerationRequest
+from autodeco.engines.heads_sets import served_model_names
 from autodeco.serving import openai_api as api
 from autodeco.serving import responses
 from autodeco.serving.openai_api import ApiError, ParsedRequest
@@ -47,7 +48,8 @@ class OpenAIApp:
     """OpenAI's completions and chat API over an :class:`~autodeco.engines.base.Engine`.
 
     Args:
-        engine: generates the tokens (and says which T and P it used).
+        engine: generates the tokens (and says which T and P it used). An engine serving several heads on one base
+            (``model_names``) answers each of them: a request's ``model`` picks the heads that decode it.
 
     Example:
         >>> app = OpenAIApp(engine)  # doctest: +SKIP
@@ -58,6 +60,8 @@ class OpenAIApp:
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        self.model_names = served_model_names(engine)
+        """Every id served (``/v1/models``), the engine's default first."""
         self.created = int(time.time())
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not safe to drive from several threads at once
 
@@ -89,21 +93,26 @@ class OpenAIApp:
             if path == "/health":
                 return Reply(body={"status": "ok"})
             if path == "/v1/models":
-                return Reply(body=responses.models_body(self.engine.model_name, self.created))
+                return Reply(body=responses.models_body(self.model_names, self.created))
             if path.startswith("/v1/models/"):
                 return self._model(path.removeprefix("/v1/models/"))
             body = api.parse_json(raw_body)
             if path == "/v1/completions":
-                parsed = api.parse_completion_request(body, self.engine.model_name)
+                parsed = api.parse_completion_request(body, self._served())
             else:
-                parsed = api.parse_chat_request(body, self.engine.model_name)
+                parsed = api.parse_chat_request(body, self._served())
             return self._generate(parsed, client_gone)
         except ApiError as error:
             return error_reply(error)
 
+    def _served(self) -> str | list[str]:
+        """The served id (one engine model) or ids, as the request parsers take them."""
+        return self.model_names if len(self.model_names) > 1 else self.engine.model_name
+
     def _model(self, name: str) -> Reply:
-        if name != self.engine.model_name:
-            raise ApiError(f"model {name!r} is not served here; this server serves {self.engine.model_name!r}",
+        if name not in self.model_names:
+            served = ", ".join(repr(known) for known in self.model_names)
+            raise ApiError(f"model {name!r} is not served here; this server serves {served}",
                            status=404, param="model", code="model_not_found")
         return Reply(body=responses.model_body(name, self.created))
 
@@ -165,10 +174,14 @@ class OpenAIApp:
         try:
             return GenerationRequest(
                 prompt_ids=prompt_ids, max_tokens=max_tokens, temperature=parsed.temperature, top_p=parsed.top_p,
-                seed=parsed.seed, stop=parsed.stop, request_id=request_id,
+                seed=parsed.seed, stop=parsed.stop, request_id=request_id, heads=self._heads_id(parsed),
             )
         except ValueError as error:
             raise ApiError(str(error)) from None
+
+    def _heads_id(self, parsed: ParsedRequest) -> str | None:
+        """The engine's heads id for the request: None (its default) unless the engine serves several."""
+        return parsed.model if len(self.model_names) > 1 else None
 
     def _generate(self, parsed: ParsedRequest, client_gone: Callable[[], bool]) -> Reply:
         request_id = responses.new_id(parsed.kind)
@@ -185,7 +198,8 @@ class OpenAIApp:
         except Exception:
             close(events)
             raise
-        context = _Stream(parsed, request_id, self.engine.model_name, len(prompt_ids), first, events)
+        model_name = parsed.model if len(self.model_names) > 1 else self.engine.model_name
+        context = _Stream(parsed, request_id, model_name, len(prompt_ids), first, events)
         if parsed.stream:
             return Reply(events=context.sse(client_gone), headers={"Cache-Control": "no-cache"})
         return Reply(body=context.whole(client_gone))

@@ -111,9 +111,9 @@ class ParsedRequest:
     max_tokens: int | None = None
     """Most tokens to generate; None: the API's default."""
     temperature: float = 1.0
-    """Multiplier on the heads' temperatures (0 = greedy)."""
+    """Multiplier on the heads' temperatures (0 = greedy); for the plain base, the absolute temperature."""
     top_p: float = 1.0
-    """Multiplier on the heads' top-p (> 0, capped at 1 after multiplying)."""
+    """Multiplier on the heads' top-p (> 0, capped at 1 after multiplying); for the plain base, the absolute top-p."""
     seed: int | None = None
     """Sampling seed."""
     stop: list[str] = dataclasses.field(default_factory=list)
@@ -124,6 +124,8 @@ class ParsedRequest:
     """Streaming: end with a chunk holding ``usage`` (``stream_options.include_usage``)."""
     return_decoding: bool = False
     """Add each token's temperature and top-p to the choices."""
+    model: str | None = None
+    """The served id the request names (which heads decode it, or the plain base)."""
 
 
 def parse_json(raw: bytes) -> dict:
@@ -186,7 +188,7 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")
 
 
-def parse_completion_request(body: dict, model_name: str) -> ParsedRequest:
+def parse_completion_request(body: dict, model_name: str | list[str]) -> ParsedRequest:
     """Check a ``POST /v1/completions`` body.
 
     Raises:
@@ -208,7 +210,7 @@ def parse_completion_request(body: dict, model_name: str) -> ParsedRequest:
     return parsed
 
 
-def parse_chat_request(body: dict, model_name: str) -> ParsedRequest:
+def parse_chat_request(body: dict, model_name: str | list[str]) -> ParsedRequest:
     """Check a ``POST /v1/chat/completions`` body.
 
     Raises:
@@ -228,7 +230,7 @@ def parse_chat_request(body: dict, model_name: str) -> ParsedRequest:
     return parsed
 
 
-def _parse_common(body: dict, model_name: str, kind: str, fields: frozenset) -> ParsedRequest:
+def _parse_common(body: dict, model_name: str | list[str], kind: str, fields: frozenset) -> ParsedRequest:
     _check_model(body.get("model"), model_name)
     _refuse_unread_fields(body, fields)
     n = body.get("n")
@@ -249,6 +251,7 @@ def _parse_common(body: dict, model_name: str, kind: str, fields: frozenset) -> 
         stream=stream,
         include_usage=_parse_stream_options(body.get("stream_options"), stream),
         return_decoding=_parse_decoding_options(body.get(DECODING_FIELD)),
+        model=body.get("model"),
     )
 
 
@@ -297,13 +300,16 @@ def _check_text(value: str, param: str) -> str:
     return value
 
 
-def _check_model(model, model_name: str) -> None:
+def _check_model(model, model_name: str | list[str]) -> None:
+    """Refuse a missing ``model``, or one that is not among the served ids (``model_name``: one id, or a list)."""
+    names = [model_name] if isinstance(model_name, str) else list(model_name)
+    served = ", ".join(repr(name) for name in names)
     if model is None:
-        raise ApiError(f"model is required; this server serves {model_name!r}", param="model")
-    if model != model_name:
+        raise ApiError(f"model is required; this server serves {served}", param="model")
+    if not isinstance(model, str) or model not in names:
         shown = repr(model) if isinstance(model, str) and len(model) <= 200 else _quote(model)
         raise ApiError(
-            f"model {shown} is not served here; this server serves {model_name!r} (listed by GET /v1/models)",
+            f"model {shown} is not served here; this server serves {served} (listed by GET /v1/models)",
             param="model", code="model_not_found",
         )
 

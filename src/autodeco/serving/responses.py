@@ -122,14 +122,17 @@ def usage_chunk_body(parsed: ParsedRequest, *, request_id: str, model_name: str,
     }
 
 
-def models_body(model_name: str, created: int = 0) -> dict:
-    """``GET /v1/models``: the one model served.
+def models_body(model_name: str | list[str], created: int = 0) -> dict:
+    """``GET /v1/models``: the model served, or each of several (heads checkpoints and the plain base).
 
     Example:
         >>> models_body("m")["data"][0]["id"]
         'm'
+        >>> [model["id"] for model in models_body(["default", "control", "base"])["data"]]
+        ['default', 'control', 'base']
     """
-    return {"object": "list", "data": [model_body(model_name, created)]}
+    names = [model_name] if isinstance(model_name, str) else list(model_name)
+    return {"object": "list", "data": [model_body(name, created) for name in names]}
 
 
 def model_body(model_name: str, created: int = 0) -> dict:
