@@ -378,13 +378,13 @@ def main(argv=None) -> int:
         f"context {flops['context']}) = {100 * flops['head_over_base']:.3f} %."
     )
     print(
-        f"Not counted above: both arms sort the {flops['vocab']:,} logits once (AutoDeco on CPU with torch's radix "
-        f"sort of order-preserving integer keys, static with torch.sort) and take a softmax and a cumulative sum of "
-        f"them; AutoDeco's step adds per row the four features, about 7 x V elementwise FLOPs plus V logarithms "
+        f"Not counted above: static sorts the {flops['vocab']:,} logits (torch.sort) for its top-p, AutoDeco finds "
+        f"its nucleus without a sort (a histogram of the probabilities; only the boundary bucket is sorted); both "
+        f"take a softmax; AutoDeco's step adds per row the four features, about 7 x V elementwise FLOPs plus V logarithms "
         f"(~{7 * flops['vocab']:,} FLOPs + {flops['vocab']:,} logs, "
         f"{100 * 7 * flops['vocab'] / flops['base_flops_per_token']:.3f} % of the base's FLOPs), and saves static's "
         f"separate temperature division and boolean scatter; no second pass through the "
-        "output layer and no second sort."
+        "output layer."
     )
     print(
         f"Ratios: autodeco / static within each interleaved pair (A B, B A, ...), after one untimed warm-up run of "

@@ -11,12 +11,12 @@ Run in the vLLM environment (``./bin/test-vllm`` builds it), alone on the machin
 2. The rollouts of a small ``autodeco eval`` (greedy, default sampling and AutoDeco on arithmetic
    problems, the runner's own ``prefill``/``complete`` calls) with ``--engine hf`` and ``--engine vllm``.
 
-Measured 2026-11-30 on the 2-core VM, 1 thread, embedded SmolLM2-135M in float32, while other jobs ran
-(load average 5-11, so +-15 %): tok/s static / plain / AutoDeco at batch 1: 18.4 / 20.0 / 18.7,
-batch 8: 80.1 / 117.1 / 107.9, batch 64: 106.7 / 190.1 / 131.1; AutoDeco's time over static sampling
-0.98 / 0.74 / 0.81 (vLLM's CPU top-p sorts the vocabulary more slowly than AutoDeco's radix sort),
-over plain sampling 1.07 / 1.09 / 1.45 (the vocabulary-sized work of the decoding step on one CPU thread).
-Part 2: HF 48.8 tok/s, vLLM 70.3 tok/s (1.44x; 0.83x in a run under heavier load).
+Measured 2026-12-07 on the 2-core VM, 1 thread, embedded SmolLM2-135M in float32, alone on the machine,
+with the exact nucleus that sorts no vocabulary (``core/decoding.nucleus_boundary``): tok/s static / plain /
+AutoDeco at batch 1: 13.7 / 14.3 / 14.0, batch 8: 51.3 / 66.7 / 67.2, batch 64: 79.5 / 130.0 / 124.0;
+AutoDeco's time over static sampling 0.975 / 0.762 / 0.642 (vLLM's CPU top-p sorts the vocabulary), over plain
+sampling (no top-p) 1.020 / 0.992 / 1.049 (target <= 1.05; before the sort-free nucleus: 1.07 / 1.09 / 1.45).
+Part 2 (4 problems x 2 samples): HF 31.1 tok/s, vLLM 38.7 tok/s (1.24x).
 """
 
 from __future__ import annotations
