@@ -84,6 +84,7 @@ def info(path: str):
         path: checkpoint folder.
     """
     from autodeco.model.checkpoint import check_finite, non_finite_tensors, read_checkpoint
+    from autodeco.model.config import describe_heads
 
     contents = read_checkpoint(path)
     config = contents.config
@@ -94,13 +95,7 @@ def info(path: str):
     rows = [
         ("layout", "merged (base weights + heads)" if contents.merged else "heads only"),
         ("written by", origin),
-        ("base model", config.base_model_name_or_path or "(not recorded)"),
-        ("base type", config.base_model_type or "(not recorded)"),
-        ("hidden size", config.hidden_size),
-        ("vocabulary", config.vocab_size),
-        ("temperature head", "enabled" if config.enable_temperature_head else "disabled (T = 1)"),
-        ("top-p head", "enabled" if config.enable_top_p_head else "disabled (P = 1)"),
-        ("top-p features", "max prob, entropy, variance, top-5 mass" if config.use_enhanced_features else "none"),
+        *describe_heads(config),
         ("head parameters", f"{parameters:,}"),
         ("head weights", f"NOT FINITE in {len(broken)} tensor(s): unusable" if broken else "finite"),
         ("trained", trained),

@@ -225,6 +225,22 @@ class AutoDecoConfig:
         return config
 
 
+def describe_heads(config: AutoDecoConfig) -> list[tuple[str, Any]]:
+    """What a heads config says about its base and its heads, as (name, value) rows for people to read.
+
+    Used by ``autodeco info`` and the model card ``autodeco export-hub`` writes.
+    """
+    return [
+        ("base model", config.base_model_name_or_path or "(not recorded)"),
+        ("base type", config.base_model_type or "(not recorded)"),
+        ("hidden size", config.hidden_size),
+        ("vocabulary", config.vocab_size),
+        ("temperature head", "enabled" if config.enable_temperature_head else "disabled (T = 1)"),
+        ("top-p head", "enabled" if config.enable_top_p_head else "disabled (P = 1)"),
+        ("top-p features", "max prob, entropy, variance, top-5 mass" if config.use_enhanced_features else "none"),
+    ]
+
+
 def _mapping(content: dict[str, Any], key: str, source: str, name: str | None = None) -> dict[str, Any]:
     """``content[key]`` when it is a JSON object, ``{}`` when absent or null; anything else is refused."""
     value = content.get(key)

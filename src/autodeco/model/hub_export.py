@@ -30,7 +30,7 @@ from pathlib import Path
 from autodeco.common.folders import staged_folder
 from autodeco.model.base_model import base_reference, is_embedded
 from autodeco.model.checkpoint import CheckpointError, read_checkpoint, write_checkpoint_files
-from autodeco.model.config import AutoDecoConfig
+from autodeco.model.config import AutoDecoConfig, describe_heads
 
 CARD_FILE = "README.md"
 CUSTOM_GENERATE_FOLDER = "custom_generate"
@@ -211,15 +211,10 @@ With the same seed the tokens are those of `AutoDecoForCausalLM.from_pretrained(
 
 def _heads_table(config: AutoDecoConfig, parameters: int) -> str:
     rows = [
-        ("base model", f"`{config.base_model_name_or_path}`"),
-        ("base type", config.base_model_type or "(not recorded)"),
-        ("hidden size", config.hidden_size),
-        ("vocabulary", config.vocab_size),
-        ("temperature head", "enabled" if config.enable_temperature_head else "disabled (T = 1)"),
-        ("top-p head", "enabled" if config.enable_top_p_head else "disabled (P = 1)"),
-        ("top-p features", "max prob, entropy, variance, top-5 mass" if config.use_enhanced_features else "none"),
-        ("parameters", f"{parameters:,}"),
+        (name, f"`{value}`" if name == "base model" and config.base_model_name_or_path else value)
+        for name, value in describe_heads(config)
     ]
+    rows.append(("parameters", f"{parameters:,}"))
     return "## Heads\n\n| | |\n|---|---|\n" + "".join(f"| {name} | {value} |\n" for name, value in rows)
 
 

@@ -25,6 +25,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from autodeco.core.decoding import combine_with_user_values
+from autodeco.data.tokens import pad_token_id
 from autodeco.integrations.lm_eval.scoring import is_greedy, token_log_probs
 from autodeco.integrations.lm_eval.settings import (
     DecodingPlan,
@@ -198,14 +199,14 @@ class AutoDecoLM(LM):
     def _complete_hf(self, prompts: list[list[int]], plan: DecodingPlan) -> list[Completion]:
         """One ``generate()`` call on a left-padded batch, seeded with ``seed + batch number``."""
         loaded = self._hf()
-        input_ids, attention_mask = left_pad(prompts, self._pad_token_id(), loaded.model.device)  # (B, L) each
+        input_ids, attention_mask = left_pad(prompts, pad_token_id(self.tokenizer), loaded.model.device)  # (B, L) each
         stop = StoppingCriteriaList([StopAtStrings(self.tokenizer, input_ids.shape[1], plan.until)] if plan.until else [])
         with _seeded(self.settings.seed + self._batches_run, loaded.model.device):
             output = loaded.model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, do_sample=plan.sample,
                 temperature=plan.multipliers.temperature, top_p=plan.multipliers.top_p,
                 max_new_tokens=plan.max_new_tokens, return_dict_in_generate=True,
-                pad_token_id=self._pad_token_id(), stopping_criteria=stop,
+                pad_token_id=pad_token_id(self.tokenizer), stopping_criteria=stop,
             )
         self._batches_run += 1
         new_tokens = output.sequences[:, input_ids.shape[1] :].tolist()  # (B, steps)
@@ -297,7 +298,7 @@ class AutoDecoLM(LM):
                 context, continuation = pairs[index]
                 inputs.append((context + continuation)[-(self.max_length + 1) :][:-1])
                 counts.append(len(continuation))
-            input_ids, attention_mask = right_pad(inputs, self._pad_token_id(), model.device)  # (B, L) each
+            input_ids, attention_mask = right_pad(inputs, pad_token_id(self.tokenizer), model.device)  # (B, L) each
             output = model(input_ids=input_ids, attention_mask=attention_mask)
             for row, (index, count) in enumerate(zip(batch, counts)):
                 if count == 0:
@@ -339,10 +340,6 @@ class AutoDecoLM(LM):
 
     def _decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
-
-    def _pad_token_id(self) -> int:
-        tokenizer = self.tokenizer
-        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def _prefix_token(self) -> int:
         tokenizer = self.tokenizer
