@@ -20,7 +20,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   _pip install --quiet --no-deps -r "$lock"
   _pip install --quiet --no-deps -r "$deepspeed_lock"
   _pip install --quiet --no-deps --no-build-isolation -e "$root"
-  "$venv/bin/python" -c "import torch, transformers, accelerate, deepspeed, autodeco" || { echo "autodeco: setup failed" >&2; exit 1; }
+  # stdout stays for results: importing DeepSpeed prints a notice there
+  "$venv/bin/python" -c "import torch, transformers, accelerate, deepspeed, autodeco" >&2 || { echo "autodeco: setup failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
 # DeepSpeed JIT-compiles its CPU communication op (deepspeed_shm_comm) on the first launch without
