@@ -434,3 +434,120 @@ def test_every_decoding_path_warps_with_the_same_code(tiny_autodeco):
     streams = [FixedStream(pair) for pair in [(0.6, 0.5), (1.0, 0.9), (1.4, 0.3), (0.2, 1.0)]]
     step = method_step(DecodingSetting.shuffle(), value_pools=streams)(logits, torch.zeros(4))
     assert_same_warp(step.logits, warp_logits(logits, step.temperature, step.top_p))
+
+
+# The window stage and the bucketing together ------------------------------------------------------
+
+
+def spy_window(monkeypatch) -> list[torch.Tensor]:
+    """Record which rows each window stage decided (the first stage's first: every row of the batch)."""
+    decided = []
+    window_boundary = decoding._window_boundary
+
+    def spy(*arguments, **options):
+        result = window_boundary(*arguments, **options)
+        decided.append(result.decided.clone())
+        return result
+
+    monkeypatch.setattr(decoding, "_window_boundary", spy)
+    return decided
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_rows_settled_by_the_window_and_by_the_bucketing_in_one_batch_match_the_reference(monkeypatch, dtype):
+    # Peaked rows with small nuclei take the window; flat rows and large P spill past it to the bucketing.
+    decided = spy_window(monkeypatch)
+    scales = torch.tensor([12.0, 12.0, 8.0, 0.5, 0.5, 4.0, 12.0, 1.0]).unsqueeze(-1)
+    logits = (scales * torch.randn(8, REAL_VOCAB, generator=torch.Generator().manual_seed(40))).to(dtype)
+    temperature = torch.tensor([0.7, 1.0, 0.5, 1.0, 0.8, 1.2, 0.3, 0.6])
+    top_p = torch.tensor([0.9, 0.5, 0.95, 0.9, 0.3, 0.999, 1e-6, 0.7])
+    warped = warp_logits(logits, temperature, top_p)
+    assert_same_warp(warped, reference_warp_logits(logits, temperature, top_p))
+    assert decided[0].any() and not decided[0].all(), decided[0]
+    assert not decided[0][3] and decided[0][6]  # a flat row spills; one kept token always fits
+
+
+def tie_row(top_p: float, tied: int = 3 * decoding.NUCLEUS_WINDOW) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row: a leading token, then ``tied`` equal logits spread over the vocabulary, then the rest far below."""
+    logits = torch.full((1, REAL_VOCAB), -20.0)
+    logits[0, 7] = 4.0
+    columns = torch.arange(tied) * (REAL_VOCAB // tied) + 3  # one or two per block: across many blocks
+    logits[0, columns] = 0.0
+    return logits, torch.tensor([top_p])
+
+
+@pytest.mark.parametrize("top_p", [0.43, 0.6], ids=["cut-inside-the-window", "cut-past-the-window"])
+def test_a_tie_across_the_window_edge_goes_on_and_keeps_its_lowest_indices(monkeypatch, top_p):
+    # The leading token holds about 0.362 of the mass, each of the 96 tied tokens 0.0066. P = 0.43 cuts at the
+    # 11th tied token, inside the window, but the window holds only 31 of the tie, chosen in no set order; P = 0.6
+    # cuts past the window. Either way the row goes on to the wide window (which holds the whole tie), and the tie
+    # keeps its lowest indices.
+    decided = spy_window(monkeypatch)
+    logits, top_p = tie_row(top_p)
+    warped = warp_logits(logits, torch.ones(1), top_p)
+    assert_same_warp(warped, reference_warp_logits(logits, torch.ones(1), top_p))
+    assert decided[0].tolist() == [False]
+    kept = torch.isfinite(warped[0]).nonzero().flatten().tolist()
+    tied_columns = (torch.arange(3 * decoding.NUCLEUS_WINDOW) * (REAL_VOCAB // (3 * decoding.NUCLEUS_WINDOW)) + 3).tolist()
+    assert 7 in kept and kept == sorted(set(kept)) and [c for c in kept if c != 7] == tied_columns[: len(kept) - 1]
+    assert 1 < len(kept) < len(tied_columns)
+
+
+def test_a_cut_above_a_tie_at_the_window_edge_is_settled_by_the_window(monkeypatch):
+    # P = 0.2 keeps only the leading token: the tie below it does not matter.
+    decided = spy_window(monkeypatch)
+    logits, top_p = tie_row(0.2)
+    warped = warp_logits(logits, torch.ones(1), top_p)
+    assert_same_warp(warped, reference_warp_logits(logits, torch.ones(1), top_p))
+    assert decided[0].tolist() == [True]
+    assert torch.isfinite(warped[0]).nonzero().flatten().tolist() == [7]
+
+
+@pytest.mark.parametrize("vocab", [20, 1000, 64 * 130], ids=["within-the-window", "ragged", "few-blocks"])
+def test_the_window_on_small_and_ragged_vocabularies(monkeypatch, vocab):
+    decided = spy_window(monkeypatch)
+    logits = torch.cat([6.0 * torch.randn(6, vocab, generator=torch.Generator().manual_seed(41)),
+                        torch.zeros(2, vocab)])  # two flat rows: ties everywhere
+    temperature = torch.tensor([0.5, 1.0, 0.7, 1.5, 0.3, 1.0, 1.0, 1.0])
+    top_p = torch.tensor([0.9, 0.5, 0.99, 0.8, 1.0, 1e-6, 0.5, 0.05])
+    warped = warp_logits(logits, temperature, top_p)
+    assert_same_warp(warped, reference_warp_logits(logits, temperature, top_p))
+    assert decided[0].any()
+    if vocab <= decoding.NUCLEUS_WINDOW:  # the whole vocabulary is the window: no tie can reach past it
+        assert decided[0][6:].all()
+
+
+def test_a_tail_within_the_block_sums_rounding_is_left_to_the_bucketing(monkeypatch):
+    # Rank 1's exact tail lies 1e-7 above the bound: a float64 sum tells them apart, the window's float32 block sums
+    # (each within 63 * 2^-24 of exact, relatively) cannot, so the window must not decide the row.
+    decided = spy_window(monkeypatch)
+    vocab = 4 * decoding.NUCLEUS_WINDOW * decoding.WINDOW_BLOCK  # the smallest vocabulary read in blocks
+    scaled = -1e-3 * torch.arange(vocab, dtype=torch.float32).unsqueeze(0)  # distinct logits, rank = index
+    probs = torch.full((1, vocab), 0.5 / (vocab - 1))
+    probs[0, 0] = 0.5
+    tail = probs[0, 1:].double().sum().item()  # exact: the terms span few enough binary orders for float64
+    top_p = torch.tensor([1 - (tail - 1e-7)], dtype=torch.float32)
+    bound = decoding.tail_bound(top_p).item()
+    assert 0 < tail - bound < 2e-7 and tail - (tail - 1 / (vocab - 1) * 0.5) > 1e-5  # rank 2's tail is far below
+    boundary = nucleus_boundary(scaled, probs, top_p)
+    assert boundary.index.tolist() == [1] and decided[0].tolist() == [False]
+    assert_same_warp(mask_outside_nucleus(scaled.clone(), probs, top_p),
+                     reference_mask_outside_nucleus(scaled, probs, top_p))
+
+
+def test_three_stages_each_settle_their_rows(monkeypatch):
+    # Row 0: a peaked row, settled by the narrow window. Row 1: about a hundred leading tokens, P = 0.5: past the
+    # narrow window, inside the wide one. Row 2: flat, P = 0.9: tens of thousands of tokens, which the narrow
+    # window already shows no wide window can hold, so it goes straight to the bucketing.
+    decided = spy_window(monkeypatch)
+    generator = torch.Generator().manual_seed(42)
+    logits = torch.randn(3, REAL_VOCAB, generator=generator)
+    logits[0] *= 12.0
+    logits[1] = logits[1] * 0.5 - 10.0
+    logits[1, 1000:1100] = 5.0 + 0.01 * torch.randn(100, generator=generator)
+    top_p = torch.tensor([0.9, 0.5, 0.9])
+    warped = warp_logits(logits, torch.ones(3), top_p)
+    assert_same_warp(warped, reference_warp_logits(logits, torch.ones(3), top_p))
+    kept = torch.isfinite(warped).sum(dim=-1).tolist()
+    assert kept[0] < decoding.NUCLEUS_WINDOW < kept[1] < decoding.NUCLEUS_WIDE_WINDOW < kept[2]
+    assert [d.tolist() for d in decided] == [[True, False, False], [True]]  # the wide window saw row 1 only
