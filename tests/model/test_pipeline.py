@@ -122,3 +122,19 @@ def test_pipeline_from_a_heads_folder_through_the_auto_classes(tmp_path, model, 
         "text-generation", model=str(tmp_path / "heads"), tokenizer=str(tiny_chat_model_dir), dtype=torch.bfloat16
     )
     assert in_bfloat16.model.llm.dtype == torch.bfloat16
+
+
+def test_no_generation_config_deprecation_warning(pipe, caplog):
+    # pipeline() hands generate() a generation_config and loose settings; transformers deprecates getting both.
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.get_logger("transformers.generation.utils").warning_once.cache_clear()
+    propagate = transformers_logging.get_logger("transformers").propagate
+    transformers_logging.get_logger("transformers").propagate = True  # let caplog see transformers' records
+    try:
+        with caplog.at_level("WARNING"):
+            pipe("What is 2 + 2?", max_new_tokens=4, num_return_sequences=2, return_full_text=False)
+            pipe("What is 2 + 2?", max_new_tokens=4, do_sample=False)
+    finally:
+        transformers_logging.get_logger("transformers").propagate = propagate
+    assert not [record for record in caplog.records if "generation_config" in record.getMessage()]

@@ -124,7 +124,7 @@ def _size(path: Path) -> str:
     return f"{total / 1e6:.1f} MB" if total >= 1e5 else f"{total / 1e3:.1f} kB"
 
 
-def export_vllm(heads: str, out: str, base: str | None = None):
+def export_vllm(heads: str, out: str, base: str | None = None, extra_heads: list[str] | None = None):
     """Write a folder vLLM opens with AutoDeco decoding: `vllm serve OUT`, `LLM(model=OUT)` (needs autodeco installed beside vLLM).
 
     vLLM reads the config, the tokenizer and every weight file from the folder it is given; a heads-only
@@ -133,15 +133,38 @@ def export_vllm(heads: str, out: str, base: str | None = None):
     generation config and to the heads. Merged checkpoints export the same way.
 
     Args:
-        heads: heads-only or merged checkpoint folder.
+        heads: heads-only or merged checkpoint folder (the heads requests get unless they name others).
         out: folder to write (a new or empty folder, or one autodeco wrote: replaced, keeping files you added).
         base: base model (default: the one the heads record; embedded:SmolLM2-135M-Instruct resolves to its converted folder).
+        extra_heads: more heads checkpoints (folders or shipped:NAME) of the same base, recorded in OUT under their folder's name (shipped:NAME as NAME; a name taken twice gets -2, -3, ...); a request picks one with extra_args {"autodeco_heads": NAME} (vllm_xargs over HTTP); vLLM reads them from their folders when it starts, so keep them in place.
     """
     from autodeco.engines.vllm_export import export_for_vllm
 
-    path = export_for_vllm(heads, out, base=base)
+    more = _extra_heads(heads, list(extra_heads or []))
+    path = export_for_vllm(heads, out, base=base, more_heads=more)
     say(f"vLLM-ready folder for {heads}: {path}\n  vllm serve {path}    "
           "(a request's temperature multiplies the heads' T; extra_args/vllm_xargs autodeco_top_p multiplies their P)")
+    if more:
+        say(f"  other heads, by extra_args/vllm_xargs autodeco_heads: {', '.join(more)}")
+
+
+def _extra_heads(heads: str, extra_heads: list[str]) -> dict[str, str]:
+    """``{id: reference}`` of ``--extra-heads``: ids as ``autodeco serve`` names them (unique against HEADS's own), each
+    checkpoint given once, every one recorded for HEADS's base (checked before anything is written).
+
+    Raises:
+        ValueError: a checkpoint given twice; CheckpointError: heads recorded for another base, naming both bases.
+    """
+    if not extra_heads:
+        return {}
+    from autodeco.engines.heads_sets import check_distinct, check_one_base, heads_ids
+    from autodeco.model.checkpoint import read_checkpoint
+
+    references = [heads, *extra_heads]
+    check_distinct(references)
+    check_one_base([read_checkpoint(reference) for reference in references], references,
+                   remedy="one exported folder runs one base: export heads of another base into a folder of their own")
+    return dict(zip(heads_ids(references)[1:], extra_heads))
 
 
 def export_hub(heads: str, out: str, base: str | None = None, repo_id: str | None = None):

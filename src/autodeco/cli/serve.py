@@ -104,20 +104,15 @@ def served_heads(heads: list[str], base: str | None, model_name: str | None) -> 
     Raises:
         ValueError: the same checkpoint given twice; CheckpointError: checkpoints recorded for different bases.
     """
-    from autodeco.engines.heads_sets import check_one_base, heads_ids
+    from autodeco.engines.heads_sets import check_distinct, check_one_base, heads_ids
     from autodeco.model.checkpoint import read_checkpoint
-    from autodeco.model.shipped import heads_or_default, resolve_heads_reference
+    from autodeco.model.shipped import heads_or_default
 
     if len(heads) <= 1:
         given = heads[0] if heads else None
         folder = heads_or_default(given, base)
         return [folder], [model_name or given or (Path(folder).name if folder else base)]
-    seen: dict[Path, str] = {}
-    for reference in heads:
-        folder = resolve_heads_reference(reference).resolve()
-        if folder in seen:
-            raise ValueError(f"{reference!r} and {seen[folder]!r} are the same heads checkpoint; give each once")
-        seen[folder] = reference
+    check_distinct(heads)
     check_one_base([read_checkpoint(reference) for reference in heads], heads)  # before any base loads
     return list(heads), heads_ids(heads)
 

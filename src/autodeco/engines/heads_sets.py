@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from autodeco.model.checkpoint import CheckpointContents, CheckpointError
-from autodeco.model.shipped import SHIPPED_PREFIX
+from autodeco.model.shipped import SHIPPED_PREFIX, resolve_heads_reference
 
 PLAIN_BASE_TOP_P_MAX = 1.0
 """A plain-base request's ``top_p`` is an absolute value, at most 1 (OpenAI's range)."""
@@ -71,6 +71,21 @@ def heads_ids(references: list[str | os.PathLike]) -> list[str]:
     return unique_ids(heads_name(reference) for reference in references)
 
 
+def check_distinct(references: list[str | os.PathLike]) -> None:
+    """Refuse a heads checkpoint given twice (by two paths, or as a path and ``shipped:NAME``).
+
+    Raises:
+        ValueError: naming the two references.
+    """
+    seen: dict[Path, str | os.PathLike] = {}
+    for reference in references:
+        folder = resolve_heads_reference(reference).resolve()
+        if folder in seen:
+            raise ValueError(f"{os.fspath(reference)!r} and {os.fspath(seen[folder])!r} are the same heads checkpoint; "
+                             "give each once")
+        seen[folder] = reference
+
+
 def base_id(reference: str | None, taken: Iterable[str] = ()) -> str:
     """The id of the plain base: its reference (a local folder by its name), made unique against ``taken``.
 
@@ -97,8 +112,18 @@ def recorded_base(contents: CheckpointContents) -> str | None:
     return str(path.resolve()) if path.exists() else reference
 
 
-def check_one_base(checkpoints: list[CheckpointContents], references: list[str]) -> str | None:
+SERVE_ONE_BASE = "one server runs one base: serve heads of another base from a server of their own"
+"""What :func:`check_one_base` tells a user who gave heads of two bases (its default ``remedy``)."""
+
+
+def check_one_base(checkpoints: list[CheckpointContents], references: list[str], *,
+                   remedy: str = SERVE_ONE_BASE) -> str | None:
     """Refuse checkpoints recorded for different bases; return the base they share (None: none recorded).
+
+    Args:
+        checkpoints: the read checkpoints.
+        references: how the user named each (for the message).
+        remedy: what the message tells the user to do instead.
 
     Raises:
         CheckpointError: naming the two checkpoints and their two bases.
@@ -113,7 +138,7 @@ def check_one_base(checkpoints: list[CheckpointContents], references: list[str])
         elif base != first[1]:
             raise CheckpointError(
                 f"heads {reference!r} were made for base {base!r}, but heads {first[0]!r} for base {first[1]!r}; "
-                "one server runs one base: serve heads of another base from a server of their own"
+                + remedy
             )
     return None if first is None else first[1]
 

