@@ -392,8 +392,8 @@ def test_bad_random_values_shape_and_reduction_are_reported():
         temperature_loss(logits, torch.ones(2, 5), labels, random_values=torch.rand(2, 5))
     with pytest.raises(ValueError, match="reduction .*'avg'"):
         temperature_loss(logits, torch.ones(2, 5), labels, reduction="avg")
-    with pytest.raises(ValueError, match="reduction .*'none'"):
-        top_p_loss(logits, torch.ones(2, 5), torch.ones(2, 5), labels, reduction="none")
+    with pytest.raises(ValueError, match="reduction .*'batchmean'"):
+        top_p_loss(logits, torch.ones(2, 5), torch.ones(2, 5), labels, reduction="batchmean")
 
 
 def test_docstring_examples_run():

@@ -28,17 +28,22 @@ NONE_WORDS = ("none", "None")
 """What an optional number's flag accepts for None (e.g. ``--max-grad-norm none``)."""
 
 
-def config_command(config_class, *, exclude: tuple[str, ...] = (), flags: dict[str, str] | None = None):
+def config_command(
+    config_class, *, exclude: tuple[str, ...] = (), flags: dict[str, str] | None = None, also: tuple = (),
+):
     """Declare that the decorated command also takes ``config_class``'s fields as flags.
 
     Args:
         config_class: a dataclass whose fields are documented with attribute docstrings.
         exclude: fields that are not flags (set by the command itself).
         flags: field -> flag name, where a field's flag is not its kebab-case name.
+        also: more config dataclasses whose fields become flags too, each in its own group (a field whose flag
+            an earlier class already gives is not added again); ``autodeco train``'s objectives.
     """
 
     def decorate(function):
         function.__config__ = (config_class, tuple(exclude), dict(flags or {}))
+        function.__also__ = tuple(also)
         return function
 
     return decorate
@@ -62,7 +67,10 @@ def add_command(subparsers, name: str, function, *, with_arguments: bool = True)
         _add_parameter(parser, parameter, hints.get(parameter.name, str), arg_help.get(parameter.name, ""))
     if hasattr(function, "__config__"):
         config_class, exclude, flags = function.__config__
-        _add_config_fields(parser, config_class, skip=own | set(exclude), flags=flags)
+        skip = own | set(exclude)
+        for one_class in (config_class, *getattr(function, "__also__", ())):
+            _add_config_fields(parser, one_class, skip=skip, flags=flags)
+            skip |= {field.name for field in _flag_fields(one_class)}
 
 
 def flag_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:

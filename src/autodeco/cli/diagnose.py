@@ -27,7 +27,7 @@ def diagnose(
     verdict. Writes OUTPUT/diagnose.json, diagnose.md, tokens.jsonl and three PNG figures.
 
     Args:
-        heads: heads checkpoint folder (e.g. from `autodeco train`, or the shipped heads).
+        heads: heads checkpoint folder (e.g. from `autodeco train`), or shipped:NAME for a shipped checkpoint.
         data: held-out verified trajectories JSONL (e.g. heldout.jsonl from `autodeco sample`).
         output: output folder (locked while the command runs; files are replaced atomically).
         base: base model (default: the one the heads record).
@@ -43,6 +43,7 @@ def diagnose(
 
     from autodeco.common.runlock import run_lock
     from autodeco.evaluation.diagnose import diagnose_tokens, summarise_diagnosis
+    from autodeco.model.shipped import resolve_heads_reference
     from autodeco.sampling.inference import load_for_generation
     from autodeco.data.trajectories import read_trajectories
     from autodeco.views.diagnose_report import render_diagnosis, write_diagnose_report
@@ -51,9 +52,10 @@ def diagnose(
     check_at_least("--batch-size", batch_size)
     check_at_least("--max-length", max_length, 2)
     check_at_least("--resamples", resamples)
-    if not Path(heads).is_dir():
+    if not Path(resolve_heads_reference(heads)).is_dir():
         raise ValueError(f"heads checkpoint folder {heads!r} does not exist or is not a folder; pass a heads folder "
-                         "(from `autodeco train` or `autodeco init`, e.g. runs/quickstart/heads)")
+                         "(from `autodeco train` or `autodeco init`, e.g. runs/quickstart/heads) or shipped:NAME")
+    heads = str(resolve_heads_reference(heads))
     trajectories = read_trajectories([data], on_bad_line=on_bad_line, what="DATA file")[:limit]
     if not trajectories:
         raise ValueError(f"DATA file {data!r} holds no trajectory; pass a JSONL file of verified trajectories "

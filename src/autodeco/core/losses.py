@@ -51,8 +51,10 @@ is 148 MiB and the soft top-p holds about a dozen of them; 2,048 tokens at once 
 that. Smaller chunks save memory in proportion and cost little time until the per-chunk overhead
 shows (measured in ``benchmarks/loss_memory.py``). ``None`` in the functions below means all at once."""
 
-REDUCTIONS = ("mean", "sum")
-"""``reduction`` values: ``"mean"`` over kept tokens, or ``"sum"`` returning a :class:`LossSum`."""
+REDUCTIONS = ("mean", "sum", "none")
+"""``reduction`` values: ``"mean"`` over kept tokens, ``"sum"`` returning a :class:`LossSum`, or ``"none"``: the
+``(N,)`` per-token losses of the kept tokens in row-major order of their positions (for per-token weights, e.g.
+the policy-gradient advantages of :mod:`autodeco.training.reward`)."""
 
 
 class LossSum(NamedTuple):
@@ -97,7 +99,8 @@ def temperature_loss(
         random_values: ``(B, L - 1)`` uniform draws in [0, 1) to use instead of drawing from
             ``generator``; an easy token at shifted position ``(b, t)`` is dropped when
             ``random_values[b, t] < easy_token_drop``.
-        reduction: ``"mean"`` over the kept tokens, or ``"sum"`` for a :class:`LossSum`.
+        reduction: ``"mean"`` over the kept tokens, ``"sum"`` for a :class:`LossSum`, or ``"none"`` for the
+            ``(N,)`` per-token losses (kept positions in row-major order).
         chunk_size: tokens per chunk (see :data:`LOSS_CHUNK_TOKENS`); ``None`` = all at once.
 
     Returns:
@@ -161,7 +164,8 @@ def top_p_loss(
         labels: ``(B, L)`` input token ids, -100 where not trained.
         steepness: slope of the soft mask.
         dft_weighting: multiply each token's loss by the base probability of its label.
-        reduction: ``"mean"`` over the labelled tokens, or ``"sum"`` for a :class:`LossSum`.
+        reduction: ``"mean"`` over the labelled tokens, ``"sum"`` for a :class:`LossSum`, or ``"none"`` for the
+            ``(N,)`` per-token losses (labelled positions in row-major order).
         chunk_size: tokens per chunk (see :data:`LOSS_CHUNK_TOKENS`); ``None`` = all at once.
 
     Returns:
@@ -514,6 +518,8 @@ def _easy_tokens(shift_logits: torch.Tensor, shift_labels: torch.Tensor, valid: 
 
 
 def _reduce(token_losses: torch.Tensor, reduction: str) -> torch.Tensor | LossSum:
+    if reduction == "none":
+        return token_losses
     if reduction == "sum":
         count = torch.tensor(token_losses.shape[0], dtype=torch.int64, device=token_losses.device)
         return LossSum(token_losses.sum(), count)
@@ -521,6 +527,8 @@ def _reduce(token_losses: torch.Tensor, reduction: str) -> torch.Tensor | LossSu
 
 
 def _reduce_empty(zero: torch.Tensor, reduction: str) -> torch.Tensor | LossSum:
+    if reduction == "none":
+        return zero.reshape(1)[:0]  # (0,) still attached to the graph
     if reduction == "sum":
         return LossSum(zero, torch.zeros((), dtype=torch.int64, device=zero.device))
     return zero

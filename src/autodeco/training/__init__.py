@@ -12,18 +12,33 @@
 - ``state``: the output folder: settings record, resumable checkpoints, final heads.
 - ``curve``: the training log (``log.jsonl``) and its plot (``training_curve.png``).
 
+On-policy objectives (``autodeco train --objective reward|rejection``): the heads answer training problems
+themselves and learn from the verifier's scores.
+
+- ``reward_config``: :class:`RewardConfig` and :class:`RejectionConfig` (and their shared rollout settings).
+- ``on_policy``: training prompts -> K answers each with the current heads -> rewards -> teacher-forcing rows.
+- ``reward``: :func:`train_with_reward`, policy gradient with a group baseline (GRPO-style) on the heads.
+- ``reward_step``: its loss step (advantage-weighted soft top-p NLL, drift penalty, statistics).
+- ``rejection``: :func:`train_by_rejection`, rounds of sample -> keep the verified answers -> the recipe above.
+- ``reward_curve``: their log's plot (reward, mean T and P, greedy-like share).
+
 Held-out evaluation of trained heads lives with the rest of evaluation, in
 :mod:`autodeco.evaluation.heldout`. The names below are imported on first use, so reading
 :class:`TrainConfig` (the command line's ``--help``, say) does not load torch.
 """
 
 __all__ = [
+    "OBJECTIVES",
     "PRESETS",
     "ControlConfig",
+    "RejectionConfig",
+    "RewardConfig",
     "TrainConfig",
     "TrainResult",
     "build_training_set",
+    "train_by_rejection",
     "train_heads",
+    "train_with_reward",
 ]
 
 _LAZY = {
@@ -33,6 +48,11 @@ _LAZY = {
     "build_training_set": "autodeco.training.data",
     "TrainResult": "autodeco.training.recipe",
     "train_heads": "autodeco.training.recipe",
+    "OBJECTIVES": "autodeco.training.reward_config",
+    "RewardConfig": "autodeco.training.reward_config",
+    "RejectionConfig": "autodeco.training.reward_config",
+    "train_with_reward": "autodeco.training.reward",
+    "train_by_rejection": "autodeco.training.rejection",
 }
 
 

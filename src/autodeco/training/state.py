@@ -216,8 +216,13 @@ def latest_checkpoint(output: Path) -> Path | None:
     return folders[-1][1] if folders else None
 
 
-def save_checkpoint(output: Path, step: int, model, optimizer, config: TrainConfig, *, examples_seen: int) -> Path:
-    """Write ``checkpoint-<step>`` atomically (heads + optimizer state + RNG, no pickle); keep the last K."""
+def save_checkpoint(
+    output: Path, step: int, model, optimizer, config: TrainConfig, *, examples_seen: int, write_curve=write_training_curve,
+) -> Path:
+    """Write ``checkpoint-<step>`` atomically (heads + optimizer state + RNG, no pickle); keep the last K (``config.keep_last``).
+
+    ``write_curve(output)`` redraws the run's curve from its log (another recipe's log has other columns).
+    """
     from safetensors.torch import save_file
 
     from autodeco.model.checkpoint import write_checkpoint_files
@@ -234,7 +239,7 @@ def save_checkpoint(output: Path, step: int, model, optimizer, config: TrainConf
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
     for _, folder in _checkpoint_folders(output)[: -config.keep_last]:
         shutil.rmtree(folder, ignore_errors=True)
-    write_training_curve(output)
+    write_curve(output)
     return target
 
 
