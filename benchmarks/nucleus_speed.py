@@ -9,9 +9,11 @@ the machine may be shared and noisy:
    **temperature**, the base's own ``generate()`` at the heads' mean T without top-p (transformers'
    ``TemperatureLogitsWarper``); **static top-p**, the same with the heads' mean P (plus ``TopPLogitsWarper``,
    which sorts). The heads' mean T and P come from one untimed AutoDeco run at each batch size.
-2. **the warp alone**: ``autodeco.core.decoding.warp_logits`` against the sort-based warp it replaced (kept
-   below as the baseline), microseconds per row, on the model's own next-token logits and on the same logits
-   sharpened 8x (a small nucleus), at the heads' mean T and P; and how many rows' nuclei differ between the two.
+2. **the warp alone**: ``autodeco.core.decoding.warp_logits`` (window stages, then the bucketing for the rows
+   they leave) against the bucketing alone (the warp before the window stages) and the sort-based warp the
+   bucketing replaced (both kept below as baselines), microseconds per row, on the logits of one AutoDeco
+   ``generate()`` step midway with the T and P the heads chose for each row, and on the same logits sharpened 8x
+   (a small nucleus); which stage settled how many rows; and how many rows' nuclei differ from the sort path's.
 
 Run ``python benchmarks/nucleus_speed.py --help`` for the options.
 """
@@ -29,7 +31,8 @@ from decode_speed import SMOLLM2_135M_SHAPE, LogitsProcessingTimer, impossible_t
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from autodeco import AutoDecoForCausalLM
-from autodeco.core.decoding import MIN_SAMPLING_TEMPERATURE, warp_logits
+from autodeco.core import decoding
+from autodeco.core.decoding import MIN_SAMPLING_TEMPERATURE, scale_logits, warp_logits
 from autodeco.model.generation import generate_with_base
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
@@ -184,23 +187,75 @@ def generate_row(model, input_ids, temperature: float, top_p: float, args) -> st
             f"{step_ms['autodeco']:.2f} | {implied:.3f} |")
 
 
-def warp_rows(model, input_ids, temperature: float, top_p: float, args) -> list[str]:
-    """The warp alone, on the model's next-token logits and on them sharpened, at the heads' mean T and P."""
+def decoding_steps(model, input_ids, new_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The logits of one AutoDeco ``generate()`` step midway (rows diverged by sampling) and the T and P the heads
+    chose for each row there: ``(B, V)``, ``(B,)``, ``(B,)``."""
+    import autodeco.model.generation as generation
+
+    steps = []
+    step = generation.dynamic_step
+
+    def recording_step(heads, hidden, logits, *arguments, **options):
+        warped, temperature, top_p = step(heads, hidden, logits, *arguments, **options)
+        steps.append((logits.float().clone(), temperature.float(), top_p.float()))
+        return warped, temperature, top_p
+
+    generation.dynamic_step = recording_step
+    try:
+        with torch.no_grad():
+            model.generate(input_ids, do_sample=True, max_new_tokens=new_tokens)
+    finally:
+        generation.dynamic_step = step
+    return steps[len(steps) // 2]
+
+
+def bucketing_warp_logits(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """The warp before the window stages: every row's cut found by the bucketing (kept here as a baseline)."""
+    scaled = scale_logits(logits, temperature)
+    probs = scaled.softmax(dim=-1)
+    boundary = decoding._bucket_boundary(scaled, probs, top_p, decoding.tail_bound(top_p))
+    decoding._remove_below(scaled, boundary.logit)
+    scaled[boundary.removed_ties.unbind(1)] = -math.inf
+    return scaled
+
+
+def settled_by_stage(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor) -> str:
+    """How many rows the narrow window, the wide window and the bucketing each settled, as ``n / n / n``."""
+    decided = []
+    window = decoding._window_boundary
+
+    def counting_window(*arguments, **options):
+        result = window(*arguments, **options)
+        decided.append(int(result.decided.sum()))
+        return result
+
+    decoding._window_boundary = counting_window
+    try:
+        warp_logits(logits, temperature, top_p)
+    finally:
+        decoding._window_boundary = window
+    decided += [0] * (2 - len(decided))
+    return f"{decided[0]} / {decided[1]} / {logits.shape[0] - sum(decided)}"
+
+
+def warp_rows(model, input_ids, args) -> list[str]:
+    """The warp alone on one generate() step's logits and on them sharpened, at the T and P the heads chose."""
     batch = input_ids.shape[0]
-    with torch.no_grad():
-        logits = model.llm(input_ids).logits[:, -1].float()  # (B, V)
-    temperature, top_p = torch.full((batch,), temperature), torch.full((batch,), top_p)
+    logits, temperature, top_p = decoding_steps(model, input_ids, max(2, args.new_tokens // 2))
     lines = []
     for kind, kind_logits in (("model's", logits), (f"sharpened x{SHARPENING:g}", SHARPENING * logits)):
         arms = {"sort path": lambda: sort_path_warp_logits(kind_logits, temperature, top_p),
-                "no sort": lambda: warp_logits(kind_logits, temperature, top_p)}
+                "bucketing only": lambda: bucketing_warp_logits(kind_logits, temperature, top_p),
+                "windows": lambda: warp_logits(kind_logits, temperature, top_p)}
         timings = interleaved(arms, args.warp_rounds)
         micros = {name: 1e6 * statistics.median(wall for wall, _ in values) / batch for name, values in timings.items()}
         new, old = warp_logits(kind_logits, temperature, top_p), sort_path_warp_logits(kind_logits, temperature, top_p)
+        assert torch.equal(new, bucketing_warp_logits(kind_logits, temperature, top_p)), "the stages disagree"
         differing = int((new.isinf() != old.isinf()).any(dim=-1).sum())
         kept = torch.isfinite(new).sum(dim=-1).float().median()
-        lines.append(f"| {batch} | {kind} | {int(kept)} | {micros['sort path']:.0f} | {micros['no sort']:.0f} "
-                     f"| {micros['sort path'] / micros['no sort']:.1f} | {differing}/{batch} |")
+        lines.append(f"| {batch} | {kind} | {int(kept)} | {settled_by_stage(kind_logits, temperature, top_p)} "
+                     f"| {micros['sort path']:.0f} | {micros['bucketing only']:.0f} | {micros['windows']:.0f} "
+                     f"| {micros['bucketing only'] / micros['windows']:.2f} | {differing}/{batch} |")
     return lines
 
 
@@ -217,7 +272,7 @@ def main(argv=None) -> int:
         input_ids = prompt_ids.expand(batch, -1).contiguous()
         temperature, top_p = heads_means(model, input_ids, args.new_tokens)
         generate_lines.append(generate_row(model, input_ids, temperature, top_p, args))
-        warp_lines.extend(warp_rows(model, input_ids, temperature, top_p, args))
+        warp_lines.extend(warp_rows(model, input_ids, args))
         print(f"  batch {batch} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     print("| batch | new tokens | rounds | heads' mean T / P | temperature ms/token | static top-p ms/token "
           "| autodeco ms/token | autodeco / temperature: wall, median (min-max) | same, CPU time "
@@ -226,15 +281,18 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(generate_lines))
     print()
-    print("| batch | logits | nucleus size (median) | sort path µs/row | no sort µs/row | speed-up "
-          "| rows whose nucleus differs |")
-    print("|---|---|---|---|---|---|---|")
+    print("| batch | logits | nucleus size (median) | rows settled: narrow / wide window / bucketing "
+          "| sort path µs/row | bucketing only µs/row | windows µs/row | bucketing only / windows "
+          "| rows whose nucleus differs from the sort path's |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(warp_lines))
     print()
     print("ms/token: median wall time of a generate() call / new tokens (all rows together); ratios within each "
           "interleaved round. Sampling step: median time of one step's logits processing, and the ratio its "
           "difference alone implies (less noisy than the wall ratio: the forward pass is left out). Warp: median "
-          f"over {args.warp_rounds} interleaved rounds; the sort path is the warp this replaced (its nucleus differs "
+          f"over {args.warp_rounds} interleaved rounds, on the logits of one generate() step midway with the T and P the heads "
+          "chose for each row; bucketing only: every row's cut by the bucketing, as before the window stages; the sort "
+          "path is the warp the bucketing replaced (its nucleus differs "
           "where its softmax of the sorted row rounds differently, or ties straddle the cut). "
           f"{time.perf_counter() - started:.0f} s in all.")
     return 0
