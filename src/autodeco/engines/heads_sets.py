@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -143,22 +142,6 @@ def check_one_base(checkpoints: list[CheckpointContents], references: list[str],
     return None if first is None else first[1]
 
 
-@dataclasses.dataclass(frozen=True)
-class PlainBaseSettings:
-    """The settings :class:`~autodeco.model.heads.AutoDecoHeads` reads, for heads that are both off."""
-
-    hidden_size: int
-    """Width of the base's final hidden state."""
-    vocab_size: int
-    """Number of logits of the base's output head."""
-    enable_temperature_head: bool = False
-    """Off: ``T = 1``, so the request's temperature is the one used."""
-    enable_top_p_head: bool = False
-    """Off: ``P = 1``, so the request's top-p is the one used."""
-    use_enhanced_features: bool = False
-    """Unused (the top-p head is off)."""
-
-
 def plain_base_heads(hidden_size: int, vocab_size: int):
     """Heads that decode the base as it is: both disabled (``T = 1``, ``P = 1``), so the user's values are absolute.
 
@@ -169,9 +152,11 @@ def plain_base_heads(hidden_size: int, vocab_size: int):
     """
     import torch
 
+    from autodeco.engines.vllm_export import HeadsSettings
     from autodeco.model.heads import AutoDecoHeads
 
-    settings = PlainBaseSettings(hidden_size=hidden_size, vocab_size=vocab_size)
+    settings = HeadsSettings(hidden_size, vocab_size, enable_temperature_head=False, enable_top_p_head=False,
+                             use_enhanced_features=False)
     with torch.random.fork_rng(devices=[]):  # the unused weights must not move the caller's random state
         return AutoDecoHeads(settings)
 
