@@ -152,11 +152,11 @@ def plain_base_heads(hidden_size: int, vocab_size: int):
     """
     import torch
 
-    from autodeco.engines.vllm_export import HeadsSettings
+    from autodeco.model.config import AutoDecoConfig
     from autodeco.model.heads import AutoDecoHeads
 
-    settings = HeadsSettings(hidden_size, vocab_size, enable_temperature_head=False, enable_top_p_head=False,
-                             use_enhanced_features=False)
+    settings = AutoDecoConfig(hidden_size, vocab_size, use_enhanced_features=False)
+    settings.enable_temperature_head = settings.enable_top_p_head = False  # the config refuses this at creation
     with torch.random.fork_rng(devices=[]):  # the unused weights must not move the caller's random state
         return AutoDecoHeads(settings)
 
