@@ -11,7 +11,10 @@ from autodeco.core import losses
 from autodeco.core.control_losses import completion_means, ranking_loss
 from autodeco.training import control_losses, loss_step, recipe
 from autodeco.training.config import TrainConfig
-from autodeco.data.phrasings import BUILTIN_PHRASINGS, ControlPhrasingsError, append_command, load_phrasings
+from autodeco.data.phrasings import (
+    BUILTIN_PHRASINGS, Command, ControlPhrasings, ControlPhrasingsError, PhrasingFamily, append_command, command_messages,
+    command_text, load_phrasings,
+)
 from autodeco.training.control import control_choice
 from autodeco.training.data import CommandedExamples, build_training_set
 
@@ -71,7 +74,150 @@ def test_builtin_phrasings_keep_training_and_evaluation_apart():
     for kind in ("low", "high"):
         assert len(phrasings.train[kind]) >= 5 and len(phrasings.eval[kind]) >= 3
         assert not set(phrasings.train[kind]) & set(phrasings.eval[kind])
+    # The shipped checkpoint's phrasings keep their split (it was trained on the train ones).
     assert "I hope the answers can be more innovative and diverse." in phrasings.train["high"]
+    assert "Please answer as certain as possible." in phrasings.train["low"]
+    assert "I need the answer to be as sure and consistent as possible." in phrasings.eval["low"]
+    assert "Answer with lots of creativity and variety." in phrasings.eval["high"]
+
+
+def normalised(text):
+    return " ".join(text.casefold().split())
+
+
+def test_builtin_families_are_split_whole_and_share_no_phrasing():
+    families = load_phrasings().families
+    assert len({family.name for family in families}) == len(families)
+    texts = {split: {normalised(text) for family in families if family.split == split for text in family.phrasings}
+             for split in ("train", "eval")}
+    assert texts["train"] and texts["eval"] and not texts["train"] & texts["eval"]
+    assert all(4 <= len(family.phrasings) <= 8 for family in families)
+
+
+@pytest.mark.parametrize("kind", ["low", "high"])
+def test_builtin_commands_cover_styles_placements_and_languages_in_both_splits(kind):
+    phrasings = load_phrasings()
+    train, evaluation = phrasings.families_for("train", kind), phrasings.families_for("eval", kind)
+    assert 14 <= len(train) + len(evaluation) <= 20 and len(train) > len(evaluation)
+    for families in (train, evaluation):
+        assert {family.placement for family in families} == {"after", "before", "system"}
+        assert {"terse", "polite", "indirect", "negated", "question", "role"} <= {family.style for family in families}
+        assert any(family.style == "role" and family.placement == "system" for family in families)
+    languages = {split: {family.language for family in families} for split, families in (("train", train), ("eval", evaluation))}
+    assert {"fr", "es", "de"} <= languages["train"] | languages["eval"]  # every language the base reads, each kind
+    assert languages["eval"] - languages["train"] - {"en"}  # a language this kind's training never wrote
+
+
+def test_builtin_negated_commands_point_both_ways():
+    phrasings = load_phrasings()
+    negated = {(split, kind): [text for family in phrasings.families_for(split, kind) if family.style == "negated"
+                               for text in family.phrasings]
+               for split in ("train", "eval") for kind in ("low", "high")}
+    assert all(negated.values())  # every split and kind has a negated family
+    assert "Don't be creative." in negated["train", "low"] and "Don't hold back on originality." in negated["train", "high"]
+    assert "No surprises, please." in negated["eval", "low"] and "Don't give me the usual answer." in negated["eval", "high"]
+
+
+def test_builtin_languages_other_than_english_appear_in_both_splits():
+    phrasings = load_phrasings()
+    for split in ("train", "eval"):
+        languages = {family.language for kind in ("low", "high") for family in phrasings.families_for(split, kind)}
+        assert len(languages - {"en"}) >= 2, (split, languages)
+
+
+CONTROL_WORDS = ("certain", "precise", "exact", "careful", "creativ", "divers", "original", "imagin", "surpris", "varied",
+                 "variety", "standard", "reliable", "random", "focus", "wild", "unusual", "prudent", "genau", "kreativ")
+
+
+def test_builtin_neutral_sentences_are_as_long_as_commands_and_ask_for_nothing():
+    phrasings = load_phrasings()
+    for split in ("train", "eval"):
+        families = phrasings.families_for(split, "neutral")
+        assert len(families) >= 3 and any(family.placement == "system" for family in families)
+        assert all(command.direction == 0 for command in phrasings.commands(split, "neutral"))
+    neutral = [command.text for split in ("train", "eval") for command in phrasings.commands(split, "neutral")]
+    assert not [text for text in neutral if any(word in text.casefold() for word in CONTROL_WORDS)]
+    commands = [text for split in ("train", "eval") for kind in ("low", "high") for text in getattr(phrasings, split)[kind]]
+    mean_words = lambda texts: sum(len(text.split()) for text in texts) / len(texts)  # noqa: E731
+    assert 0.6 < mean_words(neutral) / mean_words(commands) < 1.5
+
+
+def test_commands_come_from_families_in_file_order():
+    phrasings = load_phrasings()
+    commands = phrasings.commands("train", "low")
+    assert [command.text for command in commands] == list(phrasings.train["low"])
+    assert [command.family for command in commands][:1] == [phrasings.families_for("train", "low")[0].name]
+    assert {command.direction for command in commands} == {-1}
+    assert {command.direction for command in phrasings.commands("eval", "high")} == {1}
+    with pytest.raises(ValueError, match="split must be one of train, eval, got 'test'"):
+        phrasings.families_for("test", "low")
+
+
+@pytest.mark.parametrize("placement, expected", [
+    ("after", [{"role": "user", "content": "What is 2 + 2?\nBe exact."}]),
+    ("before", [{"role": "user", "content": "Be exact.\nWhat is 2 + 2?"}]),
+    ("system", [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "What is 2 + 2?"}]),
+])
+def test_command_messages_put_the_command_in_its_place(placement, expected):
+    command = Command("Be exact.", "low", "terse-exact", placement)
+    assert command_messages("What is 2 + 2?", command) == expected
+    assert command_text("What is 2 + 2?", command) == "\n".join(message["content"] for message in expected)
+
+
+def test_a_text_command_goes_after_the_question_as_before_and_none_leaves_the_prompt():
+    assert command_messages("What is 2 + 2?  ", "Be exact.") == [{"role": "user", "content": append_command("What is 2 + 2?  ", "Be exact.")}]
+    assert command_messages("What is 2 + 2?", None) == [{"role": "user", "content": "What is 2 + 2?"}]
+    assert command_text("What is 2 + 2?", None) == "What is 2 + 2?"
+    with pytest.raises(ValueError, match="placement must be one of after, before, system, got 'middle'"):
+        Command("Be exact.", placement="middle")
+
+
+SMOLLM2_CHAT_TEMPLATE = (  # SmolLM2-135M-Instruct's own template: a default system turn unless one is given
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_a_system_command_is_rendered_in_the_system_turn(tiny_chat_model_dir):
+    from transformers import AutoTokenizer
+
+    from autodeco.data.tokens import tokenize_prompt
+    from autodeco.sampling.inference import render_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_model_dir)
+    tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
+    messages = command_messages("What is 2 + 2?", Command("You are a precise calculator.", placement="system"))
+    assert render_prompt(tokenizer, messages) == (
+        "<|im_start|>system\nYou are a precise calculator.<|im_end|>\n"
+        "<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    plain = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+    assert render_prompt(tokenizer, "What is 2 + 2?").startswith(plain)  # a text prompt renders as before
+    assert render_prompt(tokenizer, command_messages("What is 2 + 2?", None)) == render_prompt(tokenizer, "What is 2 + 2?")
+    assert tokenize_prompt(tokenizer, messages) == tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+    assert render_prompt(tokenizer, messages, chat_template=False) == "You are a precise calculator.\nWhat is 2 + 2?"
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        render_prompt(tokenizer, [{"role": "system", "content": " "}, {"role": "user", "content": "\n"}])
+    with pytest.raises(ValueError, match="chat message 0 must be a dict with a 'role' and a text 'content'"):
+        render_prompt(tokenizer, [{"content": "What is 2 + 2?"}])
+
+
+def test_a_chat_template_refusing_a_system_message_is_named(tiny_chat_model_dir):
+    from transformers import AutoTokenizer
+
+    from autodeco.sampling.inference import render_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_model_dir)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}{{ m['content'] }}{% endfor %}"
+    )
+    messages = command_messages("What is 2 + 2?", Command("Be exact.", placement="system"))
+    with pytest.raises(ValueError, match=r"refuses messages with roles \['system', 'user'\]: System role not supported; "
+                                         "put the command in the user message instead"):
+        render_prompt(tokenizer, messages)
 
 
 def write_phrasings(path, content):
@@ -82,10 +228,22 @@ def write_phrasings(path, content):
 GOOD = {"low": {"train": ["be sure"], "eval": ["be certain"]}, "high": {"train": ["be wild"], "eval": ["be free"]}}
 
 
+def test_a_version_1_file_loads_as_four_families(tmp_path):
+    phrasings = load_phrasings(write_phrasings(tmp_path / "old.json", {"description": "old", **GOOD}))
+    assert [(family.name, family.kind, family.split, family.placement, family.language, family.style)
+            for family in phrasings.families] == [
+        ("low-train", "low", "train", "after", "en", "list"), ("low-eval", "low", "eval", "after", "en", "list"),
+        ("high-train", "high", "train", "after", "en", "list"), ("high-eval", "high", "eval", "after", "en", "list"),
+    ]
+    assert phrasings.train == {"low": ("be sure",), "high": ("be wild",)}
+    assert phrasings.eval == {"low": ("be certain",), "high": ("be free",)}
+    assert phrasings.families_for("train", "neutral") == ()
+
+
 @pytest.mark.parametrize("content, message", [
     ("", r"is empty"),
     ("{\"low\": ", r"is not valid JSON \(Expecting value at line 1 column 9\)"),
-    ([1, 2], r"must hold a JSON object with 'low' and 'high', got list"),
+    ([1, 2], r"must hold a JSON object, .*got list"),
     ({"low": GOOD["low"]}, r"'high' must be an object with 'train' and 'eval' lists of phrasings, got missing"),
     ({**GOOD, "high": {"train": [], "eval": ["x"]}}, r"high.train must be a non-empty list of phrasings \(strings\), got \[\]"),
     ({**GOOD, "low": {"train": ["ok", "  "], "eval": ["x"]}}, r"low.train\[1\] must be a non-empty string, got '  '"),
@@ -94,6 +252,57 @@ GOOD = {"low": {"train": ["be sure"], "eval": ["be certain"]}, "high": {"train":
 def test_bad_phrasing_files_are_refused_saying_what_is_wrong(tmp_path, content, message):
     path = write_phrasings(tmp_path / "phrasings.json", content)
     with pytest.raises(ControlPhrasingsError, match=message):
+        load_phrasings(path)
+
+
+def family(name, kind, split, *phrasings, **extra):
+    return {"name": name, "kind": kind, "split": split, "phrasings": list(phrasings), **extra}
+
+
+GOOD_FAMILIES = [
+    family("low-a", "low", "train", "Be exact."), family("low-b", "low", "eval", "Play it safe.", placement="system"),
+    family("high-a", "high", "train", "Be creative."), family("high-b", "high", "eval", "Go wild.", language="fr"),
+    family("neutral-a", "neutral", "train", "Sent from my phone.", style="remark"),
+]
+
+
+def with_family(index, **changes):
+    families = [dict(entry) for entry in GOOD_FAMILIES]
+    families[index].update(changes)
+    return {"version": 2, "families": families}
+
+
+def test_a_version_2_file_fills_the_optional_keys(tmp_path):
+    phrasings = load_phrasings(write_phrasings(tmp_path / "p.json", {"description": "mine", "version": 2, "families": GOOD_FAMILIES}))
+    assert phrasings.families[0] == PhrasingFamily("low-a", "low", "train", "after", "en", "", ("Be exact.",))
+    assert phrasings.commands("eval", "low") == (Command("Play it safe.", "low", "low-b", "system"),)
+    assert phrasings.eval == {"low": ("Play it safe.",), "high": ("Go wild.",)}
+    assert isinstance(phrasings, ControlPhrasings) and len(phrasings.fingerprint) == 64
+
+
+@pytest.mark.parametrize("content, message", [
+    (with_family(1, kind="medium"), r"families\[1\] \('low-b'\): 'kind' must be one of low, high, neutral, got 'medium'"),
+    (with_family(2, split="test"), r"families\[2\] \('high-a'\): 'split' must be one of train, eval, got 'test'"),
+    (with_family(3, placement="middle"), r"families\[3\] \('high-b'\): 'placement' must be one of after, before, system, got 'middle'"),
+    (with_family(3, name="low-a"), r"families\[3\] \('low-a'\) repeats the name of families\[0\] \('low-a'\); give each"),
+    (with_family(0, phrasing=["x"]), r"families\[0\] \('low-a'\): unknown key 'phrasing'; a family holds only name, kind"),
+    (with_family(1, phrasings=["be  EXACT."]), r"families\[0\] \('low-a'\) \(train\) and families\[1\] \('low-b'\) \(eval\) "
+                                              r"share 'be  EXACT.'; evaluation must use phrasings never seen in training"),
+    (with_family(4, phrasings=["Be creative."]), r"families\[2\] \('high-a'\) \(high\) and families\[4\] \('neutral-a'\) "
+                                                 r"\(neutral\) share 'Be creative.'; one phrasing cannot ask for two"),
+    (with_family(1, kind="neutral"), r"has no eval family of kind 'low' \(its low families: 'low-a'\); add one with"),
+    (with_family(2, phrasings=[]), r"families\[2\] \('high-a'\): 'phrasings' must be a non-empty list of texts, got \[\]"),
+    (with_family(2, phrasings=["ok", " "]), r"families\[2\] \('high-a'\): phrasings\[1\] must be a non-empty string, got ' '"),
+    (with_family(0, name=""), r"families\[0\] \(no name\): 'name' must be a non-empty string, got ''"),
+    (with_family(0, kind=None) | {"families": ["low"]}, r"families\[0\] \(no name\) must be an object with name, kind"),
+    ({"version": 2, "families": [{"name": "x", "kind": "low", "split": "train"}]}, r"families\[0\] \('x'\) lacks 'phrasings'"),
+    ({"version": 2, "families": []}, r"'families' must be a non-empty list of families, got \[\]"),
+    ({"version": 2, "familes": GOOD_FAMILIES}, r"unknown key 'familes'; a version-2 file holds only description, version, families"),
+    ({"version": 3, "families": GOOD_FAMILIES}, r"version 3 is not a phrasing-file version this autodeco reads; write 2"),
+])
+def test_bad_families_are_refused_naming_the_file_and_the_family(tmp_path, content, message):
+    path = write_phrasings(tmp_path / "families.json", content)
+    with pytest.raises(ControlPhrasingsError, match=r"control phrasing file '.*families.json'.*" + message):
         load_phrasings(path)
 
 
@@ -295,9 +504,17 @@ def write_sums(path, count=8):
     return path
 
 
+def ascii_phrasings(tmp_path):
+    """A version-1 phrasing file the tiny test tokenizer spells out (the built-in one holds French, German, ...)."""
+    path = tmp_path / "ascii.json"
+    path.write_text(json.dumps({"low": {"train": ["Be exact.", "No guessing."], "eval": ["Stay precise."]},
+                                "high": {"train": ["Be wild.", "Surprise me."], "eval": ["Go creative."]}}))
+    return load_phrasings(path)
+
+
 def test_commanded_copy_keeps_the_completion_and_appends_the_command(tokenizer, tmp_path):
     examples, _ = build_training_set([write_sums(tmp_path / "t.jsonl")], tokenizer, max_length=128)
-    pairs = CommandedExamples(tokenizer, examples, load_phrasings(), share=1.0, seed=0, max_length=128)
+    pairs = CommandedExamples(tokenizer, examples, ascii_phrasings(tmp_path), share=1.0, seed=0, max_length=128)
     [(choice, commanded)] = pairs(0, 2)
     plain = examples[2]
     assert commanded.prompt == append_command(plain.prompt, choice.phrasing)
@@ -306,9 +523,9 @@ def test_commanded_copy_keeps_the_completion_and_appends_the_command(tokenizer, 
     rendered = "".join(tokenizer.convert_ids_to_tokens(commanded.input_ids[:prompt_length].tolist()))
     assert rendered == f"<u>{plain.prompt}<unk>{choice.phrasing}</s><a>"  # the newline is <unk> to this tokenizer
     assert pairs(0, 2)[0][1] is commanded  # tokenized once
-    short = CommandedExamples(tokenizer, examples, load_phrasings(), share=1.0, seed=0, max_length=20)
+    short = CommandedExamples(tokenizer, examples, ascii_phrasings(tmp_path), share=1.0, seed=0, max_length=20)
     assert short(0, 2) == []  # the commanded prompt does not fit: no pair
-    both = CommandedExamples(tokenizer, examples, load_phrasings(), share=1.0, seed=0, max_length=128, both=True)
+    both = CommandedExamples(tokenizer, examples, ascii_phrasings(tmp_path), share=1.0, seed=0, max_length=128, both=True)
     assert [choice.kind for choice, _ in both(0, 2)] == ["low", "high"]
     assert all(copy.labels[copy.labels != -100].tolist() == plain.labels[plain.labels != -100].tolist() for _, copy in both(0, 2))
 
@@ -436,20 +653,25 @@ def test_tiny_end_to_end_train_with_control_then_control_eval(tiny_chat_model_di
     stored = json.loads((output / "control.json").read_text())
     assert stored["num_questions"] == 3 and len(stored["questions"]) == 3
     question = stored["questions"][0]
-    assert set(question["heads"]) == {"none", "low", "high"} and set(question["compare"]) == {"none"}
-    assert question["commands"]["low"] in load_phrasings().eval["low"]  # evaluation uses unseen phrasings only
-    for condition in ("none", "low", "high"):
-        assert 0 < question["heads"][condition]["temperature"] < 2 and question["heads"][condition]["tokens"] >= 2
-        assert 1 <= question["heads"][condition]["distinct_answers"] <= 2
-    low = result["directions"]["low"]["temperature"]
+    conditions = {"none", "low", "high", "neutral"}  # the built-in file has neutral eval families
+    assert set(question["heads"]) == {"sampled", "greedy"} and set(question["heads"]["sampled"]) == conditions
+    assert question["compare"] == {"sampled": {"none": question["compare"]["sampled"]["none"]}}
+    assert question["commands"]["low"]["text"] in load_phrasings().eval["low"]  # evaluation uses unseen phrasings only
+    for condition in conditions:
+        sampled, greedy = question["heads"]["sampled"][condition], question["heads"]["greedy"][condition]
+        assert 0 < sampled["temperature"] < 2 and sampled["tokens"] >= 2
+        assert 1 <= sampled["distinct_answers"] <= 2
+        assert 0 < greedy["temperature"] < 2 and greedy["tokens"] >= 1 and len(greedy["texts"]) == 1
+    low = result["directions"]["low"]["temperature"]  # one source: the paper-table keys (sampled) stay
     assert low["moved"] + low["unchanged"] + low["against"] == pytest.approx(1.0)
     assert result["comparison"] is not None and "accuracy without a command" in result["goal"]["criteria"][-1]["criterion"]
-    assert set(question["same_answer"]) == {"none", "low", "high"} and "token_ids" not in question["heads"]["none"]
+    assert set(question["same_answer"]) == conditions and "token_ids" not in question["heads"]["sampled"]["none"]
     assert result["same_answer"]["generated_gap"] < 1e-4
     markdown = (output / "control.md").read_text()
     assert "| none (baseline) |" in markdown and "Goal check" in markdown and "same tokens" in markdown
     assert (output / "control.png").read_bytes()[:4] == b"\x89PNG"
-    assert "low diversity" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| arithmetic, greedy (N = 3) |" in printed and "goal met:" in printed
 
 
 def _plain_means(heads, tokenizer, examples):
@@ -519,15 +741,15 @@ def test_an_anchor_without_a_head_this_run_trains_is_refused(tiny_chat_model_dir
 
 
 def test_control_eval_pairs_runs_with_the_same_seed(tiny_chat_model_dir, tmp_path, monkeypatch):
-    """The three prompts of a batch of questions are sampled with one seed (a paired comparison)."""
+    """Every prompt and mode of a batch of questions is answered with one seed (a paired comparison)."""
     from autodeco.evaluation import control
 
     seeds = []
     original = control._complete
 
-    def record(model, tokenizer, batch, config, seed, setting):
+    def record(model, tokenizer, batch, seed, setting, num_samples, max_new_tokens):
         seeds.append(seed)
-        return original(model, tokenizer, batch, config, seed, setting)
+        return original(model, tokenizer, batch, seed, setting, num_samples, max_new_tokens)
 
     monkeypatch.setattr(control, "_complete", record)
     from autodeco.model.modeling import AutoDecoForCausalLM
@@ -536,7 +758,9 @@ def test_control_eval_pairs_runs_with_the_same_seed(tiny_chat_model_dir, tmp_pat
     AutoDecoForCausalLM.from_base(str(tiny_chat_model_dir), seed=0).save_pretrained(heads)
     config = control.ControlEvalConfig(heads=str(heads), questions=3, samples=1, max_new_tokens=2, batch_size=2, resamples=10)
     control.control_evaluation(config, progress=False)
-    assert len(seeds) == 6 and len(set(seeds[:3])) == 1 and len(set(seeds[3:])) == 1 and seeds[0] != seeds[3]
+    passes = 2 * len(control.run_conditions(list(control.eval_families(load_phrasings()))))  # modes x prompts
+    assert len(seeds) == 2 * passes and seeds[0] != seeds[passes]
+    assert len(set(seeds[:passes])) == 1 and len(set(seeds[passes:])) == 1
 
 
 def test_control_eval_resumes_from_its_recorded_batches(tiny_chat_model_dir, tmp_path, monkeypatch):
@@ -549,26 +773,27 @@ def test_control_eval_resumes_from_its_recorded_batches(tiny_chat_model_dir, tmp
     config = control.ControlEvalConfig(heads=str(heads), questions=3, samples=2, max_new_tokens=3, batch_size=2, resamples=10)
     output = tmp_path / "run"
     complete_run = control.control_evaluation(config, output=tmp_path / "whole", progress=False)
+    passes = 2 * len(control.run_conditions(list(control.eval_families(load_phrasings()))))  # modes x prompts
 
-    calls, kill_after = [], [4]
+    calls, kill_after = [], [passes + 1]
     original = control._complete
 
-    def killed_after_four(*args):
+    def killed_after_one_more_than_a_batch(*args):
         if len(calls) == kill_after[0]:
             raise RuntimeError("killed")
         calls.append(args)
         return original(*args)
 
-    monkeypatch.setattr(control, "_complete", killed_after_four)
+    monkeypatch.setattr(control, "_complete", killed_after_one_more_than_a_batch)
     with pytest.raises(RuntimeError, match="killed"):
         control.control_evaluation(config, output=output, progress=False)
-    # the first batch's 3 prompts and its teacher-forced pass, then 1 prompt of the second batch
-    assert len((output / control.PROGRESS_FILE).read_text().splitlines()) == 5
+    # the first batch's prompts in both modes and its teacher-forced pass, then 1 prompt of the second batch
+    assert len((output / control.PROGRESS_FILE).read_text().splitlines()) == passes + 2
 
     calls.clear()
     kill_after[0] = None
     resumed = control.control_evaluation(config, output=output, progress=False)
-    assert len(calls) == 2  # only the second batch's two prompts not yet recorded
+    assert len(calls) == passes - 1  # only the second batch's prompts not yet recorded
     assert resumed["questions"] == complete_run["questions"]  # the same answers as an uninterrupted run
 
     changed = dataclasses.replace(config, samples=3)
@@ -576,7 +801,7 @@ def test_control_eval_resumes_from_its_recorded_batches(tiny_chat_model_dir, tmp
         control.control_evaluation(changed, output=output, progress=False)
     calls.clear()
     control.control_evaluation(changed, output=output, overwrite=True, progress=False)
-    assert len(calls) == 6
+    assert len(calls) == 2 * passes
 
 
 def test_control_eval_teacher_forces_the_plain_answers_with_the_values_generation_used(tiny_chat_model_dir, tmp_path):
@@ -589,7 +814,7 @@ def test_control_eval_teacher_forces_the_plain_answers_with_the_values_generatio
     config = control.ControlEvalConfig(heads=str(heads), questions=3, samples=3, max_new_tokens=6, batch_size=2, resamples=10)
     result = control.control_evaluation(config, progress=False)
     for question in result["questions"]:
-        generated, forced = question["heads"]["none"], question["same_answer"]["none"]
+        generated, forced = question["heads"]["sampled"]["none"], question["same_answer"]["none"]
         assert forced["tokens"] == generated["tokens"]  # every answer token, EOS included
         for measure in ("temperature", "top_p"):
             assert forced[measure] == pytest.approx(generated[measure], rel=1e-4, abs=1e-5)
@@ -651,7 +876,7 @@ def test_shipped_heads_are_named_and_unknown_names_listed():
 
 
 def test_distinct_measures_and_moved_share_on_hand_built_values():
-    from autodeco.evaluation.control import distinct_answers, distinct_ngram_ratio, moved_share
+    from autodeco.evaluation.control_summary import distinct_answers, distinct_ngram_ratio, moved_share
 
     assert distinct_ngram_ratio([[1, 2, 1, 2], [1, 2]]) == pytest.approx(2 / 4)  # (1,2) (2,1) (1,2) (1,2)
     assert distinct_ngram_ratio([[5]]) == 0.0

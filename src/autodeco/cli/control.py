@@ -13,10 +13,13 @@ FLAGS: dict[str, str] = {}
 def control_eval(output: str = "runs/control", overwrite: bool = False, no_progress: bool = False, **settings):
     """Measure how the heads react to decoding commands appended to held-out questions (PAPER.md section 7, Table 4).
 
-    Each question is answered K times as it is, with a low-diversity command ("as certain as
-    possible") and with a high-diversity one ("more innovative and diverse"), with the same seed.
-    Prints the table and writes OUTPUT/control.json, control.md and control.png. Finished batches are
-    recorded in OUTPUT as they end: an interrupted run resumes when the same command is run again.
+    Each question of every source (--datasets arithmetic gsm8k) is answered as it is, with a
+    low-diversity command ("as certain as possible"), with a high-diversity one ("more innovative and
+    diverse") and, where the phrasing file has them, with a neutral sentence; the commands come from
+    the file's eval families, one family per question in turn. Every prompt is answered K times with
+    the heads' T and P (sampled) and once greedily (greedy), with the same seed. Prints the table of
+    every source and mode and writes OUTPUT/control.json, control.md and control.png. Finished batches
+    are recorded in OUTPUT as they end: an interrupted run resumes when the same command is run again.
     Every setting is a flag below (from ControlEvalConfig).
 
     Args:
@@ -30,18 +33,27 @@ def control_eval(output: str = "runs/control", overwrite: bool = False, no_progr
 
     with config_errors(ControlEvalConfig, FLAGS):
         config = ControlEvalConfig(**settings)
-    inputs = {"heads": config.heads, "compared heads": config.compare_heads, "dataset": config.dataset,
-              "data folder": config.data_dir, "base model": config.base}
+    inputs = {"heads": config.heads, "compared heads": config.compare_heads, "data folder": config.data_dir,
+              "base model": config.base, **{f"dataset {source}": source for source in config.datasets}}
     with run_lock(output, "control-eval", inputs=inputs):
         result = control_evaluation(config, output=output, overwrite=overwrite, progress=not no_progress)
         files = write_control_report(output, result)
-    say(control_table(result))
-    same = same_answer_table(result)
-    if same is not None:
-        say("\nthe heads alone: the plain answers teacher-forced under each command")
-        say(same)
+    for source in result["sources"]:
+        for mode in result["by_source"][source]["modes"]:
+            say(control_table(result, source, mode) + "\n")
+        same = same_answer_table(result, source)
+        if same is not None:
+            say(f"{source}, the heads alone: the plain sampled answers teacher-forced under each command")
+            say(same + "\n")
     goal = result["goal"]
-    say(f"\ngoal met: {'yes' if goal['met'] else 'no'} "
+    say(f"goal met: {'yes' if goal['met'] else 'no'} "
           f"({sum(item['met'] for item in goal['criteria'])} of {len(goal['criteria'])} criteria)")
+    missed: dict[str, int] = {}
+    for item in goal["criteria"]:
+        if not item["met"]:
+            place = f"{item['source']}, {item['mode']}" if item["measure"] != "accuracy" else f"{item['source']}, accuracy"
+            missed[place] = missed.get(place, 0) + 1
+    for place, count in missed.items():
+        say(f"  not met: {place}: {count} criteria")
     say(f"report: {files['control.md']}")
     return result

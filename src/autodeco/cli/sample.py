@@ -13,6 +13,9 @@ FLAGS = {"source": "dataset"}
 def sample(output: str = "runs/sample", overwrite: bool = False, **settings):
     """Let the base model answer problems k times and keep its verified-correct answers as training data.
 
+    With --keep all, every answer is written, marked "correct": true or false: data for decoding control
+    (autodeco train --control-data), which needs the model's own answers but not correct ones.
+
     Writes OUTPUT/trajectories.jsonl (for autodeco train) and OUTPUT/heldout.jsonl (held-out
     problems, for held-out NLL and MeanShift), with acceptance statistics. Interrupted runs resume:
     run the same command again. Every sampling setting is a flag below (from SampleConfig).

@@ -37,6 +37,8 @@ class TrainingExample:
     location: str = ""
     prompt: str | None = None
     """The user message it was built from (decoding-control pairs append a command to it)."""
+    control_only: bool = False
+    """An unverified answer (``--control-data``): only decoding control's losses see it, never the paper's."""
 
     @property
     def num_labelled(self) -> int:
@@ -63,8 +65,13 @@ def tokenize_trajectory(tokenizer, prompt: str, completion: str) -> tuple[list[i
     return tokenize_prompt(tokenizer, prompt), list(completion_ids)
 
 
-def tokenize_prompt(tokenizer, prompt: str) -> list[int]:
-    """Token ids of the chat-rendered prompt (generation prompt included), as :func:`tokenize_trajectory` makes them."""
+def tokenize_prompt(tokenizer, prompt: str | list[dict[str, str]]) -> list[int]:
+    """Token ids of the chat-rendered prompt (generation prompt included), as :func:`tokenize_trajectory` makes them.
+
+    ``prompt`` is the user message, or chat messages (a system command and the question:
+    :func:`autodeco.data.phrasings.command_messages`), rendered by
+    :func:`autodeco.sampling.inference.render_prompt`.
+    """
     from autodeco.sampling.inference import render_prompt
 
     has_template = bool(getattr(tokenizer, "chat_template", None))

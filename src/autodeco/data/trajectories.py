@@ -46,6 +46,9 @@ class Trajectory:
     location: str
     """``file:line`` (1-based) of the JSONL line it came from."""
     problem_id: str | None = None
+    correct: bool | None = None
+    """Whether the answer was verified correct: ``autodeco sample --keep all`` records it (None: not recorded, as in
+    the verified-only files ``autodeco sample`` writes by default, where every answer is correct)."""
 
 
 @dataclasses.dataclass
@@ -161,7 +164,11 @@ def parse_trajectory(line: str, location: str) -> Trajectory:
             found = "missing" if field not in record else f"{value!r}"
             raise TrainingDataError(f"{location}: field {field!r} must be a non-empty string, got {found}")
     problem_id = record.get("problem_id")
-    return Trajectory(record["prompt"], record["completion"], location, None if problem_id is None else str(problem_id))
+    correct = record.get("correct")
+    if correct is not None and not isinstance(correct, bool):
+        raise TrainingDataError(f"{location}: field 'correct' must be true or false, got {correct!r}")
+    return Trajectory(record["prompt"], record["completion"], location, None if problem_id is None else str(problem_id),
+                      correct)
 
 
 def _existing_files(paths: list[str | os.PathLike], what: str = "training file") -> list[Path]:

@@ -9,6 +9,10 @@ from autodeco.model.base_model import EMBEDDED_MODEL
 from autodeco.sampling.settings import ENGINES, DecodingSetting
 
 
+KEEP_CHOICES = ("verified", "all")
+"""Which answers ``autodeco sample`` writes: the verified ones, or all of them marked correct or not."""
+
+
 @dataclasses.dataclass
 class SampleConfig:
     """What to sample. Defaults are the quick settings for the embedded model on this kind of machine."""
@@ -40,10 +44,16 @@ class SampleConfig:
     """Base model: hub id, local folder or the embedded default."""
     data_dir: str | None = None
     """Folder holding dataset files for known names (default: $AUTODECO_DATA_DIR)."""
+    keep: str = "verified"
+    """Which answers to write: ``verified`` (the training set of the paper's losses) or ``all``, every answer with
+    ``"correct": true/false`` (for ``autodeco train --control-data``, which needs answers of the model's own but not
+    correct ones; ``autodeco train`` refuses such a file as ordinary data)."""
     engine: str = "hf"
     """Rollout engine: ``hf`` (Hugging Face generate) or ``vllm`` (needs vLLM; same records, serving speed)."""
 
     def __post_init__(self):
+        if self.keep not in KEEP_CHOICES:
+            raise ValueError(f"keep must be one of {', '.join(KEEP_CHOICES)}, got {self.keep!r}")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; use one of {', '.join(ENGINES)}")
         if self.max_new_tokens is None:

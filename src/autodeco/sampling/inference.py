@@ -59,15 +59,62 @@ def _tokenizer_source(heads: str | None, reference: str) -> str:
     return reference
 
 
-def render_prompt(tokenizer, prompt: str, chat_template: bool = True) -> str:
-    """Wrap a user prompt in the tokenizer's chat template (when it has one and ``chat_template`` is on)."""
-    if not prompt.strip():
-        raise ValueError("the prompt is empty; give some text to answer")
+def render_prompt(tokenizer, prompt: str | list[dict[str, str]], chat_template: bool = True) -> str:
+    """Wrap a user prompt, or chat messages, in the tokenizer's chat template (when it has one and it is asked for).
+
+    Args:
+        tokenizer: a tokenizer; its ``chat_template`` is used when set.
+        prompt: the user message, or chat messages (``{"role": ..., "content": ...}`` dicts, e.g. a
+            system command and the question: :func:`autodeco.data.phrasings.command_messages`).
+        chat_template: False renders the text alone.
+
+    Returns:
+        The templated text, generation prompt included; without a template, the prompt itself, or
+        the messages' contents joined by newlines.
+
+    Raises:
+        ValueError: the prompt (all messages together) is empty, a message is not a role and a
+            text, or the chat template refuses the messages (some refuse a system message).
+
+    Example:
+        >>> class Plain:  # a tokenizer without a chat template
+        ...     chat_template = None
+        >>> render_prompt(Plain(), [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "2 + 2?"}])
+        'Be exact.\\n2 + 2?'
+    """
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError("the prompt is empty; give some text to answer")
+        if chat_template and getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            )
+        return prompt
+    messages = _checked_messages(prompt)
     if chat_template and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
-    return prompt
+        from jinja2.exceptions import TemplateError
+
+        try:
+            return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except TemplateError as error:
+            roles = [message["role"] for message in messages]
+            raise ValueError(
+                f"the tokenizer's chat template refuses messages with roles {roles}: {error}; "
+                "put the command in the user message instead (placement 'after' or 'before')"
+            ) from None
+    return "\n".join(message["content"] for message in messages)
+
+
+def _checked_messages(messages) -> list[dict[str, str]]:
+    """Chat messages as a list of ``{"role", "content"}`` dicts with text, not all of it blank."""
+    if not isinstance(messages, (list, tuple)):
+        raise ValueError(f"a prompt must be a text or a list of chat messages, got {type(messages).__name__}")
+    for index, message in enumerate(messages):
+        if not (isinstance(message, dict) and all(isinstance(message.get(key), str) for key in ("role", "content"))):
+            raise ValueError(f"chat message {index} must be a dict with a 'role' and a text 'content', got {message!r}")
+    if not any(message["content"].strip() for message in messages):
+        raise ValueError("the prompt is empty; give some text to answer")
+    return list(messages)
 
 
 def encode_prompts(

@@ -155,6 +155,8 @@ def _run_record(config: SampleConfig, problems) -> dict:
     limit); :func:`_check_same_problems` refuses one whose finished problems changed.
     """
     settings = {key: value for key, value in dataclasses.asdict(config).items() if key != "engine"}  # engines mix
+    if settings["keep"] == "verified":  # recorded as before the setting existed, so older runs still resume
+        del settings["keep"]
     return {**settings, "base_fingerprint": model_reference_fingerprint(config.base), "heldout_key": HELDOUT_KEY}
 
 
@@ -222,12 +224,15 @@ def _sample_missing(config: SampleConfig, loaded, output: Path, todo, score, pro
             for index, completion in enumerate(samples):
                 new_tokens += completion.num_tokens
                 extracted, correct = score(completion.text, problem.answer, config.scorer)
-                if not correct:
+                if not correct and config.keep == "verified":
                     continue
-                accepted += 1
+                accepted += bool(correct)
                 held_out = is_heldout(problem.question, config.heldout_fraction, config.seed)
                 target = HELDOUT_FILE if held_out else TRAIN_FILE
-                rows[target].append(_trajectory(problem, completion, extracted, seed, index))
+                row = _trajectory(problem, completion, extracted, seed, index)
+                if config.keep == "all":
+                    row["correct"] = bool(correct)
+                rows[target].append(row)
             finished.append(
                 {"problem_id": problem.id, "attempts": len(samples), "accepted": accepted,
                  "difficulty": problem.difficulty}

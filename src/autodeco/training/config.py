@@ -150,7 +150,32 @@ class ControlConfig:
     """Weight (>= 0) of the anchor loss, the plain rows' mean squared distance to the anchor's predictions (T on
     ``temperature_scale``, P on ``top_p_scale``), averaged over plain rows."""
 
+    neutral: bool = False
+    """Pair every paired example also with a copy under a neutral sentence (the phrasing file's ``neutral`` training
+    families: a remark of a command's length that asks nothing of the decoding), whose mean T and P must stay at the
+    plain example's (loss ``relu(|copy mean - plain mean| - neutral_tolerance)`` per pair, weighted like the ranking
+    loss). Teaches the heads
+    that text after a question is not a command by itself."""
+
+    neutral_tolerance: float = 0.02
+    """How far (>= 0) a neutral copy's mean T and P may sit from the plain example's before the neutral loss acts
+    (on ``temperature_scale`` and ``top_p_scale``; 0.02 on the log scale is a 2 % change of T). Below it the loss
+    and its gradient are zero: without this dead zone the loss pushes with full strength on differences of 1e-6,
+    whose sign is noise, and on the embedded model it drove P to saturation."""
+
+    data: list[str] = dataclasses.field(default_factory=list)
+    """More JSONL files of answers used by decoding control only (plain rows for the anchor and commanded copies for
+    the ranking and neutral losses; the paper's losses never see them), e.g. ``autodeco sample --keep all`` on
+    questions of another kind, so that the heads do not learn to follow commands on one shape of question only.
+    Their answers need not be verified."""
+
     def __post_init__(self):
+        self.data = [str(path) for path in ([self.data] if isinstance(self.data, (str, os.PathLike)) else self.data)]
+        if self.data and not self.share > 0:
+            raise ValueError(
+                f"control_data {self.data} is used by decoding control only, but decoding control is off; pass "
+                "--control-share above 0, or leave --control-data out"
+            )
         if not 0.0 <= self.share <= 1.0:
             raise ValueError(f"control_share must be a share in [0, 1] (0 turns decoding control off), got {self.share}")
         _check_non_negative("control_margin", self.margin)
@@ -166,6 +191,7 @@ class ControlConfig:
         if not 0.0 < self.top_p_room <= 1.0:
             raise ValueError(f"control_top_p_room must be a share in (0, 1], got {self.top_p_room}")
         _check_non_negative("control_anchor_weight", self.anchor_weight)
+        _check_non_negative("control_neutral_tolerance", self.neutral_tolerance)
         if not self.enabled and self.anchor is not None:
             raise ValueError(
                 f"control_anchor {self.anchor!r} keeps the plain prompts' values while decoding control "

@@ -15,7 +15,7 @@ import torch
 
 from autodeco.common.seeds import derived_seed
 from autodeco.core.defaults import IGNORE_INDEX
-from autodeco.data.phrasings import ControlPhrasings, append_command
+from autodeco.data.phrasings import Command, ControlPhrasings, command_messages, command_text
 from autodeco.data.tokens import TrainingExample, fit_to_length, tokenize_prompt, tokenize_trajectory
 from autodeco.data.trajectories import DataReport, TrainingDataError, read_trajectories
 from autodeco.training.control import ControlChoice, control_choices
@@ -28,15 +28,19 @@ def build_training_set(
     max_length: int,
     on_bad_line: str = "stop",
     overlong: str = "truncate",
+    control_only: bool = False,
 ) -> tuple[list[TrainingExample], DataReport]:
     """Read, validate, tokenize and length-limit the training files.
 
     Args:
-        paths: JSONL files of verified trajectories.
+        paths: JSONL files of verified trajectories (with ``control_only``: any answers, verified or not).
         tokenizer: the base model's tokenizer (with its chat template).
         max_length: most tokens per sequence.
         on_bad_line: ``"stop"`` or ``"skip"`` (see :func:`read_trajectories`).
         overlong: ``"truncate"`` or ``"skip"`` (see :func:`fit_to_length`).
+        control_only: the files are ``--control-data``: their examples are marked ``control_only`` (decoding
+            control's losses only) and may hold unverified answers. Without it, a line recorded as not correct
+            (``"correct": false``, from ``autodeco sample --keep all``) is refused.
 
     Returns:
         ``(examples, report)``.
@@ -46,7 +50,14 @@ def build_training_set(
     """
     report = DataReport()
     examples = []
-    for trajectory in read_trajectories(paths, on_bad_line=on_bad_line, report=report):
+    what = "--control-data file" if control_only else "training file"
+    for trajectory in read_trajectories(paths, on_bad_line=on_bad_line, report=report, what=what):
+        if trajectory.correct is False and not control_only:
+            raise TrainingDataError(
+                f"{trajectory.location}: an answer recorded as not correct (a file of `autodeco sample --keep all`); "
+                "the paper's losses learn from verified answers only: pass such files with --control-data (decoding "
+                "control only), or sample with the default --keep verified"
+            )
         prompt_ids, completion_ids = tokenize_trajectory(tokenizer, trajectory.prompt, trajectory.completion)
         fitted = fit_to_length(prompt_ids, completion_ids, max_length, overlong)
         if fitted is None:
@@ -56,7 +67,8 @@ def build_training_set(
             report.truncated += 1
         input_ids, labels = fitted
         examples.append(
-            TrainingExample(torch.tensor(input_ids), torch.tensor(labels), trajectory.location, trajectory.prompt)
+            TrainingExample(torch.tensor(input_ids), torch.tensor(labels), trajectory.location, trajectory.prompt,
+                            control_only)
         )
     report.examples = len(examples)
     if not examples:
@@ -75,8 +87,8 @@ class CommandedExamples:
 
     ``pairs(epoch, index)`` lists ``(choice, example)`` for each command
     :func:`~autodeco.training.control.control_choices` pairs that example with (none, one, or with
-    ``both`` a low and a high one) whose commanded prompt leaves room for a completion token within
-    ``max_length``. Tokenized partners are cached per (example, phrasing).
+    ``both`` a low and a high one; with ``neutral`` also a neutral sentence) whose commanded prompt leaves room for a
+    completion token within ``max_length``. Tokenized partners are cached per (example, command).
 
     Example:
         >>> from autodeco.data.phrasings import load_phrasings
@@ -87,25 +99,30 @@ class CommandedExamples:
 
     def __init__(
         self, tokenizer, examples: list[TrainingExample], phrasings: ControlPhrasings, *, share: float, seed: int,
-        max_length: int, both: bool = False,
+        max_length: int, both: bool = False, neutral: bool = False,
     ):
         self.tokenizer, self.examples, self.phrasings = tokenizer, examples, phrasings
-        self.share, self.seed, self.max_length, self.both = share, seed, max_length, both
-        self._cache: dict[tuple[int, str], TrainingExample | None] = {}
+        self.share, self.seed, self.max_length, self.both, self.neutral = share, seed, max_length, both, neutral
+        self._cache: dict[tuple[int, Command], TrainingExample | None] = {}
 
     def __call__(self, epoch: int, index: int) -> list[tuple[ControlChoice, TrainingExample]]:
         pairs = []
-        for choice in control_choices(self.seed, epoch, index, self.share, self.phrasings, both=self.both):
-            key = (index, choice.phrasing)
+        choices = control_choices(self.seed, epoch, index, self.share, self.phrasings, both=self.both,
+                                  neutral=self.neutral)
+        for choice in choices:
+            key = (index, choice.command)
             if key not in self._cache:
-                self._cache[key] = commanded_example(self.tokenizer, self.examples[index], choice.phrasing, self.max_length)
+                self._cache[key] = commanded_example(self.tokenizer, self.examples[index], choice.command, self.max_length)
             if self._cache[key] is not None:
                 pairs.append((choice, self._cache[key]))
         return pairs
 
 
-def commanded_example(tokenizer, example: TrainingExample, command: str, max_length: int) -> TrainingExample | None:
-    """``example`` with ``command`` appended to its prompt: the same completion tokens, a longer prompt.
+def commanded_example(
+    tokenizer, example: TrainingExample, command: Command | str, max_length: int,
+) -> TrainingExample | None:
+    """``example`` under a commanded prompt (the command placed as its ``placement`` says; a plain string is appended):
+    the same completion tokens, a longer prompt.
 
     Returns:
         The new example (its completion cut to fit ``max_length`` if needed), or None when not
@@ -115,13 +132,14 @@ def commanded_example(tokenizer, example: TrainingExample, command: str, max_len
         ValueError: the example does not know its prompt (it was not built by :func:`build_training_set`).
     """
     if example.prompt is None:
-        raise ValueError(f"training example {example.location or '(unnamed)'} records no prompt to append a command to")
+        raise ValueError(f"training example {example.location or '(unnamed)'} records no prompt to add a command to")
     completion_ids = example.labels[example.labels != IGNORE_INDEX].tolist()
-    prompt_ids = tokenize_prompt(tokenizer, append_command(example.prompt, command))
+    prompt_ids = tokenize_prompt(tokenizer, command_messages(example.prompt, command))
     fitted = fit_to_length(prompt_ids, completion_ids, max_length)
     if fitted is None:
         return None
-    return TrainingExample(torch.tensor(fitted[0]), torch.tensor(fitted[1]), example.location, append_command(example.prompt, command))
+    return TrainingExample(torch.tensor(fitted[0]), torch.tensor(fitted[1]), example.location,
+                           command_text(example.prompt, command), example.control_only)
 
 
 # ------------------------------------------------------------------------------ order and randomness

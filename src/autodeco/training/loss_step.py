@@ -14,6 +14,7 @@ Shapes: ``B`` batch, ``L`` padded length, ``N`` completion positions, ``P`` trai
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Iterable
@@ -53,32 +54,64 @@ def micro_batch_losses(model, batch: dict[str, torch.Tensor], config: TrainConfi
         config: the loss settings.
         anchor: the ``control_anchor`` heads (an ``AutoDecoForCausalLM`` on the same base), or None.
     """
-    output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    with top_p_head_logits(model, config) as head_logits:
+        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    top_p_logits = head_logits.get("values")  # (B + A, L) or None
     plain = batch["drop_draws"].shape[0]  # B: the rows after them are commanded copies (decoding control)
     logits, temperature, top_p = output.logits[:plain], output.temperature[:plain], output.top_p[:plain]
     labels = batch["labels"][:plain]
+    paper_labels = labels  # the paper's losses: verified answers only (not the --control-data rows)
+    if "paper_rows" in batch:
+        paper_labels = labels.masked_fill(~batch["paper_rows"][:, None], IGNORE_INDEX)
     temperature_sum = top_p_sum = None
     if model.config.enable_temperature_head:
         temperature_sum = losses.temperature_loss(
-            logits, temperature, labels, easy_token_drop=config.easy_token_drop,
+            logits, temperature, paper_labels, easy_token_drop=config.easy_token_drop,
             dft_weighting=config.dft_weighting, random_values=batch["drop_draws"], reduction="sum",
         )
     if model.config.enable_top_p_head:
         top_p_sum = losses.top_p_loss(
-            logits, temperature, top_p, labels, steepness=config.steepness,
+            logits, temperature, top_p, paper_labels, steepness=config.steepness,
             dft_weighting=config.dft_weighting, reduction="sum",
         )
-    predicting = labels[:, 1:] != IGNORE_INDEX  # (B, L-1): positions whose next token is labelled
-    control = control_losses(output.temperature, output.top_p, batch, config) if "control_rows" in batch else None
+    predicting = labels[:, 1:] != IGNORE_INDEX  # (B, L-1): positions whose next token is labelled (every plain row)
+    control = (control_losses(output.temperature, output.top_p, batch, config, top_p_logits)
+               if "control_rows" in batch else None)
     anchored = None
     if anchor is not None:
         with torch.no_grad():
             anchor_temperature, anchor_top_p = anchor.predict(output.head_input[:plain], logits)
-        anchored = anchor_loss(temperature, top_p, anchor_temperature, anchor_top_p, labels, model.config, config)
+        anchored = anchor_loss(temperature, top_p, anchor_temperature, anchor_top_p, labels, model.config, config,
+                               None if top_p_logits is None else top_p_logits[:plain])
     return MicroBatchLosses(
         temperature_sum, top_p_sum,
         temperature[:, :-1][predicting].detach().float(), top_p[:, :-1][predicting].detach().float(), control, anchored,
     )
+
+
+@contextlib.contextmanager
+def top_p_head_logits(model, config: TrainConfig):
+    """While a forward runs inside it, catch the top-p head's pre-sigmoid outputs ``(B, L)`` into the yielded dict's
+    ``values`` (left empty unless decoding control ranks P on the ``bounded`` scale, the one place they are used).
+
+    The bounded scale passes the ranking and anchor gradients to these outputs directly: through P's sigmoid they
+    would vanish wherever float32 rounds P to exactly 1, where a saturated head sits.
+    """
+    caught: dict[str, torch.Tensor] = {}
+    head = getattr(getattr(model, "module", model), "top_p_head", None)  # under DDP or DeepSpeed: the wrapped model
+    if not (config.control_enabled and config.control.top_p_scale == "bounded" and head is not None):
+        yield caught
+        return
+    last_linear = head.mlp[2]  # Linear(256, 1), before the sigmoid (see autodeco.core.heads)
+
+    def keep(module, inputs, output):
+        caught["values"] = output.squeeze(-1)  # (B, L)
+
+    handle = last_linear.register_forward_hook(keep)
+    try:
+        yield caught
+    finally:
+        handle.remove()
 
 
 # ----------------------------------------------------------------------------------- the loss terms
@@ -111,6 +144,7 @@ def _control_values(part: ControlLosses) -> tuple:
     return (
         float(part.total.detach()), part.pairs, part.temperature_loss_sum, part.top_p_loss_sum,
         part.temperature_gap_sum, part.top_p_gap_sum, part.temperature_moved, part.top_p_moved,
+        part.directed_pairs, part.neutral_temperature_shift_sum, part.neutral_top_p_shift_sum,
     )
 
 
@@ -126,6 +160,7 @@ LOSS_TERMS = (
     LossTerm("control", attrgetter("control"), (
         "control_loss_sum", "control_pairs", "control_temperature_loss_sum", "control_top_p_loss_sum",
         "control_temperature_gap_sum", "control_top_p_gap_sum", "control_temperature_moved", "control_top_p_moved",
+        "control_directed_pairs", "control_neutral_temperature_shift_sum", "control_neutral_top_p_shift_sum",
     ), _control_values, count="control_pairs"),
     LossTerm("anchor", attrgetter("anchor"), ("anchor_loss_sum", "anchor_rows"), _anchor_values,
              count="anchor_rows"),
@@ -261,13 +296,17 @@ def _flat_gradient(loss: torch.Tensor, parameters: list[torch.Tensor], retain_gr
     ])
 
 
-def step_metrics(statistics: torch.Tensor, *, control: bool = False, anchor: bool = False) -> dict[str, float]:
+def step_metrics(
+    statistics: torch.Tensor, *, control: bool = False, anchor: bool = False, neutral: bool = False,
+) -> dict[str, float]:
     """Losses, token counts and the mean/std of T and P from the reduced statistics of one step.
 
     With ``control``, ``loss`` includes the weighted ranking loss, logged on its own as ``control_loss``
     next to its unweighted parts, the pair count, the mean gaps ``direction * (commanded - plain)``
     of T and P, and the shares of pairs that moved the commanded way. With ``anchor``, ``loss`` also
-    includes the weighted anchor loss (per plain row), logged as ``anchor_loss``.
+    includes the weighted anchor loss (per plain row), logged as ``anchor_loss``. With ``neutral`` (neutral sentences
+    paired too), the gaps and shares are over the low/high pairs, and the mean absolute shift of a neutral copy's T and P
+    is logged (``control_neutral_*_shift``).
     """
     values = dict(zip(STATISTICS, statistics.tolist()))
     positions = max(values["positions"], 1.0)
@@ -275,16 +314,21 @@ def step_metrics(statistics: torch.Tensor, *, control: bool = False, anchor: boo
     top_p_loss = values["top_p_loss_sum"] / max(values["top_p_tokens"], 1.0)
     temperature_mean, top_p_mean = values["temperature_sum"] / positions, values["top_p_sum"] / positions
     pairs = max(values["control_pairs"], 1.0)
+    directed = max(values["control_directed_pairs"], 1.0) if neutral else pairs  # runs without neutral: as before
     option_metrics = {  # decoding control's (and the anchor's) own metrics
         "control_loss": values["control_loss_sum"] / pairs,
         "control_pairs": int(values["control_pairs"]),
         "control_temperature_loss": values["control_temperature_loss_sum"] / pairs,
         "control_top_p_loss": values["control_top_p_loss_sum"] / pairs,
-        "control_temperature_gap": values["control_temperature_gap_sum"] / pairs,
-        "control_top_p_gap": values["control_top_p_gap_sum"] / pairs,
-        "control_temperature_moved": values["control_temperature_moved"] / pairs,
-        "control_top_p_moved": values["control_top_p_moved"] / pairs,
+        "control_temperature_gap": values["control_temperature_gap_sum"] / directed,
+        "control_top_p_gap": values["control_top_p_gap_sum"] / directed,
+        "control_temperature_moved": values["control_temperature_moved"] / directed,
+        "control_top_p_moved": values["control_top_p_moved"] / directed,
     } if control else {}
+    if control and neutral:
+        neutral_pairs = max(values["control_pairs"] - values["control_directed_pairs"], 1.0)
+        option_metrics["control_neutral_temperature_shift"] = values["control_neutral_temperature_shift_sum"] / neutral_pairs
+        option_metrics["control_neutral_top_p_shift"] = values["control_neutral_top_p_shift_sum"] / neutral_pairs
     if anchor:
         option_metrics["anchor_loss"] = values["anchor_loss_sum"] / max(values["anchor_rows"], 1.0)
     return {

@@ -188,6 +188,13 @@ def setup(config: TrainConfig, accelerator, settings: dict) -> Run:
         config.data, tokenizer, max_length=config.max_length, on_bad_line=config.on_bad_line, overlong=config.overlong
     )
     _say(accelerator, f"data: {report.summary()}")
+    if config.control.data:
+        more, more_report = build_training_set(
+            config.control.data, tokenizer, max_length=config.max_length, on_bad_line=config.on_bad_line,
+            overlong=config.overlong, control_only=True,
+        )
+        _say(accelerator, f"decoding-control data (no paper losses): {more_report.summary()}")
+        examples = examples + more
     total_steps = config.total_steps(len(examples), accelerator.num_processes)
     control = _commanded_examples(config, accelerator, tokenizer, examples) if config.control_enabled else None
 
@@ -220,16 +227,22 @@ def _commanded_examples(config: TrainConfig, accelerator, tokenizer, examples) -
     from autodeco.data.phrasings import load_phrasings
 
     phrasings = load_phrasings(config.control.phrasings)
+    if config.control.neutral and not phrasings.families_for("train", "neutral"):
+        raise ValueError(
+            f"control_neutral pairs examples with neutral sentences, but the phrasing file {phrasings.source!r} has no "
+            "training family of kind 'neutral'; add one, or leave --control-neutral out"
+        )
     room = f", at most {config.control.top_p_room:g} of the room left" if config.control.top_p_scale == "bounded" else ""
     _say(accelerator, f"decoding control: {config.control.share:.0%} of examples paired with "
-                      f"{'a low and a high command' if config.control.pairing == 'both' else 'a command'} from "
+                      f"{'a low and a high command' if config.control.pairing == 'both' else 'a command'}"
+                      f"{' and a neutral sentence' if config.control.neutral else ''} from "
                       f"{phrasings.source} (margins: T {config.control.margins['temperature']} on the "
                       f"{config.control.temperature_scale} scale, P {config.control.margins['top-p']} on the "
                       f"{config.control.top_p_scale} scale{room}; weight {config.control.weight}, "
                       f"ranking {config.control.heads})")
     return CommandedExamples(
         tokenizer, examples, phrasings, share=config.control.share, seed=config.seed, max_length=config.max_length,
-        both=config.control.pairing == "both",
+        both=config.control.pairing == "both", neutral=config.control.neutral,
     )
 
 
@@ -299,7 +312,8 @@ def optimizer_step(model, optimizer, parameters, micro_batches, config, accelera
         group["lr"] = learning_rate
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return step_metrics(reduced_statistics, control=config.control_enabled, anchor=anchor is not None)
+    return step_metrics(reduced_statistics, control=config.control_enabled, anchor=anchor is not None,
+                        neutral=config.control_enabled and config.control.neutral)
 
 
 def local_micro_batches(
@@ -323,13 +337,17 @@ def make_micro_batch(
 
     With ``control``, each command it pairs an item with adds a commanded copy as a row after the
     ``B`` plain rows, and the batch gains ``control_rows`` ``(A,)`` (each copy's plain row) and
-    ``control_directions`` ``(A,)`` (-1 low, +1 high). ``drop_draws`` stays ``(B, L - 1)``.
+    ``control_directions`` ``(A,)`` (-1 low, +1 high, 0 neutral). ``drop_draws`` stays ``(B, L - 1)``. When an item is
+    a ``--control-data`` example, the batch gains ``paper_rows`` ``(B,)``: False on those rows, which the paper's
+    losses leave out.
     """
     chosen: list[TrainingExample] = [examples[index] for _, index in items]
     pairs = [(row, pair) for row, (epoch, index) in enumerate(items) for pair in control(epoch, index)] if control is not None else []
     batch = collate(chosen + [example for _, (_, example) in pairs], pad_id)
     draws = [drop_draws(seed, epoch, index, examples[index].input_ids.shape[0]) for epoch, index in items]
     batch["drop_draws"] = collate_drop_draws(draws, batch["input_ids"].shape[1])
+    if any(example.control_only for example in chosen):  # --control-data rows: decoding control's losses only
+        batch["paper_rows"] = torch.tensor([not example.control_only for example in chosen], dtype=torch.bool)
     if control is not None:
         batch["control_rows"] = torch.tensor([row for row, _ in pairs], dtype=torch.long)
         batch["control_directions"] = torch.tensor([choice.direction for _, (choice, _) in pairs], dtype=torch.float32)

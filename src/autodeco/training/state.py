@@ -47,7 +47,7 @@ STATE_FORMAT = 1
 
 _NOT_AFFECTING_RESULT = {
     "data", "output_dir", "save_every", "keep_last", "log_every", "per_device_batch_size",
-    "gradient_accumulation_steps", "control_phrasings", "control_anchor",
+    "gradient_accumulation_steps", "control_phrasings", "control_anchor", "control_data",
 }
 """Settings a resumed run may change: paths (the data, the phrasings and the anchor are compared by content), bookkeeping, and the
 split of the global batch (compared as ``global_batch_size``)."""
@@ -94,6 +94,14 @@ def run_settings(config: TrainConfig, num_processes: int) -> dict[str, Any]:
         settings.update(control_phrasings=phrasings.source, control_phrasings_fingerprint=phrasings.fingerprint)
         if config.control.top_p_scale != "bounded":  # the room is unused: recorded as before it existed
             settings.pop("control_top_p_room")
+        if config.control.data:
+            settings["control_data"] = [str(Path(path).resolve()) for path in config.control.data]
+            settings["control_data_fingerprint"] = data_fingerprint(config.control.data)
+        else:  # recorded as before the option existed, so older control runs still resume
+            settings.pop("control_data")
+        if not config.control.neutral:
+            settings.pop("control_neutral")
+            settings.pop("control_neutral_tolerance")
         if config.control.anchor is not None:
             settings["control_anchor_fingerprint"] = _heads_fingerprint(config.control.anchor)
         else:  # no anchor: recorded as before the option existed, so older control runs still resume
