@@ -528,12 +528,7 @@ def _question_values(samples, scored, *, diversity: bool = True) -> dict:
     temperatures = [value for sample in samples for value in sample.temperatures]
     top_ps = [value for sample in samples for value in sample.top_ps]
     answers = [extracted for extracted, _ in scored]
-    values = {
-        "temperature": statistics.fmean(temperatures) if temperatures else math.nan,
-        "top_p": statistics.fmean(top_ps) if top_ps else math.nan,
-        "tokens": len(temperatures),
-        "accuracy": sum(bool(correct) for _, correct in scored) / len(scored),
-    }
+    values = {**_means(temperatures, top_ps), "accuracy": sum(bool(correct) for _, correct in scored) / len(scored)}
     if diversity:
         values["distinct_answers"] = distinct_answers(answers)
         values["distinct_ngrams"] = distinct_ngram_ratio([sample.token_ids for sample in samples])

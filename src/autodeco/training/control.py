@@ -99,8 +99,18 @@ def draw_command(generator: random.Random, phrasings: ControlPhrasings, kind: st
     Raises:
         ValueError: the phrasings have no training family of ``kind`` (naming the file).
     """
+    families = training_families(phrasings, kind)
+    family = families[generator.randrange(len(families))] if len(families) > 1 else families[0]
+    return family.commands()[generator.randrange(len(family.phrasings))]
+
+
+def training_families(phrasings: ControlPhrasings, kind: str) -> tuple:
+    """The training families of ``kind``, in file order.
+
+    Raises:
+        ValueError: there is none (naming the file and the kind).
+    """
     families = phrasings.families_for("train", kind)
     if not families:
         raise ValueError(f"the phrasing file {phrasings.source!r} has no training family of kind {kind!r}; add one")
-    family = families[generator.randrange(len(families))] if len(families) > 1 else families[0]
-    return family.commands()[generator.randrange(len(family.phrasings))]
+    return families

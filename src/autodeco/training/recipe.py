@@ -224,14 +224,12 @@ def setup(config: TrainConfig, accelerator, settings: dict) -> Run:
 
 def _commanded_examples(config: TrainConfig, accelerator, tokenizer, examples) -> CommandedExamples:
     """Decoding control's pairing of the examples with commanded copies, announced in the log."""
-    from autodeco.data.phrasings import load_phrasings
+    from autodeco.data.phrasings import NEUTRAL, load_phrasings
+    from autodeco.training.control import training_families
 
     phrasings = load_phrasings(config.control.phrasings)
-    if config.control.neutral and not phrasings.families_for("train", "neutral"):
-        raise ValueError(
-            f"control_neutral pairs examples with neutral sentences, but the phrasing file {phrasings.source!r} has no "
-            "training family of kind 'neutral'; add one, or leave --control-neutral out"
-        )
+    if config.control.neutral:  # fail before the model loads, not at the first neutral pair
+        training_families(phrasings, NEUTRAL)
     room = f", at most {config.control.top_p_room:g} of the room left" if config.control.top_p_scale == "bounded" else ""
     _say(accelerator, f"decoding control: {config.control.share:.0%} of examples paired with "
                       f"{'a low and a high command' if config.control.pairing == 'both' else 'a command'}"
