@@ -16,6 +16,7 @@ from typing import Any
 
 from autodeco.common.figures import save_png, subplots
 from autodeco.common.jsonl import write_bytes_atomic, write_text_atomic
+from autodeco.data.phrasings import KINDS
 
 __all__ = [
     "control_figure", "control_markdown", "control_table", "family_table", "same_answer_table", "write_control_report",
@@ -25,7 +26,6 @@ _PNG_DPI = 120
 _MEASURE_COLORS = {"temperature": "#2c7bb6", "top_p": "#fdae61"}
 _MEASURE_LABELS = {"temperature": "T", "top_p": "P"}
 _WORDS = {"low": "lower", "high": "higher"}
-_KINDS = ("low", "high", "neutral")
 
 
 def _interval(entry: dict[str, float], scale: float = 1.0, digits: int = 3) -> str:
@@ -130,7 +130,7 @@ def same_answer_table(result: dict[str, Any], source: str | None = None) -> str 
         "| P change [95 % CI] |",
         "|---|---|---|---|---|",
     ]
-    for kind in _KINDS:
+    for kind in KINDS:
         if same.get(kind) is None:
             continue
         cells = [f"{_shares(same[kind][measure], kind)} | {_interval(same[kind][measure]['difference'])}"
